@@ -1,0 +1,363 @@
+/**
+ * The engine's connection to a WebGPU device: adapter selection, pipeline cache, command batching,
+ * uniform arena, buffer pool and error reporting. Web-standard APIs only (runs in Deno and browsers).
+ *
+ * Work is recorded into one command encoder and submitted in batches; nothing is read back unless a caller
+ * asks for data. Errors raised by WebGPU (validation, out-of-memory) are captured per op with error scopes
+ * and rethrown, naming the op, at the next synchronization point ({@link Engine.sync} or a readback).
+ *
+ * @module
+ */
+
+import { BufferPool, type MemoryStats } from "./pool.ts";
+import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
+
+/** Thrown when no WebGPU adapter exists; the message says how to get one. */
+export class NoAdapterError extends Error {
+  constructor(detail = "") {
+    super(
+      "no WebGPU adapter found" + (detail ? ` (${detail})` : "") +
+        ": install your GPU's driver, or on a GPU-less Linux machine run " +
+        "`sudo apt-get install -y mesa-vulkan-drivers libvulkan1` (software Vulkan, llvmpipe)",
+    );
+    this.name = "NoAdapterError";
+  }
+}
+
+/** A WebGPU validation or out-of-memory error, attributed to the engine op that caused it. */
+export class GpuOpError extends Error {
+  constructor(readonly op: string, readonly kind: string, message: string) {
+    super(`${op}: GPU ${kind} error: ${message}`);
+    this.name = "GpuOpError";
+  }
+}
+
+/** Options for {@link Engine.create}. */
+export interface EngineOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Limits to request instead of the adapter's maxima (tests use small ones to exercise chunking). */
+  limits?: Record<string, number>;
+  /** An existing device to use (the engine then does not own it). */
+  device?: GPUDevice;
+}
+
+// WebGPU flag values, spelled out so the module does not depend on global GPU* constants.
+const USAGE_MAP_READ = 0x1;
+const USAGE_COPY_DST = 0x8;
+const USAGE_UNIFORM = 0x40;
+const STAGE_COMPUTE = 0x4;
+const MAP_MODE_READ = 0x1;
+
+const UNIFORM_SLOT = 256;
+const UNIFORM_SLOTS = 4096;
+
+/** A WebGPU device plus everything needed to run kernels on it efficiently. */
+export class Engine {
+  /** Storage buffer pool; its counters are the engine's memory statistics. */
+  readonly pool: BufferPool;
+  /** Adapter description, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`. */
+  readonly adapterDescription: string;
+  #pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }>();
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #uniformBuffer: GPUBuffer;
+  #uniformData = new Uint8Array(UNIFORM_SLOT * UNIFORM_SLOTS);
+  #uniformUsed = 0;
+  #outstanding = new Set<Promise<void>>();
+  #firstError: GpuOpError | null = null;
+  #uncaptured: GpuOpError | null = null;
+  #currentOp = "";
+  #opDepth = 0;
+  /** Dispatches recorded since creation (for tests and benchmarks). */
+  dispatchCount = 0;
+  /** Queue submissions since creation. */
+  submitCount = 0;
+
+  private constructor(readonly device: GPUDevice, readonly adapterInfo: GPUAdapterInfo | null) {
+    this.pool = new BufferPool(device);
+    this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
+    this.#uniformBuffer = device.createBuffer({
+      size: this.#uniformData.byteLength,
+      usage: USAGE_UNIFORM | USAGE_COPY_DST,
+    });
+    device.addEventListener("uncapturederror", (event) => {
+      const error = (event as GPUUncapturedErrorEvent).error;
+      this.#uncaptured ??= new GpuOpError(this.#currentOp || "engine", "uncaptured", error.message);
+    });
+  }
+
+  /** Requests an adapter and a device with the adapter's maximum limits. */
+  static async create(options: EngineOptions = {}): Promise<Engine> {
+    if (options.device) return new Engine(options.device, options.device.adapterInfo ?? null);
+    const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+    if (!gpu) throw new NoAdapterError("navigator.gpu is not available in this runtime");
+    let adapter: GPUAdapter | null = null;
+    try {
+      adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference });
+    } catch (e) {
+      throw new NoAdapterError(e instanceof Error ? e.message : String(e));
+    }
+    if (!adapter) throw new NoAdapterError();
+    const requiredLimits: Record<string, number> = {};
+    const limits = adapter.limits as unknown as Record<string, number>;
+    for (const key in limits) {
+      const value = limits[key];
+      if (typeof value === "number") requiredLimits[key] = value;
+    }
+    Object.assign(requiredLimits, options.limits ?? {});
+    const features = [...adapter.features].filter((f) =>
+      f === "timestamp-query" || f === "shader-f16"
+    ) as GPUFeatureName[];
+    const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
+    return new Engine(device, adapter.info ?? null);
+  }
+
+  /** Device limits in force. */
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  /** Largest byte size one storage binding may have. */
+  get maxBindingBytes(): number {
+    return this.device.limits.maxStorageBufferBindingSize;
+  }
+
+  /** Memory counters of the buffer pool. */
+  memory(): MemoryStats {
+    return this.pool.stats();
+  }
+
+  /**
+   * Runs `fn` as the engine op `name`: WebGPU errors raised by the work it records are reported as
+   * {@link GpuOpError}s naming `name`. Nested calls are attributed to the outermost op.
+   */
+  op<T>(name: string, fn: () => T): T {
+    if (this.#opDepth > 0) return fn();
+    this.#opDepth++;
+    this.#currentOp = name;
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    try {
+      return fn();
+    } finally {
+      const validation = this.device.popErrorScope();
+      const memory = this.device.popErrorScope();
+      this.#opDepth--;
+      const settled: Promise<void> = Promise.all([validation, memory]).then(([v, m]) => {
+        if (v) this.#firstError ??= new GpuOpError(name, "validation", v.message);
+        else if (m) this.#firstError ??= new GpuOpError(name, "out-of-memory", m.message);
+      }).finally(() => this.#outstanding.delete(settled));
+      this.#outstanding.add(settled);
+    }
+  }
+
+  /** Compiles (once) and returns the pipeline for a kernel with the given binding signature. */
+  pipeline(kernel: KernelSource, writes: boolean[]): {
+    pipeline: GPUComputePipeline;
+    layout: GPUBindGroupLayout;
+  } {
+    const signature = writes.map((w) => (w ? "w" : "r")).join("");
+    const key = kernel.key + "|" + signature;
+    let entry = this.#pipelines.get(key);
+    if (!entry) {
+      const entries: GPUBindGroupLayoutEntry[] = [{
+        binding: 0,
+        visibility: STAGE_COMPUTE,
+        buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
+      }];
+      writes.forEach((w, i) =>
+        entries.push({
+          binding: i + 1,
+          visibility: STAGE_COMPUTE,
+          buffer: { type: w ? "storage" : "read-only-storage" },
+        })
+      );
+      const layout = this.device.createBindGroupLayout({ entries, label: kernel.key });
+      const module = this.device.createShaderModule({ code: kernel.code, label: kernel.key });
+      const pipeline = this.device.createComputePipeline({
+        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: "main" },
+        label: kernel.key,
+      });
+      entry = { pipeline, layout };
+      this.#pipelines.set(key, entry);
+    }
+    return entry;
+  }
+
+  /** Number of compiled pipelines (tests check that shapes do not force recompiles). */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  #computePass(): GPUComputePassEncoder {
+    if (!this.#pass) {
+      this.#encoder ??= this.device.createCommandEncoder();
+      this.#pass = this.#encoder.beginComputePass();
+    }
+    return this.#pass;
+  }
+
+  #commandEncoder(): GPUCommandEncoder {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    this.#encoder ??= this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  /** Records one dispatch. `buffers` are bound at bindings 1..n; `writes[i]` marks written ones. */
+  dispatch(
+    kernel: KernelSource,
+    uniforms: ArrayBuffer,
+    buffers: { buffer: GPUBuffer; offset?: number; size?: number }[],
+    writes: boolean[],
+    workgroups: [number, number, number],
+  ): void {
+    if (uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${kernel.key}: uniform block over 256 bytes`);
+    if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
+    const { pipeline, layout } = this.pipeline(kernel, writes);
+    const slot = this.#uniformUsed++;
+    this.#uniformData.set(new Uint8Array(uniforms), slot * UNIFORM_SLOT);
+    const entries: GPUBindGroupEntry[] = [{
+      binding: 0,
+      resource: { buffer: this.#uniformBuffer, size: UNIFORM_SLOT },
+    }];
+    buffers.forEach((b, i) =>
+      entries.push({ binding: i + 1, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } })
+    );
+    const bindGroup = this.device.createBindGroup({ layout, entries });
+    const pass = this.#computePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup, [slot * UNIFORM_SLOT]);
+    pass.dispatchWorkgroups(workgroups[0], workgroups[1], workgroups[2]);
+    this.dispatchCount++;
+  }
+
+  /**
+   * Records every step of a kernel plan. `buffers` maps the plan's input names and `out` to GPU buffers;
+   * scratch buffers are taken from the pool and returned once recorded (later reuse is ordered on the
+   * queue, so this is safe).
+   */
+  runPlan(plan: KernelPlan, buffers: Record<string, GPUBuffer>): void {
+    const scratch: GPUBuffer[] = [];
+    const bound: Record<string, GPUBuffer> = { ...buffers };
+    for (const [name, floats] of Object.entries(plan.scratch)) {
+      const b = this.pool.acquire(Math.max(4, floats * 4));
+      scratch.push(b);
+      bound[name] = b;
+    }
+    for (const step of plan.steps) this.#runStep(step, bound);
+    for (const b of scratch) this.pool.release(b);
+  }
+
+  #runStep(step: KernelStep, bound: Record<string, GPUBuffer>): void {
+    const buffers = step.buffers.map((name) => {
+      const buffer = bound[name];
+      if (!buffer) throw new Error(`${step.kernel.key}: plan buffer '${name}' is not bound`);
+      const range = step.ranges?.[name];
+      return range ? { buffer, offset: range[0], size: range[1] } : { buffer };
+    });
+    const writes = step.buffers.map((name) => step.writes.includes(name));
+    this.dispatch(step.kernel, step.uniforms, buffers, writes, step.workgroups);
+  }
+
+  /** Records a buffer-to-buffer copy. */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
+  }
+
+  /** Uploads data into a buffer, after all work recorded so far (so a reused buffer is not overwritten
+   * before earlier recorded reads of it run). */
+  write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    if (this.#encoder) this.flush();
+    this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
+  }
+
+  /** Submits all recorded work. Does not wait for it. */
+  flush(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    if (!this.#encoder) return;
+    if (this.#uniformUsed > 0) {
+      this.device.queue.writeBuffer(this.#uniformBuffer, 0, this.#uniformData, 0, this.#uniformUsed * UNIFORM_SLOT);
+      this.#uniformUsed = 0;
+    }
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#encoder = null;
+    this.submitCount++;
+  }
+
+  /** Submits recorded work, waits for the GPU to finish it, and throws the first captured GPU error. */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    await this.checkErrors();
+  }
+
+  /** Throws the first GPU error captured since the last check (awaits outstanding error scopes). */
+  async checkErrors(): Promise<void> {
+    while (this.#outstanding.size > 0) await Promise.all([...this.#outstanding]);
+    const error = this.#firstError ?? this.#uncaptured;
+    this.#firstError = null;
+    this.#uncaptured = null;
+    if (error) throw error;
+  }
+
+  /** Reads `bytes` bytes of a buffer back to the CPU (submits pending work first). */
+  async read(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    const staging = this.device.createBuffer({
+      size: Math.ceil(bytes / 4) * 4,
+      usage: USAGE_MAP_READ | USAGE_COPY_DST,
+    });
+    this.#commandEncoder().copyBufferToBuffer(buffer, offset, staging, 0, Math.ceil(bytes / 4) * 4);
+    this.flush();
+    try {
+      await staging.mapAsync(MAP_MODE_READ);
+    } catch (e) {
+      await this.checkErrors();
+      throw e;
+    }
+    const copy = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    await this.checkErrors();
+    return copy;
+  }
+
+  /** Releases pooled memory and the device. */
+  destroy(): void {
+    this.flush();
+    this.pool.trim();
+    this.#uniformBuffer.destroy();
+    this.device.destroy();
+  }
+}
+
+let defaultEngine: Engine | null = null;
+let pendingInit: Promise<Engine> | null = null;
+
+/** Creates (once) and returns the default engine used by all tensor ops. */
+export function initEngine(options: EngineOptions = {}): Promise<Engine> {
+  if (defaultEngine) return Promise.resolve(defaultEngine);
+  pendingInit ??= Engine.create(options).then((e) => (defaultEngine = e)).finally(() => {
+    pendingInit = null;
+  });
+  return pendingInit;
+}
+
+/** The default engine; throws if {@link initEngine} has not completed. */
+export function engine(): Engine {
+  if (!defaultEngine) throw new Error("spair-gpu engine not initialized: call `await initEngine()` first");
+  return defaultEngine;
+}
+
+/** Makes `e` the default engine (for tests that need a device with special limits). Returns the previous. */
+export function setEngine(e: Engine | null): Engine | null {
+  const previous = defaultEngine;
+  defaultEngine = e;
+  return previous;
+}

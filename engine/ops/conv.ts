@@ -1,0 +1,135 @@
+/**
+ * 2-D convolution and transposed convolution (NCHW, PyTorch weight layouts) with backward rules.
+ * Kernels: `wgsl/conv2d.ts` (implicit GEMM forward, input gradient, split-K weight gradient). A transposed
+ * convolution is the input gradient of a convolution, so both ops share the same three kernels.
+ *
+ * @module
+ */
+
+import { engine } from "../device.ts";
+import { record } from "../autograd.ts";
+import { Tensor } from "../tensor.ts";
+import {
+  type Conv2dShape,
+  conv2dForwardPlan,
+  conv2dInputGradPlan,
+  conv2dWeightGradPlan,
+} from "../../wgsl/conv2d.ts";
+import { add } from "./elementwise.ts";
+import { sum } from "./reduce.ts";
+import { reshape } from "./shape.ts";
+
+/** A number for both spatial axes or `[height, width]`. */
+export type Pair = number | readonly [number, number];
+
+/** Options of {@link conv2d}. */
+export interface Conv2dOptions {
+  stride?: Pair;
+  padding?: Pair;
+  dilation?: Pair;
+}
+
+/** Options of {@link convTranspose2d}. */
+export interface ConvTranspose2dOptions extends Conv2dOptions {
+  outputPadding?: Pair;
+}
+
+function pair(p: Pair | undefined, fallback: number): [number, number] {
+  if (p === undefined) return [fallback, fallback];
+  return typeof p === "number" ? [p, p] : [p[0], p[1]];
+}
+
+function check(x: Tensor, w: Tensor, op: string, channelAxis: number): void {
+  if (x.rank !== 4 || w.rank !== 4) throw new Error(`${op}: expected 4-D input and weight, got [${x.shape}] and [${w.shape}]`);
+  if (x.shape[1] !== w.shape[channelAxis]) {
+    throw new Error(`${op}: input has ${x.shape[1]} channels but weight [${w.shape}] expects ${w.shape[channelAxis]}`);
+  }
+}
+
+function run(plan: ReturnType<typeof conv2dForwardPlan>, buffers: Record<string, Tensor>, out: Tensor): Tensor {
+  const bound: Record<string, GPUBuffer> = { out: out.buffer };
+  for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
+  engine().runPlan(plan, bound);
+  return out;
+}
+
+/** Geometry of a convolution with input x [N,Cin,H,W] and weight [Cout,Cin,kh,kw]. */
+function convShape(
+  N: number,
+  Cin: number,
+  H: number,
+  W: number,
+  Cout: number,
+  kh: number,
+  kw: number,
+  o: Conv2dOptions,
+  Hout?: number,
+  Wout?: number,
+): Conv2dShape {
+  const [strideH, strideW] = pair(o.stride, 1);
+  const [padH, padW] = pair(o.padding, 0);
+  const [dilH, dilW] = pair(o.dilation, 1);
+  Hout ??= Math.floor((H + 2 * padH - dilH * (kh - 1) - 1) / strideH) + 1;
+  Wout ??= Math.floor((W + 2 * padW - dilW * (kw - 1) - 1) / strideW) + 1;
+  if (Hout < 1 || Wout < 1) throw new Error(`conv2d: input ${H}x${W} too small for kernel ${kh}x${kw}`);
+  return { N, Cin, H, W, Cout, kh, kw, strideH, strideW, padH, padW, dilH, dilW, Hout, Wout };
+}
+
+/** Convolution of x [N,Cin,H,W] with weight [Cout,Cin,kh,kw] and optional bias [Cout]. */
+export function conv2d(x: Tensor, w: Tensor, bias: Tensor | null = null, options: Conv2dOptions = {}): Tensor {
+  check(x, w, "conv2d", 1);
+  const [N, Cin, H, W] = x.shape;
+  const [Cout, , kh, kw] = w.shape;
+  const s = convShape(N, Cin, H, W, Cout, kh, kw, options);
+  const e = engine();
+  const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
+  const y = e.op("conv2d", () => run(conv2dForwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])));
+  return record("conv2d", bias ? [x, w, bias] : [x, w], y, (g, [sx, sw]) =>
+    e.op("conv2d backward", () => [
+      x.requiresGrad ? run(conv2dInputGradPlan(s), { dy: g, w: sw }, Tensor.empty(x.shape)) : null,
+      w.requiresGrad ? run(conv2dWeightGradPlan(s), { x: sx, dy: g }, Tensor.empty(w.shape)) : null,
+      bias?.requiresGrad ? sum(g, [0, 2, 3]) : null,
+    ]), [x, w]);
+}
+
+/**
+ * Transposed convolution of x [N,Cin,H,W] with weight [Cin,Cout,kh,kw] (PyTorch layout) and optional bias.
+ * Output size: (H - 1) * stride - 2 * padding + dilation * (kh - 1) + outputPadding + 1.
+ */
+export function convTranspose2d(
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | null = null,
+  options: ConvTranspose2dOptions = {},
+): Tensor {
+  check(x, w, "convTranspose2d", 0);
+  const [N, Cin, H, W] = x.shape;
+  const [, Cout, kh, kw] = w.shape;
+  const [strideH, strideW] = pair(options.stride, 1);
+  const [padH, padW] = pair(options.padding, 0);
+  const [dilH, dilW] = pair(options.dilation, 1);
+  const [opH, opW] = pair(options.outputPadding, 0);
+  if (opH >= strideH && opH > 0 || opW >= strideW && opW > 0) {
+    throw new Error("convTranspose2d: outputPadding must be smaller than stride");
+  }
+  const Ho = (H - 1) * strideH - 2 * padH + dilH * (kh - 1) + opH + 1;
+  const Wo = (W - 1) * strideW - 2 * padW + dilW * (kw - 1) + opW + 1;
+  // The equivalent convolution maps [N, Cout, Ho, Wo] to [N, Cin, H, W] with weight [Cin, Cout, kh, kw].
+  const s = convShape(N, Cout, Ho, Wo, Cin, kh, kw, options, H, W);
+  const e = engine();
+  const y = e.op(
+    "convTranspose2d",
+    () => run(conv2dInputGradPlan(s), { dy: x, w }, Tensor.empty([N, Cout, Ho, Wo])),
+  );
+  const core = record("convTranspose2d", [x, w], y, (g, [sx, sw]) =>
+    e.op("convTranspose2d backward", () => [
+      x.requiresGrad ? run(conv2dForwardPlan(s, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
+      w.requiresGrad ? run(conv2dWeightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
+    ]), [x, w]);
+  if (!bias) return core;
+  const b = reshape(bias, [1, Cout, 1, 1]);
+  const withBias = add(core, b);
+  core.dispose();
+  b.dispose();
+  return withBias;
+}

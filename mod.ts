@@ -1,0 +1,77 @@
+/**
+ * spair-gpu: a WebGPU tensor engine with reverse-mode autodiff, and the SPAIR image-restoration model.
+ *
+ * ```ts
+ * import { initEngine, tensor, conv2d, relu, sum, backward } from "@spair/spair-gpu";
+ * await initEngine();
+ * const x = tensor(new Float32Array(1 * 3 * 8 * 8).fill(0.5), [1, 3, 8, 8]);
+ * const w = tensor(new Float32Array(4 * 3 * 3 * 3).fill(0.1), [4, 3, 3, 3]);
+ * w.requiresGrad = true;
+ * const loss = sum(relu(conv2d(x, w, null, { padding: 1 })));
+ * backward(loss);
+ * console.log(await loss.item(), (await w.grad!.data()).slice(0, 4));
+ * ```
+ *
+ * @module
+ */
+
+export { Engine, engine, type EngineOptions, GpuOpError, initEngine, NoAdapterError, setEngine } from "./engine/device.ts";
+export type { MemoryStats } from "./engine/pool.ts";
+export {
+  collectTensors,
+  dispose,
+  keep,
+  type Shape,
+  sizeOf,
+  Storage,
+  stridesOf,
+  Tensor,
+  tensor,
+  tidy,
+} from "./engine/tensor.ts";
+export {
+  backward,
+  type BackwardRule,
+  detach,
+  enableGrad,
+  type GradNode,
+  isGradEnabled,
+  noGrad,
+  record,
+} from "./engine/autograd.ts";
+export {
+  abs,
+  add,
+  addScalar,
+  broadcastShapes,
+  clamp,
+  div,
+  exp,
+  expand,
+  full,
+  leakyRelu,
+  log,
+  map,
+  maximum,
+  minimum,
+  mul,
+  neg,
+  ones,
+  relu,
+  scale,
+  sigmoid,
+  sqrt,
+  square,
+  sub,
+  tanh,
+  where,
+  zeros,
+} from "./engine/ops/elementwise.ts";
+export { max, mean, sum, sumTo } from "./engine/ops/reduce.ts";
+export { concat, pad, permute, reshape, slice, split, transpose } from "./engine/ops/shape.ts";
+export { matmul } from "./engine/ops/matmul.ts";
+export { conv2d, type Conv2dOptions, convTranspose2d, type ConvTranspose2dOptions, type Pair } from "./engine/ops/conv.ts";
+export { avgPool2d, maxPool2d } from "./engine/ops/pool.ts";
+export { type ResizeOptions, upsampleBilinear, upsampleNearest } from "./engine/ops/resample.ts";
+export { logSoftmax, softmax } from "./engine/ops/softmax.ts";
+export { bceWithLogits, l1Loss, mseLoss } from "./engine/ops/loss.ts";

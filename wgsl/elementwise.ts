@@ -1,0 +1,118 @@
+/**
+ * Element-wise kernels: one WGSL expression over up to three broadcast inputs.
+ *
+ * The expression reads inputs as `a`, `b`, `c` and four f32 constants as `k.x`..`k.w` (constants travel in
+ * the uniform block, so e.g. every leaky-ReLU slope shares one pipeline). Two variants: `flat` when every
+ * input has the output's size or is a single value (no index arithmetic; also used to walk huge tensors
+ * chunk by chunk), and `strided` for general broadcasting up to rank 8 (index math unrolled per rank).
+ *
+ * @module
+ */
+
+import { foldWorkgroups, type KernelStep } from "./plan.ts";
+
+/** Invocations per workgroup of element-wise kernels. */
+export const ELEMENTWISE_WORKGROUP = 256;
+/** Largest rank of strided element-wise kernels. */
+export const MAX_RANK = 8;
+
+const INPUT_NAMES = ["a", "b", "c"];
+
+function header(numInputs: number): string {
+  const bindings = INPUT_NAMES.slice(0, numInputs)
+    .map((name, i) => `@group(0) @binding(${i + 1}) var<storage, read> in_${name}: array<f32>;`)
+    .join("\n");
+  return `struct Params {
+  size: u32, base: u32, rank: u32, pad: u32,
+  k: vec4<f32>,
+  shape: array<vec4<u32>, 2>,
+  strides: array<vec4<u32>, 6>,
+}
+@group(0) @binding(0) var<uniform> u: Params;
+${bindings}
+@group(0) @binding(${numInputs + 1}) var<storage, read_write> out: array<f32>;
+fn dim(d: u32) -> u32 { return u.shape[d / 4u][d % 4u]; }
+fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[i / 4u][i % 4u]; }
+`;
+}
+
+/** Builds the kernel source; `scalarInputs[i]` marks inputs read at index 0 in the flat variant. */
+export function elementwiseKernel(
+  expr: string,
+  numInputs: number,
+  variant: "flat" | "strided",
+  rank: number,
+  scalarInputs: boolean[],
+): { key: string; code: string } {
+  let body: string;
+  if (variant === "flat") {
+    body = INPUT_NAMES.slice(0, numInputs)
+      .map((name, i) => `  let ${name} = in_${name}[${scalarInputs[i] ? "0u" : "i"}];`)
+      .join("\n");
+  } else {
+    const lines = ["  var rem = i + u.base;"];
+    for (let j = 0; j < numInputs; j++) lines.push(`  var off_${INPUT_NAMES[j]} = 0u;`);
+    for (let d = rank - 1; d >= 0; d--) {
+      lines.push(`  { let coord = rem % dim(${d}u); rem = rem / dim(${d}u);`);
+      for (let j = 0; j < numInputs; j++) {
+        lines.push(`    off_${INPUT_NAMES[j]} += coord * stride(${j}u, ${d}u);`);
+      }
+      lines.push("  }");
+    }
+    for (let j = 0; j < numInputs; j++) {
+      lines.push(`  let ${INPUT_NAMES[j]} = in_${INPUT_NAMES[j]}[off_${INPUT_NAMES[j]}];`);
+    }
+    body = lines.join("\n");
+  }
+  const code = `${header(numInputs)}
+@compute @workgroup_size(${ELEMENTWISE_WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wg.x + wg.y * nwg.x) * ${ELEMENTWISE_WORKGROUP}u + lid;
+  if (i >= u.size) { return; }
+  let k = u.k;
+${body}
+  out[i] = ${expr};
+}
+`;
+  const key = `ew:${variant}:${rank}:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
+  return { key, code };
+}
+
+/** Packs the uniform block of an element-wise kernel. */
+export function elementwiseUniforms(
+  size: number,
+  base: number,
+  constants: readonly number[],
+  shape: readonly number[],
+  inputStrides: readonly (readonly number[])[],
+): ArrayBuffer {
+  const buffer = new ArrayBuffer(16 + 16 + 32 + 96);
+  const u32 = new Uint32Array(buffer);
+  const f32 = new Float32Array(buffer);
+  u32[0] = size;
+  u32[1] = base;
+  u32[2] = shape.length;
+  for (let i = 0; i < 4; i++) f32[4 + i] = constants[i] ?? 0;
+  shape.forEach((d, i) => (u32[8 + i] = d));
+  inputStrides.forEach((strides, j) => strides.forEach((s, d) => (u32[16 + j * 8 + d] = s)));
+  return buffer;
+}
+
+/** One dispatch step covering `count` output elements. */
+export function elementwiseStep(
+  kernel: { key: string; code: string },
+  uniforms: ArrayBuffer,
+  buffers: string[],
+  count: number,
+  ranges?: Record<string, [number, number]>,
+): KernelStep {
+  return {
+    kernel,
+    uniforms,
+    buffers,
+    writes: ["out"],
+    workgroups: foldWorkgroups(Math.ceil(count / ELEMENTWISE_WORKGROUP)),
+    ranges,
+  };
+}
