@@ -15,7 +15,15 @@
  * @module
  */
 
-export { Engine, engine, type EngineOptions, GpuOpError, initEngine, NoAdapterError, setEngine } from "./engine/device.ts";
+export {
+  Engine,
+  engine,
+  type EngineOptions,
+  GpuOpError,
+  initEngine,
+  NoAdapterError,
+  setEngine,
+} from "./engine/device.ts";
 export type { MemoryStats } from "./engine/pool.ts";
 export {
   collectTensors,
@@ -70,8 +78,27 @@ export {
 export { max, mean, sum, sumTo } from "./engine/ops/reduce.ts";
 export { concat, pad, permute, reshape, slice, split, transpose } from "./engine/ops/shape.ts";
 export { matmul } from "./engine/ops/matmul.ts";
-export { conv2d, type Conv2dOptions, convTranspose2d, type ConvTranspose2dOptions, type Pair } from "./engine/ops/conv.ts";
+export {
+  conv2d,
+  type Conv2dOptions,
+  convTranspose2d,
+  type ConvTranspose2dOptions,
+  type Pair,
+} from "./engine/ops/conv.ts";
 export { avgPool2d, maxPool2d } from "./engine/ops/pool.ts";
 export { type ResizeOptions, upsampleBilinear, upsampleNearest } from "./engine/ops/resample.ts";
 export { logSoftmax, softmax } from "./engine/ops/softmax.ts";
 export { bceWithLogits, l1Loss, mseLoss } from "./engine/ops/loss.ts";
+export {
+  Adam,
+  type AdamOptions,
+  type Optimizer,
+  type OptimizerState,
+  type ParamGroup,
+  SGD,
+  type SgdOptions,
+  stepLr,
+} from "./engine/optim.ts";
+export { Module, uniformInit } from "./engine/module.ts";
+export { decodeSafetensors, encodeSafetensors, type HostTensor } from "./engine/safetensors.ts";
+export { Rng } from "./engine/random.ts";

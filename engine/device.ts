@@ -283,7 +283,13 @@ export class Engine {
     }
     if (!this.#encoder) return;
     if (this.#uniformUsed > 0) {
-      this.device.queue.writeBuffer(this.#uniformBuffer, 0, this.#uniformData, 0, this.#uniformUsed * UNIFORM_SLOT);
+      this.device.queue.writeBuffer(
+        this.#uniformBuffer,
+        0,
+        this.#uniformData,
+        0,
+        this.#uniformUsed * UNIFORM_SLOT,
+      );
       this.#uniformUsed = 0;
     }
     this.device.queue.submit([this.#encoder.finish()]);

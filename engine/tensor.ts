@@ -171,7 +171,7 @@ export function keep<T>(value: T): T {
 /** Adds every tensor found in `value` (tensor, array, plain object; not recursing into tensors) to `out`. */
 export function collectTensors(value: unknown, out: Set<Tensor>): void {
   if (value instanceof Tensor) out.add(value);
-  else if (Array.isArray(value)) for (const v of value) collectTensors(v, out);
+  else if (Array.isArray(value)) { for (const v of value) collectTensors(v, out); }
   else if (value && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) {
     for (const v of Object.values(value)) collectTensors(v, out);
   }

@@ -50,9 +50,7 @@ const ARGMAX = `fn window_argmax(base: u32, oy: u32, ox: u32) -> u32 {
 /** Forward pooling step: input `x`, output `out`. */
 export function pool2dForwardStep(mode: "max" | "avg", p: Pool2dShape): KernelStep {
   const size = p.planes * p.Hout * p.Wout;
-  const body = mode === "max"
-    ? `  out[i] = x[base + window_argmax(base, oy, ox)];`
-    : `  var acc = 0.0;
+  const body = mode === "max" ? `  out[i] = x[base + window_argmax(base, oy, ox)];` : `  var acc = 0.0;
   for (var dy = 0u; dy < u.k; dy++) {
     for (var dx = 0u; dx < u.k; dx++) { acc += x[base + (oy * u.s + dy) * u.W + ox * u.s + dx]; }
   }

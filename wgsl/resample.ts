@@ -45,7 +45,8 @@ fn taps(j: u32) -> Taps {
 }`;
 }
 
-const HEADER = `struct Params { size: u32, outer: u32, inner: u32, lenIn: u32, lenOut: u32, ratio: f32, p0: u32, p1: u32 }
+const HEADER =
+  `struct Params { size: u32, outer: u32, inner: u32, lenIn: u32, lenOut: u32, ratio: f32, p0: u32, p1: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;`;

@@ -10,9 +10,9 @@ import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
 import {
-  type Conv2dShape,
   conv2dForwardPlan,
   conv2dInputGradPlan,
+  type Conv2dShape,
   conv2dWeightGradPlan,
 } from "../../wgsl/conv2d.ts";
 import { add } from "./elementwise.ts";
@@ -40,13 +40,21 @@ function pair(p: Pair | undefined, fallback: number): [number, number] {
 }
 
 function check(x: Tensor, w: Tensor, op: string, channelAxis: number): void {
-  if (x.rank !== 4 || w.rank !== 4) throw new Error(`${op}: expected 4-D input and weight, got [${x.shape}] and [${w.shape}]`);
+  if (x.rank !== 4 || w.rank !== 4) {
+    throw new Error(`${op}: expected 4-D input and weight, got [${x.shape}] and [${w.shape}]`);
+  }
   if (x.shape[1] !== w.shape[channelAxis]) {
-    throw new Error(`${op}: input has ${x.shape[1]} channels but weight [${w.shape}] expects ${w.shape[channelAxis]}`);
+    throw new Error(
+      `${op}: input has ${x.shape[1]} channels but weight [${w.shape}] expects ${w.shape[channelAxis]}`,
+    );
   }
 }
 
-function run(plan: ReturnType<typeof conv2dForwardPlan>, buffers: Record<string, Tensor>, out: Tensor): Tensor {
+function run(
+  plan: ReturnType<typeof conv2dForwardPlan>,
+  buffers: Record<string, Tensor>,
+  out: Tensor,
+): Tensor {
   const bound: Record<string, GPUBuffer> = { out: out.buffer };
   for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
   engine().runPlan(plan, bound);
@@ -76,14 +84,22 @@ function convShape(
 }
 
 /** Convolution of x [N,Cin,H,W] with weight [Cout,Cin,kh,kw] and optional bias [Cout]. */
-export function conv2d(x: Tensor, w: Tensor, bias: Tensor | null = null, options: Conv2dOptions = {}): Tensor {
+export function conv2d(
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | null = null,
+  options: Conv2dOptions = {},
+): Tensor {
   check(x, w, "conv2d", 1);
   const [N, Cin, H, W] = x.shape;
   const [Cout, , kh, kw] = w.shape;
   const s = convShape(N, Cin, H, W, Cout, kh, kw, options);
   const e = engine();
   const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
-  const y = e.op("conv2d", () => run(conv2dForwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])));
+  const y = e.op(
+    "conv2d",
+    () => run(conv2dForwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])),
+  );
   return record("conv2d", bias ? [x, w, bias] : [x, w], y, (g, [sx, sw]) =>
     e.op("conv2d backward", () => [
       x.requiresGrad ? run(conv2dInputGradPlan(s), { dy: g, w: sw }, Tensor.empty(x.shape)) : null,

@@ -76,7 +76,13 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       const offset = outShape.length - t.shape.length;
       return outShape.map((_, d) => (d < offset || t.shape[d - offset] === 1 ? 0 : s[d - offset]));
     });
-    const kernel = elementwiseKernel(expr, inputs.length, "strided", outShape.length, inputs.map(() => false));
+    const kernel = elementwiseKernel(
+      expr,
+      inputs.length,
+      "strided",
+      outShape.length,
+      inputs.map(() => false),
+    );
     const uniforms = elementwiseUniforms(size, 0, constants, outShape, strides);
     e.runPlan(
       { outSize: size, scratch: {}, steps: [elementwiseStep(kernel, uniforms, [...names, "out"], size)] },

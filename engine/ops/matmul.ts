@@ -8,7 +8,7 @@
 import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
-import { type MatmulShape, matmulPlan } from "../../wgsl/matmul.ts";
+import { matmulPlan, type MatmulShape } from "../../wgsl/matmul.ts";
 import { sum } from "./reduce.ts";
 
 function runMatmul(a: Tensor, b: Tensor, shape: MatmulShape, outShape: number[]): Tensor {
@@ -22,7 +22,9 @@ function runMatmul(a: Tensor, b: Tensor, shape: MatmulShape, outShape: number[])
  * be 2-D and is then shared by every batch.
  */
 export function matmul(a: Tensor, b: Tensor): Tensor {
-  if (a.rank < 2 || b.rank < 2) throw new Error(`matmul: operands must be at least 2-D, got [${a.shape}] and [${b.shape}]`);
+  if (a.rank < 2 || b.rank < 2) {
+    throw new Error(`matmul: operands must be at least 2-D, got [${a.shape}] and [${b.shape}]`);
+  }
   const [M, K] = a.shape.slice(-2);
   const [K2, N] = b.shape.slice(-2);
   if (K !== K2) throw new Error(`matmul: inner dimensions differ: [${a.shape}] @ [${b.shape}]`);
@@ -30,13 +32,16 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const batchB = b.shape.slice(0, -2);
   const broadcastA = batchA.length === 0 && batchB.length > 0;
   const broadcastB = batchB.length === 0 && batchA.length > 0;
-  if (!broadcastA && !broadcastB && (batchA.length !== batchB.length || batchA.some((d, i) => d !== batchB[i]))) {
+  if (
+    !broadcastA && !broadcastB && (batchA.length !== batchB.length || batchA.some((d, i) => d !== batchB[i]))
+  ) {
     throw new Error(`matmul: batch dimensions differ: [${a.shape}] @ [${b.shape}]`);
   }
   const batchShape = broadcastA ? batchB : batchA;
   const batch = batchShape.reduce((p, d) => p * d, 1);
-  const y = engine().op("matmul", () =>
-    runMatmul(a, b, { batch, M, N, K, broadcastA, broadcastB }, [...batchShape, M, N])
+  const y = engine().op(
+    "matmul",
+    () => runMatmul(a, b, { batch, M, N, K, broadcastA, broadcastB }, [...batchShape, M, N]),
   );
   return record("matmul", [a, b], y, (g, [sa, sb]) =>
     engine().op("matmul backward", () => {

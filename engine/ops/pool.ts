@@ -7,7 +7,7 @@
 import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
-import { type Pool2dShape, pool2dBackwardStep, pool2dForwardStep } from "../../wgsl/pool2d.ts";
+import { pool2dBackwardStep, pool2dForwardStep, type Pool2dShape } from "../../wgsl/pool2d.ts";
 
 function geometry(x: Tensor, kernel: number, stride: number, op: string): Pool2dShape {
   if (x.rank !== 4) throw new Error(`${op}: expected an NCHW tensor, got [${x.shape}]`);

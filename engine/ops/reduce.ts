@@ -7,7 +7,7 @@
 import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { type Shape, sizeOf, Tensor } from "../tensor.ts";
-import { reducePlan, type ReduceOp } from "../../wgsl/reduce.ts";
+import { type ReduceOp, reducePlan } from "../../wgsl/reduce.ts";
 import { map } from "./elementwise.ts";
 import { reshape } from "./shape.ts";
 
@@ -16,7 +16,9 @@ export function normalizeAxes(axes: number | readonly number[] | undefined, rank
   const list = axes === undefined ? [...Array(rank).keys()] : typeof axes === "number" ? [axes] : [...axes];
   const out = list.map((a) => {
     const n = a < 0 ? a + rank : a;
-    if (!Number.isInteger(n) || n < 0 || n >= rank) throw new Error(`axis ${a} out of range for rank ${rank}`);
+    if (!Number.isInteger(n) || n < 0 || n >= rank) {
+      throw new Error(`axis ${a} out of range for rank ${rank}`);
+    }
     return n;
   });
   return [...new Set(out)].sort((p, q) => p - q);

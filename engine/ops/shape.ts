@@ -53,7 +53,9 @@ export function transpose(x: Tensor): Tensor {
 
 /** Pads each axis with `pads[i] = [before, after]` elements of `value` (negative pads crop). */
 export function pad(x: Tensor, pads: readonly (readonly [number, number])[], value = 0): Tensor {
-  if (pads.length !== x.rank) throw new Error(`pad: need ${x.rank} [before, after] pairs, got ${pads.length}`);
+  if (pads.length !== x.rank) {
+    throw new Error(`pad: need ${x.rank} [before, after] pairs, got ${pads.length}`);
+  }
   const outShape = x.shape.map((d, i) => d + pads[i][0] + pads[i][1]);
   if (outShape.some((d) => d < 0)) throw new Error(`pad: negative output shape [${outShape}]`);
   const y = engine().op("pad", () => {
@@ -76,7 +78,9 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
   const pads = x.shape.map((d, i) => {
     const s = starts[i] < 0 ? starts[i] + d : starts[i];
     const e = ends[i] < 0 ? ends[i] + d : Math.min(ends[i], d);
-    if (!(s >= 0 && s <= e && e <= d)) throw new Error(`slice: bad range [${starts[i]}, ${ends[i]}) on axis ${i}`);
+    if (!(s >= 0 && s <= e && e <= d)) {
+      throw new Error(`slice: bad range [${starts[i]}, ${ends[i]}) on axis ${i}`);
+    }
     return [-s, e - d] as [number, number];
   });
   return pad(x, pads);
