@@ -33,7 +33,9 @@ device.addEventListener("uncapturederror", (e) => {
 const pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }>();
 
 function pipelineFor(step: KernelPlan["steps"][number]) {
-  const cacheKey = `${step.kernel.key}|${step.buffers.map((b) => step.writes.includes(b) ? "w" : "r").join("")}`;
+  const cacheKey = `${step.kernel.key}|${
+    step.buffers.map((b) => step.writes.includes(b) ? "w" : "r").join("")
+  }`;
   let entry = pipelines.get(cacheKey);
   if (!entry) {
     const layout = device.createBindGroupLayout({
@@ -46,7 +48,9 @@ function pipelineFor(step: KernelPlan["steps"][number]) {
         ...step.buffers.map((name, i) => ({
           binding: i + 1,
           visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: step.writes.includes(name) ? "storage" : "read-only-storage" } as GPUBufferBindingLayout,
+          buffer: {
+            type: step.writes.includes(name) ? "storage" : "read-only-storage",
+          } as GPUBufferBindingLayout,
         })),
       ],
     });
@@ -219,7 +223,8 @@ function convForwardRef(
   index: number,
 ): number {
   const ow = index % s.Wout, oh = Math.floor(index / s.Wout) % s.Hout;
-  const co = Math.floor(index / (s.Wout * s.Hout)) % s.Cout, n = Math.floor(index / (s.Wout * s.Hout * s.Cout));
+  const co = Math.floor(index / (s.Wout * s.Hout)) % s.Cout,
+    n = Math.floor(index / (s.Wout * s.Hout * s.Cout));
   let acc = bias ? bias[co] : 0;
   for (let ci = 0; ci < s.Cin; ci++) {
     for (let r = 0; r < s.kh; r++) {
@@ -244,7 +249,8 @@ function convInputGradRef(s: Conv2dShape, dy: Float32Array, w: Float32Array, ind
         if (th < 0 || tw < 0 || th % s.strideH || tw % s.strideW) continue;
         const oh = th / s.strideH, ow = tw / s.strideW;
         if (oh >= s.Hout || ow >= s.Wout) continue;
-        acc += dy[((n * s.Cout + co) * s.Hout + oh) * s.Wout + ow] * w[((co * s.Cin + ci) * s.kh + r) * s.kw + q];
+        acc += dy[((n * s.Cout + co) * s.Hout + oh) * s.Wout + ow] *
+          w[((co * s.Cin + ci) * s.kh + r) * s.kw + q];
       }
     }
   }
@@ -262,7 +268,8 @@ function convWeightGradRef(s: Conv2dShape, x: Float32Array, dy: Float32Array, in
       for (let ow = 0; ow < s.Wout; ow++) {
         const iw = ow * s.strideW - s.padW + q * s.dilW;
         if (iw < 0 || iw >= s.W) continue;
-        acc += x[((n * s.Cin + ci) * s.H + ih) * s.W + iw] * dy[((n * s.Cout + co) * s.Hout + oh) * s.Wout + ow];
+        acc += x[((n * s.Cin + ci) * s.H + ih) * s.W + iw] *
+          dy[((n * s.Cout + co) * s.Hout + oh) * s.Wout + ow];
       }
     }
   }
@@ -339,7 +346,13 @@ async function checkMatmul(p: MatmulShape, sample?: number): Promise<boolean> {
   const plan = matmulPlan(p);
   const got = await runPlan(plan, { a, b });
   const idx = sample ? sampleIndices(plan.outSize, sample, 3) : undefined;
-  return compare(`matmul ${JSON.stringify(p)} steps=${plan.steps.length}`, got, (i) => matmulRef(p, a, b, i), p.K, idx);
+  return compare(
+    `matmul ${JSON.stringify(p)} steps=${plan.steps.length}`,
+    got,
+    (i) => matmulRef(p, a, b, i),
+    p.K,
+    idx,
+  );
 }
 
 async function checkConv(s: Conv2dShape, sample?: number): Promise<boolean> {
@@ -451,7 +464,9 @@ async function benchAll(): Promise<void> {
   for (const [name, plan, inputs] of cases) {
     const sec = await timePlan(plan, inputs, 2, 5);
     total += sec;
-    console.log(JSON.stringify({ bench: `${name} 1x64x256x256 3x3 ->64`, ms: sec * 1e3, gflops: gflop / sec }));
+    console.log(
+      JSON.stringify({ bench: `${name} 1x64x256x256 3x3 ->64`, ms: sec * 1e3, gflops: gflop / sec }),
+    );
   }
   console.log(JSON.stringify({ bench: "conv fwd+dx+dw total", ms: total * 1e3 }));
 }

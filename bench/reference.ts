@@ -91,7 +91,11 @@ export function sampleIndices(seed: number, size: number, count: number): number
  * @param at Flat indices in the reference layout.
  * @param map Optional index remapping from the reference layout to the layout of `values`.
  */
-export function gather(values: ArrayLike<number>, at: readonly number[], map?: (i: number) => number): Float64Array {
+export function gather(
+  values: ArrayLike<number>,
+  at: readonly number[],
+  map?: (i: number) => number,
+): Float64Array {
   const out = new Float64Array(at.length);
   for (let s = 0; s < at.length; s++) out[s] = values[map ? map(at[s]) : at[s]];
   return out;
@@ -125,7 +129,10 @@ export interface Conv2dShape {
  * @returns `[hOut, wOut]` with `hOut = floor((h + 2*pad - kh) / stride) + 1` (same for width).
  */
 export function conv2dOutSize(s: Conv2dShape): [number, number] {
-  return [Math.floor((s.h + 2 * s.pad - s.kh) / s.stride) + 1, Math.floor((s.w + 2 * s.pad - s.kw) / s.stride) + 1];
+  return [
+    Math.floor((s.h + 2 * s.pad - s.kh) / s.stride) + 1,
+    Math.floor((s.w + 2 * s.pad - s.kw) / s.stride) + 1,
+  ];
 }
 
 /**
@@ -388,7 +395,9 @@ export function sampledMaxRelError(
 ): number {
   if (got.length !== ref.length) return Infinity;
   let scale = opts.scale ?? 0;
-  if (opts.scale === undefined) for (let i = 0; i < ref.length; i++) scale = Math.max(scale, Math.abs(ref[i]));
+  if (opts.scale === undefined) {
+    for (let i = 0; i < ref.length; i++) scale = Math.max(scale, Math.abs(ref[i]));
+  }
   const floor = (opts.floor ?? 1e-3) * scale || Number.MIN_VALUE;
   let worst = 0;
   for (let i = 0; i < got.length; i++) {
@@ -398,4 +407,168 @@ export function sampledMaxRelError(
     if (e > worst) worst = e;
   }
   return worst;
+}
+
+/**
+ * Transpose an NCHW tensor to NHWC (e.g. for TensorFlow.js, whose WebGPU convolutions are NHWC-only).
+ *
+ * @param a Flat NCHW data `[n, c, h, w]`.
+ * @returns A new flat NHWC array `[n, h, w, c]`.
+ */
+export function nchwToNhwc(a: Float32Array, n: number, c: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(a.length);
+  const hw = h * w;
+  for (let b = 0; b < n; b++) {
+    for (let ch = 0; ch < c; ch++) {
+      const src = (b * c + ch) * hw;
+      const dst = b * hw * c + ch;
+      for (let p = 0; p < hw; p++) out[dst + p * c] = a[src + p];
+    }
+  }
+  return out;
+}
+
+/**
+ * Transpose an OIHW convolution weight to HWIO (TensorFlow's filter layout).
+ *
+ * @param a Flat OIHW data `[o, i, kh, kw]`.
+ * @returns A new flat HWIO array `[kh, kw, i, o]`.
+ */
+export function oihwToHwio(a: Float32Array, o: number, i: number, kh: number, kw: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let p = 0; p < o; p++) {
+    for (let q = 0; q < i; q++) {
+      for (let r = 0; r < kh * kw; r++) out[(r * i + q) * o + p] = a[(p * i + q) * kh * kw + r];
+    }
+  }
+  return out;
+}
+
+/**
+ * Index mapper from flat NCHW positions to flat NHWC positions of the same tensor (for {@link gather}).
+ */
+export function nchwIndexToNhwc(c: number, h: number, w: number): (i: number) => number {
+  return (i) => {
+    const x = i % w;
+    let r = (i - x) / w;
+    const y = r % h;
+    r = (r - y) / h;
+    const ch = r % c;
+    const b = (r - ch) / c;
+    return ((b * h + y) * w + x) * c + ch;
+  };
+}
+
+/**
+ * Index mapper from flat OIHW weight positions to flat HWIO positions (for {@link gather}).
+ */
+export function oihwIndexToHwio(o: number, i: number, kh: number, kw: number): (idx: number) => number {
+  return (idx) => {
+    const r = idx % (kh * kw);
+    const rest = (idx - r) / (kh * kw);
+    const q = rest % i;
+    const p = (rest - q) / i;
+    return (r * i + q) * o + p;
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Shared workload definitions, so every benchmark (peers and the engine's own) uses identical inputs.
+
+/** The benchmark convolution: N=1, 64→64 channels, 256x256, 3x3, stride 1, pad 1 (NCHW / OIHW). */
+export const BENCH_CONV: Readonly<Conv2dShape> = Object.freeze({
+  n: 1,
+  cin: 64,
+  h: 256,
+  w: 256,
+  cout: 64,
+  kh: 3,
+  kw: 3,
+  stride: 1,
+  pad: 1,
+});
+
+/** Shape of a matmul `c[m, n] = a[m, k] @ b[k, n]`. */
+export interface MatmulShape {
+  m: number;
+  n: number;
+  k: number;
+}
+
+/** The benchmark matmul: 1024 x 1024 x 1024 float32. */
+export const BENCH_MATMUL: Readonly<MatmulShape> = Object.freeze({ m: 1024, n: 1024, k: 1024 });
+
+/** Seeds of the shared benchmark inputs and sample positions. */
+export const BENCH_SEEDS = Object.freeze({
+  x: 1,
+  w: 2,
+  dy: 3,
+  a: 4,
+  b: 5,
+  sampleY: 11,
+  sampleDx: 12,
+  sampleDw: 13,
+  sampleC: 14,
+});
+
+/** Default number of sampled elements checked per output tensor. */
+export const DEFAULT_SAMPLES = 64;
+
+/** Seeded convolution inputs plus sampled float64 references for `y`, `dx` and `dw`. */
+export interface ConvCase {
+  shape: Conv2dShape;
+  /** Input, NCHW, uniform in [-1, 1). */
+  x: Float32Array;
+  /** Weight, OIHW, uniform in [-1, 1). */
+  w: Float32Array;
+  /** Output cotangent used for the backward pass, NCHW, uniform in [-1, 1). */
+  dy: Float32Array;
+  /** Sampled flat NCHW indices into `y` and the float64 forward references there. */
+  y: { at: number[]; ref: Float64Array };
+  /** Sampled flat NCHW indices into `dx` and the float64 input-gradient references there. */
+  dx: { at: number[]; ref: Float64Array };
+  /** Sampled flat OIHW indices into `dw` and the float64 weight-gradient references there. */
+  dw: { at: number[]; ref: Float64Array };
+}
+
+/**
+ * Build the deterministic convolution benchmark case (inputs from {@link BENCH_SEEDS}, `samples`
+ * reference points per output tensor). Takes ~50 ms for {@link BENCH_CONV}.
+ */
+export function makeConvCase(shape: Conv2dShape = BENCH_CONV, samples = DEFAULT_SAMPLES): ConvCase {
+  const sz = conv2dSizes(shape);
+  const x = randomUniform(BENCH_SEEDS.x, sz.x);
+  const w = randomUniform(BENCH_SEEDS.w, sz.w);
+  const dy = randomUniform(BENCH_SEEDS.dy, sz.y);
+  const atY = sampleIndices(BENCH_SEEDS.sampleY, sz.y, samples);
+  const atDx = sampleIndices(BENCH_SEEDS.sampleDx, sz.x, samples);
+  const atDw = sampleIndices(BENCH_SEEDS.sampleDw, sz.w, samples);
+  return {
+    shape: { ...shape },
+    x,
+    w,
+    dy,
+    y: { at: atY, ref: conv2dForwardRef(x, w, shape, atY) },
+    dx: { at: atDx, ref: conv2dInputGradRef(dy, w, shape, atDx) },
+    dw: { at: atDw, ref: conv2dWeightGradRef(x, dy, shape, atDw) },
+  };
+}
+
+/** Seeded matmul inputs plus sampled float64 references for `c`. */
+export interface MatmulCase {
+  shape: MatmulShape;
+  /** Left operand `[m, k]`, uniform in [-1, 1). */
+  a: Float32Array;
+  /** Right operand `[k, n]`, uniform in [-1, 1). */
+  b: Float32Array;
+  /** Sampled flat row-major indices into `c` and the float64 references there. */
+  c: { at: number[]; ref: Float64Array };
+}
+
+/** Build the deterministic matmul benchmark case (inputs from {@link BENCH_SEEDS}). */
+export function makeMatmulCase(shape: MatmulShape = BENCH_MATMUL, samples = DEFAULT_SAMPLES): MatmulCase {
+  const a = randomUniform(BENCH_SEEDS.a, shape.m * shape.k);
+  const b = randomUniform(BENCH_SEEDS.b, shape.k * shape.n);
+  const at = sampleIndices(BENCH_SEEDS.sampleC, shape.m * shape.n, samples);
+  return { shape: { ...shape }, a, b, c: { at, ref: matmulRef(a, b, shape.m, shape.n, shape.k, at) } };
 }
