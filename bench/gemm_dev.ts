@@ -1,3 +1,4 @@
+/// <reference types="@webgpu/types" />
 /**
  * Dev harness for the GEMM / implicit-GEMM conv kernel plans: runs plans on raw WebGPU (no engine), checks
  * them against float64 CPU references (odd shapes exhaustively, big shapes by sampling), and times them.
@@ -8,7 +9,7 @@
  * @module
  */
 
-import { type KernelPlan } from "../wgsl/plan.ts";
+import type { KernelPlan } from "../wgsl/plan.ts";
 import { matmulPlan, type MatmulShape } from "../wgsl/matmul.ts";
 import {
   conv2dForwardPlan,
@@ -144,7 +145,7 @@ async function readback(buf: GPUBuffer, elems: number): Promise<Float32Array> {
 }
 
 /** Runs a plan once on host data; the output is pre-filled with NaN so unwritten elements show. */
-async function runPlan(plan: KernelPlan, inputs: Record<string, Float32Array>): Promise<Float32Array> {
+export async function runPlan(plan: KernelPlan, inputs: Record<string, Float32Array>): Promise<Float32Array> {
   const gpuInputs: Record<string, GPUBuffer> = {};
   for (const [name, data] of Object.entries(inputs)) gpuInputs[name] = upload(data);
   const bound = bindPlan(plan, gpuInputs);
@@ -159,7 +160,7 @@ async function runPlan(plan: KernelPlan, inputs: Record<string, Float32Array>): 
 }
 
 /** Median seconds per plan execution, `reps` executions per submit. */
-async function timePlan(
+export async function timePlan(
   plan: KernelPlan,
   inputs: Record<string, Float32Array>,
   reps: number,
@@ -188,7 +189,7 @@ async function timePlan(
 // ---------------------------------------------------------------------------------------------------------
 // Deterministic data and float64 references.
 
-function randomData(n: number, seed: number): Float32Array {
+export function randomData(n: number, seed: number): Float32Array {
   let s = (seed * 2654435761) >>> 0 || 1;
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) {
@@ -437,13 +438,13 @@ async function checkAll(quick: boolean): Promise<boolean> {
   return ok;
 }
 
-async function benchAll(): Promise<void> {
+async function benchAll(what: Set<string>): Promise<void> {
   const mmShapes: MatmulShape[] = [
     { batch: 1, M: 1024, N: 1024, K: 1024 },
     { batch: 1, M: 1024, N: 1024, K: 1024, transA: true },
     { batch: 1, M: 1024, N: 1024, K: 1024, transB: true },
   ];
-  for (const p of mmShapes) {
+  for (const p of what.has("--conv-only") ? [] : mmShapes) {
     const a = randomData(p.M * p.K, 1), b = randomData(p.K * p.N, 2);
     const sec = await timePlan(matmulPlan(p), { a, b }, 4, 5);
     const gflop = 2 * p.M * p.N * p.K / 1e9;
@@ -477,6 +478,6 @@ if (import.meta.main) {
   const doBench = args.has("--bench") || !args.has("--check");
   let ok = true;
   if (doCheck) ok = await checkAll(args.has("--quick"));
-  if (doBench) await benchAll();
+  if (doBench) await benchAll(args);
   if (!ok) Deno.exit(1);
 }

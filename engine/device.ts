@@ -67,14 +67,22 @@ export class Engine {
   #firstError: GpuOpError | null = null;
   #uncaptured: GpuOpError | null = null;
   #currentOp = "";
+  #opAllocations: { dispose(): void }[] | null = null;
+  #bindingLimit: number;
   #opDepth = 0;
   /** Dispatches recorded since creation (for tests and benchmarks). */
   dispatchCount = 0;
   /** Queue submissions since creation. */
   submitCount = 0;
 
-  private constructor(readonly device: GPUDevice, readonly adapterInfo: GPUAdapterInfo | null) {
+  private constructor(
+    readonly device: GPUDevice,
+    readonly adapterInfo: GPUAdapterInfo | null,
+    requestedBindingLimit = Infinity,
+  ) {
     this.pool = new BufferPool(device);
+    // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
+    this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
     this.#uniformBuffer = device.createBuffer({
       size: this.#uniformData.byteLength,
@@ -109,7 +117,7 @@ export class Engine {
       f === "timestamp-query" || f === "shader-f16"
     ) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
-    return new Engine(device, adapter.info ?? null);
+    return new Engine(device, adapter.info ?? null, options.limits?.maxStorageBufferBindingSize);
   }
 
   /** Device limits in force. */
@@ -117,9 +125,14 @@ export class Engine {
     return this.device.limits;
   }
 
-  /** Largest byte size one storage binding may have. */
+  /** Largest byte size one storage binding may have (the device's limit, or a smaller requested one). */
   get maxBindingBytes(): number {
-    return this.device.limits.maxStorageBufferBindingSize;
+    return this.#bindingLimit;
+  }
+
+  /** Registers a tensor allocated by the running op, so it is released if the op throws. */
+  trackAllocation(t: { dispose(): void }): void {
+    this.#opAllocations?.push(t);
   }
 
   /** Memory counters of the buffer pool. */
@@ -135,11 +148,17 @@ export class Engine {
     if (this.#opDepth > 0) return fn();
     this.#opDepth++;
     this.#currentOp = name;
+    this.#opAllocations = [];
     this.device.pushErrorScope("out-of-memory");
     this.device.pushErrorScope("validation");
     try {
       return fn();
+    } catch (e) {
+      // An op that fails part-way must not leak the outputs it already allocated.
+      for (const t of this.#opAllocations) t.dispose();
+      throw e;
     } finally {
+      this.#opAllocations = null;
       const validation = this.device.popErrorScope();
       const memory = this.device.popErrorScope();
       this.#opDepth--;

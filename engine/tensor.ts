@@ -70,7 +70,10 @@ export class Tensor {
   /** Allocates an uninitialized tensor from the engine's pool. */
   static empty(shape: Shape): Tensor {
     const bytes = Math.max(4, sizeOf(shape) * 4);
-    return new Tensor(shape, new Storage(engine().pool.acquire(bytes), bytes));
+    const e = engine();
+    const t = new Tensor(shape, new Storage(e.pool.acquire(bytes), bytes));
+    e.trackAllocation(t);
+    return t;
   }
 
   /** The GPU buffer holding the data (row-major float32, possibly larger than needed). */

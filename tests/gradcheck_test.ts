@@ -15,7 +15,8 @@ const EPS = 1e-2;
 /**
  * Accepted error: |numerical - analytic| <= TOL * max(1, |analytic|). With float32 losses of size O(1-10),
  * roundoff contributes ~1e-6 / eps ~ 1e-4 and truncation ~eps^2 * |f'''| ~ 1e-4, so observed errors stay
- * below ~2e-3; a wrong rule (missing factor, wrong sign, dropped broadcast sum, misplaced tap) is off by O(1).
+ * below ~1.5e-3 on llvmpipe; a wrong rule (missing factor, wrong sign, dropped broadcast sum, misplaced tap)
+ * is off by O(1).
  */
 const TOL = 1e-2;
 /** Coordinates checked per input (all of them when the input is smaller). */
@@ -45,7 +46,7 @@ function rand(shape: number[], lo = -1, hi = 1): Input {
   return { shape, data: randomArray(size(shape), nextSeed(), lo, hi) };
 }
 
-/** Uniform in [-1, 1) pushed at least `margin` away from every kink point (kinks at least 2 * margin apart). */
+/** Uniform in [-spread, spread) pushed at least `margin` away from every kink (kinks >= 2 * margin apart). */
 function avoiding(shape: number[], kinks: number[], margin: number, spread = 1): Input {
   const data = randomArray(size(shape), nextSeed(), -spread, spread);
   for (let i = 0; i < data.length; i++) {
@@ -206,7 +207,10 @@ async function gradcheck(name: string, c: Case): Promise<Sample[]> {
     assert.ok(analytic[g].every(Number.isFinite), `${name}: non-finite gradient of ${n}`);
     // Guard against vacuous checks: some sampled derivative of every input must be clearly nonzero.
     const largest = Math.max(...samples.filter((s) => s.input === n).map((s) => Math.abs(s.numerical)));
-    assert.ok(largest > 1e-3, `${name}: all sampled derivatives of ${n} are ~0 (${largest}); the check is vacuous`);
+    assert.ok(
+      largest > 1e-3,
+      `${name}: all sampled derivatives of ${n} are ~0 (${largest}); the check is vacuous`,
+    );
   });
   return samples;
 }
@@ -293,10 +297,16 @@ gradTest("sum over [0,2]", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.s
 gradTest("sum over 1 keepdim", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.sum(x, 1, true) }));
 gradTest("sum over all", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.sum(x) }));
 gradTest("mean over [1]", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.mean(x, [1]) }));
-gradTest("mean over [0,2] keepdim", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.mean(x, [0, 2], true) }));
+gradTest(
+  "mean over [0,2] keepdim",
+  () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.mean(x, [0, 2], true) }),
+);
 gradTest("mean over all", () => ({ inputs: { x: rand(S) }, fn: ({ x }) => ops.mean(x) }));
 gradTest("max over -1", () => ({ inputs: { x: distinct(S) }, fn: ({ x }) => ops.max(x, -1) }));
-gradTest("max over [0,1] keepdim", () => ({ inputs: { x: distinct(S) }, fn: ({ x }) => ops.max(x, [0, 1], true) }));
+gradTest(
+  "max over [0,1] keepdim",
+  () => ({ inputs: { x: distinct(S) }, fn: ({ x }) => ops.max(x, [0, 1], true) }),
+);
 gradTest("max over all", () => ({ inputs: { x: distinct(S) }, fn: ({ x }) => ops.max(x) }));
 
 // ---- shape ops ----
@@ -363,11 +373,12 @@ gradTest("conv2d split-K weight gradient (24x24)", () => ({
   fn: ({ x, w, b }) => ops.conv2d(x, w, b, { padding: 1 }),
 }));
 gradTest("conv2d split-K forward with bias (Cin 128)", () => ({
-  inputs: { x: rand([1, 128, 3, 3]), w: rand([2, 128, 3, 3]), b: rand([2]) },
+  // x's gradient (an unsplit GEMM with a 128-channel tile) is covered elsewhere; skipping it saves a compile.
+  inputs: { x: noGradInput(rand([1, 128, 3, 3])), w: rand([2, 128, 3, 3]), b: rand([2]) },
   fn: ({ x, w, b }) => ops.conv2d(x, w, b, { padding: 1 }),
 }));
 gradTest("conv2d split-K input gradient (Cout 128)", () => ({
-  inputs: { x: rand([1, 2, 4, 4]), w: rand([128, 2, 3, 3]) },
+  inputs: { x: rand([1, 2, 4, 4]), w: noGradInput(rand([128, 2, 3, 3])) },
   fn: ({ x, w }) => ops.conv2d(x, w, null, { padding: 1 }),
 }));
 gradTest("convTranspose2d stride 2, padding 1, outputPadding 1, bias", () => ({
@@ -391,7 +402,10 @@ gradTest("maxPool2d 3x3 stride 2 (overlapping, unused last row)", () => ({
   fn: ({ x }) => ops.maxPool2d(x, 3, 2),
 }));
 gradTest("avgPool2d 2x2", () => ({ inputs: { x: rand([2, 2, 6, 6]) }, fn: ({ x }) => ops.avgPool2d(x) }));
-gradTest("avgPool2d 3x3 stride 2", () => ({ inputs: { x: rand([1, 2, 8, 8]) }, fn: ({ x }) => ops.avgPool2d(x, 3, 2) }));
+gradTest(
+  "avgPool2d 3x3 stride 2",
+  () => ({ inputs: { x: rand([1, 2, 8, 8]) }, fn: ({ x }) => ops.avgPool2d(x, 3, 2) }),
+);
 gradTest("upsampleNearest scale 2", () => ({
   inputs: { x: rand([1, 2, 3, 4]) },
   fn: ({ x }) => ops.upsampleNearest(x),
@@ -413,10 +427,19 @@ for (const alignCorners of [false, true]) {
 
 // ---- softmax and losses ----
 
-gradTest("softmax axis 1", () => ({ inputs: { x: rand([2, 5, 3], -2, 2) }, fn: ({ x }) => ops.softmax(x, 1) }));
+gradTest(
+  "softmax axis 1",
+  () => ({ inputs: { x: rand([2, 5, 3], -2, 2) }, fn: ({ x }) => ops.softmax(x, 1) }),
+);
 gradTest("softmax axis -1", () => ({ inputs: { x: rand([3, 6], -2, 2) }, fn: ({ x }) => ops.softmax(x) }));
-gradTest("logSoftmax axis 1", () => ({ inputs: { x: rand([2, 5, 3], -2, 2) }, fn: ({ x }) => ops.logSoftmax(x, 1) }));
-gradTest("logSoftmax axis -1", () => ({ inputs: { x: rand([3, 6], -2, 2) }, fn: ({ x }) => ops.logSoftmax(x) }));
+gradTest(
+  "logSoftmax axis 1",
+  () => ({ inputs: { x: rand([2, 5, 3], -2, 2) }, fn: ({ x }) => ops.logSoftmax(x, 1) }),
+);
+gradTest(
+  "logSoftmax axis -1",
+  () => ({ inputs: { x: rand([3, 6], -2, 2) }, fn: ({ x }) => ops.logSoftmax(x) }),
+);
 gradTest("l1Loss", () => ({
   inputs: { x: grid([2, 3, 4], 0.1, 0.05), y: grid([2, 3, 4], 0.1, 0) },
   fn: ({ x, y }) => ops.l1Loss(x, y),
@@ -436,7 +459,7 @@ const NET_EPS = 3e-3;
 
 /** Inputs of conv -> relu -> maxPool -> conv -> upsample -> concat(skip) -> conv -> mseLoss. */
 function netInputs(): Record<string, Input> {
-  seedCounter = 424242;
+  seedCounter = 425562;
   return {
     x: rand([1, 2, 8, 8]),
     w1: rand([4, 2, 3, 3], -0.5, 0.5),
@@ -461,7 +484,7 @@ function net(p: Record<string, Tensor>, preActivation?: { z1?: Tensor }): Tensor
   return ops.mseLoss(z3, p.target);
 }
 
-Deno.test("gradcheck: composite net (conv, relu, maxPool, conv, upsample, concat skip, conv, mseLoss)", async () => {
+Deno.test("gradcheck: composite net (conv relu maxPool conv upsample concat conv mseLoss)", async () => {
   const inputs = netInputs();
   // Precondition: no single-coordinate perturbation moves a relu input across 0 or swaps a maxPool winner.
   // A perturbation of x, w1 or b1 by eps moves each pre-activation by at most delta.
@@ -478,11 +501,15 @@ Deno.test("gradcheck: composite net (conv, relu, maxPool, conv, upsample, concat
   z1T.dispose();
   assert.ok(maxAbs(z1) > 0.5 && z1.some((v) => v < 0), "pre-activations should have both signs");
   const nearest = Math.min(...z1.map(Math.abs));
-  assert.ok(nearest > delta, `a relu input is within ${nearest} of 0 (perturbation ${delta}); pick another seed`);
+  assert.ok(
+    nearest > delta,
+    `a relu input is within ${nearest} of 0 (perturbation ${delta}); pick another seed`,
+  );
   for (let c = 0; c < 4; c++) {
     for (let oy = 0; oy < 4; oy++) {
       for (let ox = 0; ox < 4; ox++) {
-        const window = [0, 1, 8, 9].map((d) => Math.max(0, z1[c * 64 + oy * 16 + ox * 2 + d])).sort((a, b) => b - a);
+        const corner = c * 64 + oy * 16 + ox * 2;
+        const window = [0, 1, 8, 9].map((d) => Math.max(0, z1[corner + d])).sort((a, b) => b - a);
         if (window[0] > 0) assert.ok(window[0] - window[1] > 2 * delta, `maxPool near-tie in channel ${c}`);
       }
     }

@@ -15,9 +15,9 @@
 
 import {
   gemmBaseUniforms,
-  gemmKernelCode,
   type GemmExtent,
   type GemmHooks,
+  gemmKernelCode,
   gemmSchedule,
   type GemmTile,
   packI32,
@@ -65,12 +65,15 @@ function convUniforms(s: Conv2dShape): number[] {
   return [s.N, s.Cin, s.H, s.W, s.Cout, s.Hout, s.Wout, s.strideH, s.strideW, s.padH, s.padW, s.dilH, s.dilW];
 }
 
-/** Tile for a conv GEMM whose lanes own `channels` columns: a workgroup spans the channels when it can. */
+/**
+ * Tile for a conv GEMM whose lanes own `channels` columns. Every load on llvmpipe costs about the same per
+ * lane and component, so the register block is large (many FMAs per load) while keeping >= 8 lanes busy.
+ */
 export function convTile(channels: number, ku: number): GemmTile {
-  const tn = channels >= 32 ? 4 : channels >= 16 ? 2 : 1;
+  const tn = Math.max(1, Math.min(8, Math.ceil(channels / 8)));
   let wg = 8;
   while (wg < 64 && wg * tn < channels) wg *= 2;
-  return { tm: 16, tn, wg, ku };
+  return { tm: 32, tn, wg, ku };
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -99,7 +102,7 @@ function forwardHooks(s: Conv2dShape, t: GemmTile, hasBias: boolean): GemmHooks 
     setup: setup.join("\n"),
     noRemainder: true,
     // k = ci * taps + tap, and the loop runs over ci with taps unrolled, so the tap is compile-time.
-    loadA: (i, st, tap) => `select(0.0, x[off_${i}_${tap} + ko * HWin], ok_${i}_${tap})`,
+    loadA: (i, _st, tap) => `select(0.0, x[off_${i}_${tap} + ko * HWin], ok_${i}_${tap})`,
     loadB: (j, st) => `w[wb_${j} + k_${st}]`,
     outIndex: (i, j) => `(n_${i} * u.Cout + col_${j}) * HWout + hw_${i}`,
     epilogue: hasBias ? (v, _i, j) => `${v} + bias[colc_${j}]` : undefined,
@@ -211,9 +214,9 @@ function convGemmPlan(
 }
 
 /** Forward convolution: inputs `x` [N,Cin,H,W], `w` [Cout,Cin,kh,kw], optional `bias` [Cout]. */
-export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean): KernelPlan {
+export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean, tileOverride?: GemmTile): KernelPlan {
   const taps = s.kh * s.kw;
-  const tile = convTile(s.Cout, taps);
+  const tile = tileOverride ?? convTile(s.Cout, taps);
   const extent = { rows: s.N * s.Hout * s.Wout, cols: s.Cout, kLen: s.Cin * taps, batches: 1 };
   const outSize = s.N * s.Cout * s.Hout * s.Wout;
   const hooks = forwardHooks(s, tile, hasBias);

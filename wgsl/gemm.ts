@@ -137,7 +137,11 @@ export function gemmKernelCode(t: GemmTile, h: GemmHooks, split: boolean): strin
   const fields = [...BASE_PARAMS, ...h.params];
   const lines: string[] = [];
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const bindings = [...h.inputs.map((b) => ({ ...b, write: false })), { name: "out", type: "f32", write: true }];
+  const bindings = [...h.inputs.map((b) => ({ ...b, write: false })), {
+    name: "out",
+    type: "f32",
+    write: true,
+  }];
   lines.push(paramsStruct(fields));
   lines.push("@group(0) @binding(0) var<uniform> u: Params;");
   bindings.forEach((b, i) => {

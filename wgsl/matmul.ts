@@ -6,8 +6,8 @@
 
 import {
   gemmBaseUniforms,
-  gemmKernelCode,
   type GemmHooks,
+  gemmKernelCode,
   gemmSchedule,
   type GemmTile,
   packI32,
@@ -33,15 +33,15 @@ export interface MatmulShape {
 }
 
 /** Default tile: rows of A are uniform per workgroup (broadcast loads), lanes own columns of B. */
-export const MATMUL_TILE: GemmTile = { tm: 16, tn: 4, wg: 64, ku: 4 };
+export const MATMUL_TILE: GemmTile = { tm: 16, tn: 16, wg: 16, ku: 4 };
 
 function matmulHooks(transA: boolean, transB: boolean, tm: number, tn: number): GemmHooks {
   const setup = [
     "  let aBase = batch * u.aBatchStride;",
     "  let bBase = batch * u.bBatchStride;",
   ];
-  if (!transA) for (let i = 0; i < tm; i++) setup.push(`  let aRow_${i} = aBase + rowc_${i} * u.kLen;`);
-  if (transB) for (let j = 0; j < tn; j++) setup.push(`  let bCol_${j} = bBase + colc_${j} * u.kLen;`);
+  if (!transA) { for (let i = 0; i < tm; i++) setup.push(`  let aRow_${i} = aBase + rowc_${i} * u.kLen;`); }
+  if (transB) { for (let j = 0; j < tn; j++) setup.push(`  let bCol_${j} = bBase + colc_${j} * u.kLen;`); }
   return {
     params: ["aBatchStride", "bBatchStride"],
     inputs: [{ name: "a" }, { name: "b" }],
