@@ -18,6 +18,7 @@
  */
 
 import {
+  adjointRelError,
   BENCH_CONV,
   BENCH_MATMUL,
   conv2dFlops,
@@ -90,18 +91,21 @@ export const PEER_OPS: readonly PeerOp[] = ["conv2d_fwd", "conv2d_fwd_bwd", "mat
 export const PEER_ENGINES: readonly PeerEngine[] = ["jax-js", "tfjs"];
 
 /**
- * Default timed runs per workload. The conv cases take seconds per run on a software adapter
- * (llvmpipe: tfjs fwd+bwd ~100 s, mostly its weight-gradient kernel), so fwd+bwd is timed once.
+ * Default timed runs per workload. On a software adapter the conv cases take many seconds per run
+ * (llvmpipe, 2 cores, idle machine: jax-js fwd ~5 s, fwd+bwd ~18 s; tfjs fwd ~12 s, fwd+bwd 70-110 s,
+ * mostly its weight-gradient kernel), so they are timed once to keep the default run near 3 min.
+ * Raise with `repeats` / `repeatsByOp` for medians on faster adapters.
  */
 export const DEFAULT_REPEATS: Readonly<Record<PeerOp, number>> = Object.freeze({
-  conv2d_fwd: 3,
+  conv2d_fwd: 1,
   conv2d_fwd_bwd: 1,
   matmul: 3,
 });
 
 /**
- * Default untimed warm-up runs per workload. Slow conv cases skip warm-up: pipeline compilation is a
- * small fraction of a multi-second run, and for `conv2d_fwd` the median of 3 discards a slow first run.
+ * Default untimed warm-up runs per workload. The conv cases skip warm-up: on llvmpipe their first run
+ * (including pipeline compilation) was measured no slower than later runs, because compilation is a
+ * negligible part of a multi-second run. Records say when the timed runs include the first run.
  */
 export const DEFAULT_WARMUP: Readonly<Record<PeerOp, number>> = Object.freeze({
   conv2d_fwd: 0,
@@ -227,6 +231,7 @@ async function loadTfjs(cases: Cases): Promise<PeerLib> {
       const { m, n, k } = c.shape;
       const a = tf.tensor2d(c.a, [m, k]);
       const b = tf.tensor2d(c.b, [k, n]);
+      await sync([a, b]); // tfjs uploads lazily on first use; do it before timing
       let out: TfTensor | undefined;
       return {
         method: "tf.matMul",
@@ -243,12 +248,16 @@ async function loadTfjs(cases: Cases): Promise<PeerLib> {
     const s = conv.shape;
     const [ho, wo] = conv2dOutSize(s);
     // NCHW/OIHW → NHWC/HWIO on the CPU, outside the timed region.
-    const x = tf.tensor4d(nchwToNhwc(conv.x, s.n, s.cin, s.h, s.w), [s.n, s.h, s.w, s.cin]);
-    const w = tf.tensor4d(oihwToHwio(conv.w, s.cout, s.cin, s.kh, s.kw), [s.kh, s.kw, s.cin, s.cout]);
-    const dy = tf.tensor4d(nchwToNhwc(conv.dy, s.n, s.cout, ho, wo), [s.n, ho, wo, s.cout]);
+    const xData = nchwToNhwc(conv.x, s.n, s.cin, s.h, s.w);
+    const wData = oihwToHwio(conv.w, s.cout, s.cin, s.kh, s.kw);
+    const dyData = nchwToNhwc(conv.dy, s.n, s.cout, ho, wo);
+    const x = tf.tensor4d(xData, [s.n, s.h, s.w, s.cin]);
+    const w = tf.tensor4d(wData, [s.kh, s.kw, s.cin, s.cout]);
+    const dy = tf.tensor4d(dyData, [s.n, ho, wo, s.cout]);
     const mapY = nchwIndexToNhwc(s.cout, ho, wo);
     const mapX = nchwIndexToNhwc(s.cin, s.h, s.w);
     const mapW = oihwIndexToHwio(s.cout, s.cin, s.kh, s.kw);
+    await sync([x, w, dy]); // tfjs uploads lazily on first use; do it before timing
     let outs: TfTensor[] = [];
     const fwd = () => tf.conv2d(x, w, s.stride, s.pad);
     if (op === "conv2d_fwd") {
@@ -289,6 +298,8 @@ async function loadTfjs(cases: Cases): Promise<PeerLib> {
           y: sampledMaxRelError(gather(y, conv.y.at, mapY), conv.y.ref),
           dx: sampledMaxRelError(gather(dx, conv.dx.at, mapX), conv.dx.ref),
           dw: sampledMaxRelError(gather(dw, conv.dw.at, mapW), conv.dw.ref),
+          "dx·x": adjointRelError(dyData, y, dx, xData),
+          "dw·w": adjointRelError(dyData, y, dw, wData),
         };
       },
       dispose: () => tf.dispose([x, w, dy, ...outs]),
@@ -308,7 +319,7 @@ async function loadJax(cases: Cases): Promise<PeerLib> {
   const engine = `jax-js@${resolvedVersion("@jax-js/jax")}`;
 
   /** Upload to the default (webgpu) device and wait until resident. */
-  const upload = (data: Float32Array, shape: number[]): Promise<JaxArray> =>
+  const upload = (data: Float32Array<ArrayBuffer>, shape: number[]): Promise<JaxArray> =>
     np.array(data).reshape(shape).blockUntilReady();
 
   /**
@@ -320,6 +331,7 @@ async function loadJax(cases: Cases): Promise<PeerLib> {
     inputs: JaxArray[],
     fn: ((...args: JaxArray[]) => JaxArray[]) & { dispose(): void },
     refs: { name: string; at: number[]; ref: Float64Array }[],
+    extra?: (outs: ArrayLike<number>[]) => Record<string, number>,
   ): CaseRunner => {
     let outs: JaxArray[] = [];
     const drop = () => {
@@ -334,11 +346,14 @@ async function loadJax(cases: Cases): Promise<PeerLib> {
         await jax.blockUntilReady(outs);
       },
       check: async () => {
-        const data = await Promise.all(outs.map((o) => o.data())); // data() consumes the arrays
+        const data: ArrayLike<number>[] = await Promise.all(outs.map((o) => o.data())); // consumes outs
         outs = [];
-        return Object.fromEntries(
-          refs.map((r, i) => [r.name, sampledMaxRelError(gather(data[i], r.at), r.ref)]),
-        );
+        return {
+          ...Object.fromEntries(
+            refs.map((r, i) => [r.name, sampledMaxRelError(gather(data[i], r.at), r.ref)]),
+          ),
+          ...extra?.(data),
+        };
       },
       dispose: () => {
         drop();
@@ -385,7 +400,10 @@ async function loadJax(cases: Cases): Promise<PeerLib> {
       { name: "y", ...conv.y },
       { name: "dx", ...conv.dx },
       { name: "dw", ...conv.dw },
-    ]);
+    ], ([y, dx, dw]) => ({
+      "dx·x": adjointRelError(conv.dy, y, dx, conv.x),
+      "dw·w": adjointRelError(conv.dy, y, dw, conv.w),
+    }));
   };
   return { engine, factory };
 }
@@ -400,8 +418,9 @@ async function loadJax(cases: Cases): Promise<PeerLib> {
  * the tolerance are reported as `correct: false` with the per-output errors in `note`.
  *
  * Run counts: `repeatsByOp[op] ?? repeats ?? DEFAULT_REPEATS[op]` timed runs after
- * `warmupByOp[op] ?? warmup ?? DEFAULT_WARMUP[op]` untimed ones. With defaults this takes ~4-5 min on
- * llvmpipe (2 cores), dominated by tfjs's conv weight-gradient kernel (~70-90 s per run).
+ * `warmupByOp[op] ?? warmup ?? DEFAULT_WARMUP[op]` untimed ones. With defaults a full run took 145 s on a 2-core llvmpipe
+ * machine (up to ~2.5x more when other jobs compete for the CPU), dominated by tfjs's conv fwd+bwd
+ * (70-110 s, mostly its weight-gradient kernel).
  */
 export async function runPeerBenchmarks(opts: PeerBenchOptions = {}): Promise<BenchRecord[]> {
   const quiet = opts.quiet !== false;

@@ -23,11 +23,14 @@
 /**
  * Default tolerance for {@link sampledMaxRelError} on float32 results.
  *
- * 1e-3 leaves ample headroom for float32 accumulation-order differences on long reductions (the
- * 256x256 weight gradient sums 65,536 products; the 1024³ matmul 1,024): observed errors of correct
- * implementations are ~1e-6..1e-5 with this metric, while a truncated or mis-indexed reduction shows up
- * at ≥1e-2. It is deliberately loose enough to admit TF32-like or reordered (Winograd/im2col)
- * accumulation but not a dropped term of a 576-term sum.
+ * With the metric's default floor (0.1 x RMS of the references) this leaves room for float32
+ * accumulation-order noise on long reductions: tfjs-webgpu's 255x255 weight gradient (65,025-term sums
+ * accumulated sequentially) has max absolute error 2.4e-3 at reference RMS ~82 and scores 2.5e-5 (at most
+ * ~3e-4 even for a reference near zero); forward conv, input gradient and 1024³ matmul of correct
+ * libraries score ~1e-6..3e-5. Broken reductions score far higher (the wrong 256x256 weight gradients of
+ * tfjs-webgpu and jax-js: 0.7 and 9.9), and a single dropped term of a 576-term forward sum (~3e-2) or
+ * of a 1024-term matmul dot (~2e-2) is still caught. Anything coarser than float32 accumulation (fp16,
+ * TF32-style) is meant to fail.
  */
 export const DEFAULT_REL_TOLERANCE = 1e-3;
 
@@ -57,7 +60,7 @@ export function mulberry32(seed: number): () => number {
  * @param lo Lower bound (inclusive), default -1.
  * @param hi Upper bound (exclusive), default 1.
  */
-export function randomUniform(seed: number, size: number, lo = -1, hi = 1): Float32Array {
+export function randomUniform(seed: number, size: number, lo = -1, hi = 1): Float32Array<ArrayBuffer> {
   const rng = mulberry32(seed);
   const out = new Float32Array(size);
   const span = hi - lo;
@@ -366,24 +369,25 @@ export function matmulRef(
 /** Options of {@link sampledMaxRelError}. */
 export interface RelErrorOptions {
   /**
-   * Magnitude the absolute floor is relative to; defaults to `max |ref|` over the samples. Pass a
-   * larger known scale (e.g. the max of a full output) when the samples are unrepresentative.
+   * Typical magnitude of the result that the absolute floor is relative to; defaults to the RMS of
+   * `ref`. Pass a known scale (e.g. the RMS of a full output) when the samples are unrepresentative.
    */
   scale?: number;
-  /** Absolute floor as a fraction of `scale` (default 1e-3). */
+  /** Absolute floor as a fraction of `scale` (default 0.1). */
   floor?: number;
 }
 
 /**
  * Robust maximum relative error between sampled device values and float64 references:
  *
- * `max_i |got_i - ref_i| / (|ref_i| + floor * scale)`, with `scale = max_i |ref_i|` and `floor = 1e-3`
+ * `max_i |got_i - ref_i| / (|ref_i| + floor * scale)`, with `scale = rms_i(ref_i)` and `floor = 0.1`
  * by default.
  *
- * The floor keeps near-zero references (random ±1 inputs make sums cancel) from turning ordinary float32
- * rounding noise into huge relative errors, while still flagging any error that is large compared with
- * the typical magnitude of the result. Non-finite `got` values (NaN/Inf) and length mismatches yield
- * `Infinity`. Compare the result with {@link DEFAULT_REL_TOLERANCE} (1e-3) for float32.
+ * For typical elements this is the plain relative error. The floor keeps references that happen to be
+ * near zero (random ±1 inputs make long sums cancel) from turning ordinary float32 rounding noise into
+ * huge relative errors, while any error that is large compared with the typical magnitude of the
+ * result is still flagged. Non-finite `got` values (NaN/Inf) and length mismatches yield `Infinity`.
+ * Compare the result with {@link DEFAULT_REL_TOLERANCE} (1e-3) for float32.
  *
  * @param got Device values at the sample positions (see {@link gather}).
  * @param ref Float64 reference values at the same positions.
@@ -394,11 +398,13 @@ export function sampledMaxRelError(
   opts: RelErrorOptions = {},
 ): number {
   if (got.length !== ref.length) return Infinity;
-  let scale = opts.scale ?? 0;
-  if (opts.scale === undefined) {
-    for (let i = 0; i < ref.length; i++) scale = Math.max(scale, Math.abs(ref[i]));
+  let scale = opts.scale;
+  if (scale === undefined) {
+    let ss = 0;
+    for (let i = 0; i < ref.length; i++) ss += ref[i] * ref[i];
+    scale = ref.length ? Math.sqrt(ss / ref.length) : 0;
   }
-  const floor = (opts.floor ?? 1e-3) * scale || Number.MIN_VALUE;
+  const floor = (opts.floor ?? 0.1) * scale || Number.MIN_VALUE;
   let worst = 0;
   for (let i = 0; i < got.length; i++) {
     const g = got[i];
@@ -410,12 +416,54 @@ export function sampledMaxRelError(
 }
 
 /**
+ * Full-tensor adjoint (dot-product) check of a gradient, complementing the sampled checks.
+ *
+ * A convolution is bilinear, `y = conv(x, w)`, so for any cotangent `dy` the exact gradients satisfy
+ * `⟨dy, y⟩ = ⟨dx, x⟩ = ⟨dw, w⟩`. This returns `|⟨grad, primal⟩ - ⟨dy, y⟩| / sqrt(Σ_i (dy_i y_i)²)`,
+ * accumulated in float64 over whole tensors; the denominator is the natural size of a sum of
+ * random-sign terms, so correct float32 gradients score ~1e-6 while a gradient that is wrong in many
+ * places scores ≥1e-2 (the wrong 256x256 weight gradients of tfjs-webgpu and jax-js: 0.08 and 0.48). Compare with
+ * {@link DEFAULT_REL_TOLERANCE}. `dy`/`y` and `grad`/`primal` must each share one layout (any layout).
+ * Non-finite inputs or length mismatches yield `Infinity`.
+ *
+ * @param dy Output cotangent.
+ * @param y Forward output (e.g. the device's, already checked by sampling).
+ * @param grad Gradient under test (`dx` or `dw`).
+ * @param primal The matching primal (`x` or `w`).
+ */
+export function adjointRelError(
+  dy: ArrayLike<number>,
+  y: ArrayLike<number>,
+  grad: ArrayLike<number>,
+  primal: ArrayLike<number>,
+): number {
+  if (dy.length !== y.length || grad.length !== primal.length) return Infinity;
+  let lhs = 0;
+  let ss = 0;
+  for (let i = 0; i < y.length; i++) {
+    const p = dy[i] * y[i];
+    lhs += p;
+    ss += p * p;
+  }
+  let rhs = 0;
+  for (let i = 0; i < grad.length; i++) rhs += grad[i] * primal[i];
+  const e = Math.abs(rhs - lhs) / (Math.sqrt(ss) || Number.MIN_VALUE);
+  return Number.isFinite(e) ? e : Infinity;
+}
+
+/**
  * Transpose an NCHW tensor to NHWC (e.g. for TensorFlow.js, whose WebGPU convolutions are NHWC-only).
  *
  * @param a Flat NCHW data `[n, c, h, w]`.
  * @returns A new flat NHWC array `[n, h, w, c]`.
  */
-export function nchwToNhwc(a: Float32Array, n: number, c: number, h: number, w: number): Float32Array {
+export function nchwToNhwc(
+  a: Float32Array,
+  n: number,
+  c: number,
+  h: number,
+  w: number,
+): Float32Array<ArrayBuffer> {
   const out = new Float32Array(a.length);
   const hw = h * w;
   for (let b = 0; b < n; b++) {
@@ -434,7 +482,13 @@ export function nchwToNhwc(a: Float32Array, n: number, c: number, h: number, w: 
  * @param a Flat OIHW data `[o, i, kh, kw]`.
  * @returns A new flat HWIO array `[kh, kw, i, o]`.
  */
-export function oihwToHwio(a: Float32Array, o: number, i: number, kh: number, kw: number): Float32Array {
+export function oihwToHwio(
+  a: Float32Array,
+  o: number,
+  i: number,
+  kh: number,
+  kw: number,
+): Float32Array<ArrayBuffer> {
   const out = new Float32Array(a.length);
   for (let p = 0; p < o; p++) {
     for (let q = 0; q < i; q++) {
@@ -518,11 +572,11 @@ export const DEFAULT_SAMPLES = 64;
 export interface ConvCase {
   shape: Conv2dShape;
   /** Input, NCHW, uniform in [-1, 1). */
-  x: Float32Array;
+  x: Float32Array<ArrayBuffer>;
   /** Weight, OIHW, uniform in [-1, 1). */
-  w: Float32Array;
+  w: Float32Array<ArrayBuffer>;
   /** Output cotangent used for the backward pass, NCHW, uniform in [-1, 1). */
-  dy: Float32Array;
+  dy: Float32Array<ArrayBuffer>;
   /** Sampled flat NCHW indices into `y` and the float64 forward references there. */
   y: { at: number[]; ref: Float64Array };
   /** Sampled flat NCHW indices into `dx` and the float64 input-gradient references there. */
@@ -558,9 +612,9 @@ export function makeConvCase(shape: Conv2dShape = BENCH_CONV, samples = DEFAULT_
 export interface MatmulCase {
   shape: MatmulShape;
   /** Left operand `[m, k]`, uniform in [-1, 1). */
-  a: Float32Array;
+  a: Float32Array<ArrayBuffer>;
   /** Right operand `[k, n]`, uniform in [-1, 1). */
-  b: Float32Array;
+  b: Float32Array<ArrayBuffer>;
   /** Sampled flat row-major indices into `c` and the float64 references there. */
   c: { at: number[]; ref: Float64Array };
 }

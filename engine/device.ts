@@ -47,6 +47,14 @@ const USAGE_COPY_DST = 0x8;
 const USAGE_UNIFORM = 0x40;
 const STAGE_COMPUTE = 0x4;
 const MAP_MODE_READ = 0x1;
+const TEXTURE_COPY_DST = 0x2;
+const TEXTURE_BINDING = 0x4;
+
+/** Texels per row of the textures made by {@link Engine.textureOf} (8,192 floats). */
+export const TEXTURE_WIDTH = 2048;
+
+/** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
+export type BindingKind = "r" | "w" | "t";
 
 const UNIFORM_SLOT = 256;
 const UNIFORM_SLOTS = 4096;
@@ -64,6 +72,7 @@ export class Engine {
   #uniformData = new Uint8Array(UNIFORM_SLOT * UNIFORM_SLOTS);
   #uniformUsed = 0;
   #outstanding = new Set<Promise<void>>();
+  #texturesInFlight: GPUTexture[] = [];
   #firstError: GpuOpError | null = null;
   #uncaptured: GpuOpError | null = null;
   #currentOp = "";
@@ -170,13 +179,13 @@ export class Engine {
     }
   }
 
-  /** Compiles (once) and returns the pipeline for a kernel with the given binding signature. */
-  pipeline(kernel: KernelSource, writes: boolean[]): {
+  /** Compiles (once) and returns the pipeline for a kernel with the given binding signature: per binding
+   * `r` (read-only storage), `w` (read-write storage) or `t` (rgba32float texture, see {@link TEXTURE_WIDTH}). */
+  pipeline(kernel: KernelSource, kinds: BindingKind[]): {
     pipeline: GPUComputePipeline;
     layout: GPUBindGroupLayout;
   } {
-    const signature = writes.map((w) => (w ? "w" : "r")).join("");
-    const key = kernel.key + "|" + signature;
+    const key = kernel.key + "|" + kinds.join("");
     let entry = this.#pipelines.get(key);
     if (!entry) {
       const entries: GPUBindGroupLayoutEntry[] = [{
@@ -184,12 +193,16 @@ export class Engine {
         visibility: STAGE_COMPUTE,
         buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
       }];
-      writes.forEach((w, i) =>
-        entries.push({
-          binding: i + 1,
-          visibility: STAGE_COMPUTE,
-          buffer: { type: w ? "storage" : "read-only-storage" },
-        })
+      kinds.forEach((kind, i) =>
+        entries.push(
+          kind === "t"
+            ? { binding: i + 1, visibility: STAGE_COMPUTE, texture: { sampleType: "unfilterable-float" } }
+            : {
+              binding: i + 1,
+              visibility: STAGE_COMPUTE,
+              buffer: { type: kind === "w" ? "storage" : "read-only-storage" },
+            },
+        )
       );
       const layout = this.device.createBindGroupLayout({ entries, label: kernel.key });
       const module = this.device.createShaderModule({ code: kernel.code, label: kernel.key });
@@ -226,25 +239,28 @@ export class Engine {
     return this.#encoder;
   }
 
-  /** Records one dispatch. `buffers` are bound at bindings 1..n; `writes[i]` marks written ones. */
+  /** Records one dispatch. `bindings` are bound at 1..n; `kinds` gives each one's kind (see {@link pipeline}). */
   dispatch(
     kernel: KernelSource,
     uniforms: ArrayBuffer,
-    buffers: { buffer: GPUBuffer; offset?: number; size?: number }[],
-    writes: boolean[],
+    bindings: ({ buffer: GPUBuffer; offset?: number; size?: number } | GPUTextureView)[],
+    kinds: BindingKind[],
     workgroups: [number, number, number],
   ): void {
     if (uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${kernel.key}: uniform block over 256 bytes`);
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
-    const { pipeline, layout } = this.pipeline(kernel, writes);
+    const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
     this.#uniformData.set(new Uint8Array(uniforms), slot * UNIFORM_SLOT);
     const entries: GPUBindGroupEntry[] = [{
       binding: 0,
       resource: { buffer: this.#uniformBuffer, size: UNIFORM_SLOT },
     }];
-    buffers.forEach((b, i) =>
-      entries.push({ binding: i + 1, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } })
+    bindings.forEach((b, i) =>
+      entries.push({
+        binding: i + 1,
+        resource: "buffer" in b ? { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } : b,
+      })
     );
     const bindGroup = this.device.createBindGroup({ layout, entries });
     const pass = this.#computePass();
@@ -255,11 +271,47 @@ export class Engine {
   }
 
   /**
+   * Records a copy of the first `floats` values of `buffer` into an rgba32float texture of
+   * {@link TEXTURE_WIDTH} texels per row (value i is texel i / 4, component i % 4, at
+   * (texel % TEXTURE_WIDTH, texel / TEXTURE_WIDTH)). Texture loads are far cheaper than storage loads on
+   * some drivers (llvmpipe), so GEMM kernels read their operands this way. The texture is destroyed after
+   * the next submit.
+   */
+  textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
+    const texels = Math.max(1, Math.ceil(floats / 4));
+    const rows = Math.ceil(texels / TEXTURE_WIDTH);
+    if (rows > this.device.limits.maxTextureDimension2D) {
+      throw new Error(`tensor of ${floats} values is too large for a ${TEXTURE_WIDTH}-wide texture`);
+    }
+    const texture = this.device.createTexture({
+      size: [TEXTURE_WIDTH, rows],
+      format: "rgba32float",
+      usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
+    });
+    this.#texturesInFlight.push(texture);
+    const encoder = this.#commandEncoder();
+    const fullRows = Math.floor(texels / TEXTURE_WIDTH);
+    const rowBytes = TEXTURE_WIDTH * 16;
+    if (fullRows > 0) {
+      encoder.copyBufferToTexture({ buffer, bytesPerRow: rowBytes }, { texture }, [TEXTURE_WIDTH, fullRows]);
+    }
+    const rest = texels - fullRows * TEXTURE_WIDTH;
+    if (rest > 0) {
+      encoder.copyBufferToTexture(
+        { buffer, offset: fullRows * rowBytes, bytesPerRow: rowBytes },
+        { texture, origin: [0, fullRows] },
+        [rest, 1],
+      );
+    }
+    return texture.createView();
+  }
+
+  /**
    * Records every step of a kernel plan. `buffers` maps the plan's input names and `out` to GPU buffers;
    * scratch buffers are taken from the pool and returned once recorded (later reuse is ordered on the
    * queue, so this is safe).
    */
-  runPlan(plan: KernelPlan, buffers: Record<string, GPUBuffer>): void {
+  runPlan(plan: KernelPlan, buffers: Record<string, GPUBuffer>, sizes: Record<string, number> = {}): void {
     const scratch: GPUBuffer[] = [];
     const bound: Record<string, GPUBuffer> = { ...buffers };
     for (const [name, floats] of Object.entries(plan.scratch)) {
@@ -267,19 +319,23 @@ export class Engine {
       scratch.push(b);
       bound[name] = b;
     }
-    for (const step of plan.steps) this.#runStep(step, bound);
+    for (const step of plan.steps) this.#runStep(step, bound, sizes);
     for (const b of scratch) this.pool.release(b);
   }
 
-  #runStep(step: KernelStep, bound: Record<string, GPUBuffer>): void {
-    const buffers = step.buffers.map((name) => {
+  #runStep(step: KernelStep, bound: Record<string, GPUBuffer>, sizes: Record<string, number>): void {
+    const textures = step.textures ?? [];
+    const kinds: BindingKind[] = step.buffers.map((name) =>
+      textures.includes(name) ? "t" : step.writes.includes(name) ? "w" : "r"
+    );
+    const bindings = step.buffers.map((name, i) => {
       const buffer = bound[name];
       if (!buffer) throw new Error(`${step.kernel.key}: plan buffer '${name}' is not bound`);
+      if (kinds[i] === "t") return this.textureOf(buffer, sizes[name] ?? buffer.size / 4);
       const range = step.ranges?.[name];
       return range ? { buffer, offset: range[0], size: range[1] } : { buffer };
     });
-    const writes = step.buffers.map((name) => step.writes.includes(name));
-    this.dispatch(step.kernel, step.uniforms, buffers, writes, step.workgroups);
+    this.dispatch(step.kernel, step.uniforms, bindings, kinds, step.workgroups);
   }
 
   /** Records a buffer-to-buffer copy. */
@@ -314,6 +370,9 @@ export class Engine {
     this.device.queue.submit([this.#encoder.finish()]);
     this.#encoder = null;
     this.submitCount++;
+    // Destroying after submit is safe: WebGPU keeps a texture alive until the work using it completes.
+    for (const t of this.#texturesInFlight) t.destroy();
+    this.#texturesInFlight = [];
   }
 
   /** Submits recorded work, waits for the GPU to finish it, and throws the first captured GPU error. */

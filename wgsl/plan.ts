@@ -33,6 +33,10 @@ export interface KernelStep {
   /** Optional sub-ranges (byte offset, byte size) to bind instead of whole buffers, by buffer name. Lets
    * element-wise kernels walk tensors larger than `maxStorageBufferBindingSize` in chunks. */
   ranges?: Record<string, [number, number]>;
+  /** Buffers (a subset of `buffers`) bound as `texture_2d<f32>` views of their data instead of storage:
+   * rgba32float, `TEXTURE_WIDTH` (2,048) texels per row, value i at texel i / 4, component i % 4. On
+   * llvmpipe a texel load costs about a quarter of one storage load per float. */
+  textures?: string[];
 }
 
 /** A sequence of dispatches that computes `out` (f32 elements) from named inputs. */
