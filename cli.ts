@@ -63,7 +63,7 @@ async function doctor(args: string[]): Promise<void> {
     options: { install: { type: "boolean" }, quiet: { type: "boolean" } },
   });
   const describe = async () => (await navigator.gpu?.requestAdapter())?.info?.description ?? null;
-  let adapter = await describe().catch(() => null);
+  const adapter = await describe().catch(() => null);
   if (!adapter && values.install && Deno.build.os === "linux" && Deno.uid?.() === 0) {
     console.error(
       "spair-gpu: no GPU adapter; installing Mesa's software Vulkan driver (apt-get install -y mesa-vulkan-drivers libvulkan1)",

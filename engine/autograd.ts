@@ -10,7 +10,7 @@
  * @module
  */
 
-import { type Shape, Tensor, tidy } from "./tensor.ts";
+import { type Shape, type Tensor, tidy } from "./tensor.ts";
 import { add, full } from "./ops/elementwise.ts";
 
 /** Backward rule: output gradient and the saved tensors in, one gradient (or null) per input out. */

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { keep, type Shape, Tensor, tensor } from "./tensor.ts";
+import { keep, type Shape, type Tensor, tensor } from "./tensor.ts";
 import type { Rng } from "./random.ts";
 import { decodeSafetensors, encodeSafetensors, type HostTensor } from "./safetensors.ts";
 import { engine } from "./device.ts";

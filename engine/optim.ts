@@ -37,7 +37,7 @@ abstract class Optimizer {
   readonly groups: (ParamGroup & { lr: number; weightDecay: number })[];
   /** Steps taken so far. */
   stepCount = 0;
-  protected state = new Map<Tensor, Tensor[]>();
+  protected state: Map<Tensor, Tensor[]> = new Map();
 
   constructor(params: Tensor[] | ParamGroup[], lr: number, weightDecay: number) {
     this.groups = normalizeGroups(params).map((g) => ({

@@ -186,3 +186,9 @@ export function dispose(value: unknown): void {
   collectTensors(value, found);
   for (const t of found) t.dispose();
 }
+
+/** Overwrites a tensor's values in place with CPU data (after all work recorded so far). */
+export function assignData(t: Tensor, values: ArrayLike<number>): void {
+  if (values.length !== t.size) throw new Error(`assignData: ${values.length} values for ${t.describe()}`);
+  engine().write(t.buffer, 0, values instanceof Float32Array ? values : Float32Array.from(values));
+}
