@@ -24,6 +24,7 @@ const device = await adapter.requestDevice({
   requiredLimits: {
     maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
     maxBufferSize: adapter.limits.maxBufferSize,
+    maxTextureDimension2D: adapter.limits.maxTextureDimension2D,
   },
 });
 device.addEventListener("uncapturederror", (e) => {
@@ -35,7 +36,7 @@ const pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBin
 
 function pipelineFor(step: KernelPlan["steps"][number]) {
   const cacheKey = `${step.kernel.key}|${
-    step.buffers.map((b) => step.writes.includes(b) ? "w" : "r").join("")
+    step.buffers.map((b) => step.textures?.includes(b) ? "t" : step.writes.includes(b) ? "w" : "r").join("")
   }`;
   let entry = pipelines.get(cacheKey);
   if (!entry) {
@@ -46,13 +47,21 @@ function pipelineFor(step: KernelPlan["steps"][number]) {
           visibility: GPUShaderStage.COMPUTE,
           buffer: { type: "uniform", hasDynamicOffset: true },
         },
-        ...step.buffers.map((name, i) => ({
-          binding: i + 1,
-          visibility: GPUShaderStage.COMPUTE,
-          buffer: {
-            type: step.writes.includes(name) ? "storage" : "read-only-storage",
-          } as GPUBufferBindingLayout,
-        })),
+        ...step.buffers.map((name, i) =>
+          step.textures?.includes(name)
+            ? {
+              binding: i + 1,
+              visibility: GPUShaderStage.COMPUTE,
+              texture: { sampleType: "unfilterable-float" } as GPUTextureBindingLayout,
+            }
+            : {
+              binding: i + 1,
+              visibility: GPUShaderStage.COMPUTE,
+              buffer: {
+                type: step.writes.includes(name) ? "storage" : "read-only-storage",
+              } as GPUBufferBindingLayout,
+            }
+        ),
       ],
     });
     const module = device.createShaderModule({ code: step.kernel.code });
@@ -80,8 +89,45 @@ interface BoundPlan {
   destroy(): void;
 }
 
-function bindPlan(plan: KernelPlan, inputs: Record<string, GPUBuffer>): BoundPlan {
+const TEXTURE_WIDTH = 2048;
+
+/** An rgba32float texture laid out like the engine's (value i at texel i / 4 of 2,048-texel rows), with the
+ * copy that fills it from `buffer`. */
+function textureFor(buffer: GPUBuffer, floats: number) {
+  const texels = Math.max(1, Math.ceil(floats / 4));
+  const rows = Math.ceil(texels / TEXTURE_WIDTH);
+  const texture = device.createTexture({
+    size: [TEXTURE_WIDTH, rows],
+    format: "rgba32float",
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+  });
+  const fullRows = Math.floor(texels / TEXTURE_WIDTH);
+  const rest = texels - fullRows * TEXTURE_WIDTH;
+  const rowBytes = TEXTURE_WIDTH * 16;
+  return {
+    texture,
+    copy(enc: GPUCommandEncoder) {
+      if (fullRows > 0) {
+        enc.copyBufferToTexture({ buffer, bytesPerRow: rowBytes }, { texture }, [TEXTURE_WIDTH, fullRows]);
+      }
+      if (rest > 0) {
+        enc.copyBufferToTexture(
+          { buffer, offset: fullRows * rowBytes, bytesPerRow: rowBytes },
+          { texture, origin: [0, fullRows] },
+          [rest, 1],
+        );
+      }
+    },
+  };
+}
+
+function bindPlan(
+  plan: KernelPlan,
+  inputs: Record<string, GPUBuffer>,
+  sizes: Record<string, number> = {},
+): BoundPlan {
   const owned: GPUBuffer[] = [];
+  const textures: GPUTexture[] = [];
   const buffers: Record<string, GPUBuffer> = { ...inputs };
   buffers.out = storageBuffer(plan.outSize);
   owned.push(buffers.out);
@@ -89,7 +135,14 @@ function bindPlan(plan: KernelPlan, inputs: Record<string, GPUBuffer>): BoundPla
     buffers[name] = storageBuffer(elems);
     owned.push(buffers[name]);
   }
+  const floats: Record<string, number> = { ...sizes, ...plan.scratch, out: plan.outSize };
   const passes = plan.steps.map((step) => {
+    const copies = (step.textures ?? []).map((name) => {
+      if (!buffers[name]) throw new Error(`plan names unknown buffer ${name}`);
+      const t = textureFor(buffers[name], floats[name] ?? buffers[name].size / 4);
+      textures.push(t.texture);
+      return { name, ...t };
+    });
     const { pipeline, layout } = pipelineFor(step);
     const ubuf = device.createBuffer({ size: 256, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(ubuf, 0, step.uniforms);
@@ -100,16 +153,18 @@ function bindPlan(plan: KernelPlan, inputs: Record<string, GPUBuffer>): BoundPla
         { binding: 0, resource: { buffer: ubuf, size: 256 } },
         ...step.buffers.map((name, i) => {
           if (!buffers[name]) throw new Error(`plan names unknown buffer ${name}`);
-          return { binding: i + 1, resource: { buffer: buffers[name] } };
+          const tex = copies.find((c) => c.name === name);
+          return { binding: i + 1, resource: tex ? tex.texture.createView() : { buffer: buffers[name] } };
         }),
       ],
     });
-    return { pipeline, bindGroup, workgroups: step.workgroups };
+    return { pipeline, bindGroup, workgroups: step.workgroups, copies };
   });
   return {
     out: buffers.out,
     encode(enc) {
       for (const p of passes) {
+        for (const c of p.copies) c.copy(enc);
         const pass = enc.beginComputePass();
         pass.setPipeline(p.pipeline);
         pass.setBindGroup(0, p.bindGroup, [0]);
@@ -119,6 +174,7 @@ function bindPlan(plan: KernelPlan, inputs: Record<string, GPUBuffer>): BoundPla
     },
     destroy() {
       for (const b of owned) b.destroy();
+      for (const t of textures) t.destroy();
     },
   };
 }
@@ -147,8 +203,12 @@ async function readback(buf: GPUBuffer, elems: number): Promise<Float32Array> {
 /** Runs a plan once on host data; the output is pre-filled with NaN so unwritten elements show. */
 export async function runPlan(plan: KernelPlan, inputs: Record<string, Float32Array>): Promise<Float32Array> {
   const gpuInputs: Record<string, GPUBuffer> = {};
-  for (const [name, data] of Object.entries(inputs)) gpuInputs[name] = upload(data);
-  const bound = bindPlan(plan, gpuInputs);
+  const sizes: Record<string, number> = {};
+  for (const [name, data] of Object.entries(inputs)) {
+    gpuInputs[name] = upload(data);
+    sizes[name] = data.length;
+  }
+  const bound = bindPlan(plan, gpuInputs, sizes);
   device.queue.writeBuffer(bound.out, 0, new Float32Array(plan.outSize).fill(NaN));
   const enc = device.createCommandEncoder();
   bound.encode(enc);
@@ -167,8 +227,12 @@ export async function timePlan(
   runs: number,
 ): Promise<number> {
   const gpuInputs: Record<string, GPUBuffer> = {};
-  for (const [name, data] of Object.entries(inputs)) gpuInputs[name] = upload(data);
-  const bound = bindPlan(plan, gpuInputs);
+  const sizes: Record<string, number> = {};
+  for (const [name, data] of Object.entries(inputs)) {
+    gpuInputs[name] = upload(data);
+    sizes[name] = data.length;
+  }
+  const bound = bindPlan(plan, gpuInputs, sizes);
   const once = async () => {
     const enc = device.createCommandEncoder();
     for (let r = 0; r < reps; r++) bound.encode(enc);
@@ -450,6 +514,7 @@ async function benchAll(what: Set<string>): Promise<void> {
     const gflop = 2 * p.M * p.N * p.K / 1e9;
     console.log(JSON.stringify({ bench: `matmul ${JSON.stringify(p)}`, ms: sec * 1e3, gflops: gflop / sec }));
   }
+  if (what.has("--mm-only")) return;
   const s = convShape(1, 64, 256, 256, 64, 3, 3, 1, 1, 1);
   const x = randomData(s.N * s.Cin * s.H * s.W, 4);
   const w = randomData(s.Cout * s.Cin * s.kh * s.kw, 5);

@@ -319,7 +319,9 @@ export class Engine {
       scratch.push(b);
       bound[name] = b;
     }
-    for (const step of plan.steps) this.#runStep(step, bound, sizes);
+    // Texture copies of scratch buffers cover the plan's requested size, not the pooled bucket's.
+    const extents = { ...plan.scratch, ...sizes };
+    for (const step of plan.steps) this.#runStep(step, bound, extents);
     for (const b of scratch) this.pool.release(b);
   }
 

@@ -1,14 +1,21 @@
 /**
- * 2-D convolution (NCHW, weights [Cout, Cin, kh, kw], groups = 1) as implicit GEMM on the shared
- * register-blocked body of `gemm.ts`; no im2col buffer is materialised.
+ * 2-D convolution (NCHW, weights [Cout, Cin, kh, kw], groups = 1) as implicit GEMM.
  *
- * In all three kernels the uniform GEMM operand (A, one scalar load per workgroup) is the spatially gathered
- * tensor, so the padding / stride bounds checks are uniform too, and lanes own channels:
+ * Main path (texture GEMM of `gemm.ts`): activations are first repacked into zero-padded NHWC scratch
+ * (channels rounded up to 4, so one rgba32f texel = 4 channels of one pixel and the GEMM needs no bounds
+ * checks), weights into [out, tap, in4]; both are then read as textures, 4 useful floats per fetch:
+ * - forward: rows = output pixels, columns = Cout, k = (tap, ci)
+ * - input grad: the same kernel on zero-inserted, padded dy with the flipped, transposed kernel (stride-1
+ *   convolution), so strides, dilation, padding and transposed-conv sizes all reduce to it
+ * - weight grad: rows = (tap, ci), columns = Cout, k = output pixels (split + reduced)
+ *
+ * Fallback (operands too large for a texture): the storage-load register-blocked body, where the uniform
+ * GEMM operand (A, one scalar load per workgroup) is the spatially gathered tensor and lanes own channels:
  * - forward: rows = output positions (N*Hout*Wout), columns = Cout, k = (Cin, kh, kw)
  * - input grad: rows = input positions (N*H*W), columns = Cin, k = (Cout, kh, kw)
  * - weight grad: rows = (Cin, kh, kw), columns = Cout, k = output positions (split + reduced)
  *
- * Kernel taps are compile-time (unrolled); every other size travels in the uniforms.
+ * Kernel taps are compile-time (unrolled) in the fallback; every other size travels in the uniforms.
  *
  * @module
  */
@@ -20,8 +27,14 @@ import {
   gemmKernelCode,
   gemmSchedule,
   type GemmTile,
+  MAX_TEXTURE_FLOATS,
   packI32,
   reduceSplitsStep,
+  texBaseUniforms,
+  texGemmCode,
+  type TexGemmSpec,
+  texSchedule,
+  texWorkgroups,
   tileKey,
 } from "./gemm.ts";
 import { foldWorkgroups, type KernelPlan, type KernelStep } from "./plan.ts";
@@ -213,8 +226,408 @@ function convGemmPlan(
   };
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Texture path. Activations are repacked into zero-padded NHWC with channels rounded up to 4 (one texel =
+// 4 channels of one pixel, no bounds checks in the GEMM), weights into [out, tap, in4]. All three kernels
+// then read 4 useful floats per texel fetch (see texGemmCode).
+
+/** Register block of the conv texture GEMMs; B (weights / dy) is the lane-uniform side. */
+export const CONV_TEX_TILE = { tm: 16, tn: 32, wg: 64 };
+
+const ceil4 = (n: number) => Math.ceil(n / 4) * 4;
+
+/**
+ * dst[n][h][w][c] (h < Hp, w < Wp, c < Cp) = src[n][c][(h - P0) / sH][(w - Q0) / sW] where that is an
+ * integer position inside [Hs, Ws] and c < C, else 0. sH/sW > 1 inserts zeros (transposed convolution).
+ * One invocation writes one texel (4 channels) and the dispatch is 3-D (x: w and c4, y: h, z: n): integer
+ * division is scalarised on SIMD CPUs, so little of it runs per value.
+ */
+function packNhwcStep(
+  src: string,
+  dst: string,
+  N: number,
+  C: number,
+  Hs: number,
+  Ws: number,
+  Hp: number,
+  Wp: number,
+  P0: number,
+  Q0: number,
+  sH: number,
+  sW: number,
+): KernelStep | null {
+  const C4 = ceil4(C) / 4;
+  const strided = sH > 1 || sW > 1;
+  const row = Wp * C4;
+  const code =
+    `struct Params { row: i32, C: i32, C4: i32, Hs: i32, Ws: i32, P0: i32, Q0: i32, sH: i32, sW: i32,
+  Hp: i32, }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4f>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lane: u32) {
+  let x = i32(wid.x * 64u + lane);
+  if (x >= u.row) { return; }
+  let h = i32(wid.y);
+  let n = i32(wid.z);
+  let c = (x % u.C4) * 4;
+  let w = x / u.C4;
+  let th = h - u.P0;
+  let tw = w - u.Q0;
+  ${
+      strided
+        ? `let sh = th / u.sH;
+  let sw = tw / u.sW;
+  let ok = th >= 0 && tw >= 0 && sh * u.sH == th && sw * u.sW == tw && sh < u.Hs && sw < u.Ws;`
+        : `let sh = th;
+  let sw = tw;
+  let ok = u32(th) < u32(u.Hs) && u32(tw) < u32(u.Ws);`
+    }
+  let plane = u.Hs * u.Ws;
+  let base = select(0, ((n * u.C + c) * u.Hs + sh) * u.Ws + sw, ok);
+  var v = vec4f(0.0);
+  if (ok) {
+    v.x = src[base];
+    if (c + 1 < u.C) { v.y = src[base + plane]; }
+    if (c + 2 < u.C) { v.z = src[base + 2 * plane]; }
+    if (c + 3 < u.C) { v.w = src[base + 3 * plane]; }
+  }
+  dst[(n * u.Hp + h) * u.row + x] = v;
+}`;
+  const wx = Math.ceil(row / 64);
+  if (wx > 65535 || Hp > 65535 || N > 65535) return null; // the caller falls back to storage loads
+  return {
+    kernel: { key: `conv-pack-nhwc4${strided ? "-strided" : ""}`, code },
+    uniforms: packI32([row, C, C4, Hs, Ws, P0, Q0, sH, sW, Hp]),
+    buffers: [src, dst],
+    writes: [dst],
+    workgroups: [Math.max(1, wx), Math.max(1, Hp), Math.max(1, N)],
+  };
+}
+
+/** dst[o][t][c] (c < Cp) = src[o * oS + c * cS + (flip ? taps - 1 - t : t)] for c < C, else 0. */
+function packWeightStep(
+  dst: string,
+  O: number,
+  C: number,
+  taps: number,
+  oS: number,
+  cS: number,
+  flip: boolean,
+): KernelStep {
+  const Cp = ceil4(C);
+  const n = O * taps * Cp;
+  const code = `struct Params { n: i32, C: i32, Cp: i32, taps: i32, oS: i32, cS: i32, flip: i32, }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let i = i32((wid.x + wid.y * nwg.x) * 64u + lane);
+  if (i >= u.n) { return; }
+  let c = i % u.Cp;
+  let t = (i / u.Cp) % u.taps;
+  let o = i / (u.Cp * u.taps);
+  let st = select(t, u.taps - 1 - t, u.flip != 0);
+  let ok = c < u.C;
+  dst[i] = select(0.0, src[select(0, o * u.oS + c * u.cS + st, ok)], ok);
+}`;
+  return {
+    kernel: { key: "conv-pack-weight", code },
+    uniforms: packI32([n, C, Cp, taps, oS, cS, flip ? 1 : 0]),
+    buffers: ["w", dst],
+    writes: [dst],
+    workgroups: foldWorkgroups(Math.ceil(n / 64)),
+  };
+}
+
+/** Geometry of the stride-free core: out[n][o][oh][ow] = sum_{tap, c} xp[n][oh*sH + r*dH][ow*sW + q*dW][c] *
+ * wp[o][tap][c] over a padded NHWC `xp`. */
+interface CoreGeom {
+  N: number;
+  C: number;
+  Hp: number;
+  Wp: number;
+  O: number;
+  Hout: number;
+  Wout: number;
+  sH: number;
+  sW: number;
+  dH: number;
+  dW: number;
+  kh: number;
+  kw: number;
+}
+
+/** Texture GEMM of the conv core: rows = output pixels (per lane), columns = output channels (uniform). */
+function convCoreStep(g: CoreGeom, bias: boolean, split: boolean, sched: ReturnType<typeof texSchedule>) {
+  const { tm, tn, wg } = CONV_TEX_TILE;
+  const C4 = ceil4(g.C) / 4;
+  const setup: string[] = ["  let HWout = u.Hout * u.Wout;", "  let wRow = u.taps * u.C4;"];
+  for (let i = 0; i < tm; i++) {
+    setup.push(`  let n_${i} = rowc_${i} / HWout;
+  let hw_${i} = rowc_${i} % HWout;
+  let xb_${i} = ((n_${i} * u.Hp + (hw_${i} / u.Wout) * u.sH) * u.Wp + (hw_${i} % u.Wout) * u.sW) * u.C4;`);
+  }
+  for (let j = 0; j < tn; j++) setup.push(`  let wb_${j} = colc_${j} * wRow;`);
+  // k = tap * C4 + c4, walked with counters so no division runs per iteration.
+  setup.push(`  var c4 = stepBegin % u.C4;
+  var tap = stepBegin / u.C4;
+  var tapOff = ((tap / u.kw) * u.dH * u.Wp + (tap % u.kw) * u.dW) * u.C4;`);
+  const spec: TexGemmSpec = {
+    tm,
+    tn,
+    wg,
+    kSub: 4,
+    a: { layout: "k", texel: (i) => `xb_${i} + tapOff + c4` },
+    b: { layout: "k", texel: (j) => `wb_${j} + ks` },
+    params: ["C4", "taps", "Hp", "Wp", "Hout", "Wout", "sH", "sW", "dH", "dW", "kw"],
+    inputs: [
+      { name: "xp", texture: true },
+      { name: "wp", texture: true },
+      ...(bias ? [{ name: "bias" }] : []),
+    ],
+    setup: setup.join("\n"),
+    postStep: `    c4++;
+    if (c4 == u.C4) {
+      c4 = 0;
+      tap++;
+      tapOff = ((tap / u.kw) * u.dH * u.Wp + (tap % u.kw) * u.dW) * u.C4;
+    }`,
+    outIndex: (i, j) => `(n_${i} * u.cols + col0 + ${j}) * HWout + hw_${i}`,
+    epilogue: bias ? (v, _i, j) => `${v} + bias[colc_${j}]` : undefined,
+  };
+  const rows = g.N * g.Hout * g.Wout, taps = g.kh * g.kw;
+  const outSize = rows * g.O;
+  const inputs = spec.inputs.map((b) => b.name);
+  const step: KernelStep = {
+    kernel: {
+      key: `conv-tex-${tm}x${tn}-wg${wg}${bias ? "-bias" : ""}${split ? "-split" : ""}`,
+      code: texGemmCode(spec, split),
+    },
+    uniforms: packI32([
+      ...texBaseUniforms(rows, g.O, taps * C4, 1, sched, outSize),
+      C4,
+      taps,
+      g.Hp,
+      g.Wp,
+      g.Hout,
+      g.Wout,
+      g.sH,
+      g.sW,
+      g.dH,
+      g.dW,
+      g.kw,
+    ]),
+    buffers: [...inputs, split ? "partials" : "out"],
+    textures: ["xp", "wp"],
+    writes: [split ? "partials" : "out"],
+    workgroups: texWorkgroups(sched, wg),
+  };
+  return step;
+}
+
+/** Plan of the core GEMM after the given pack steps; null when an operand is too big for a texture. */
+function convCorePlan(
+  g: CoreGeom,
+  packX: KernelStep | null,
+  packW: KernelStep,
+  hasBias: boolean,
+): KernelPlan | null {
+  if (!packX) return null;
+  const { tm, tn } = CONV_TEX_TILE;
+  const taps = g.kh * g.kw, Cp = ceil4(g.C);
+  const xFloats = g.N * g.Hp * g.Wp * Cp, wFloats = g.O * taps * Cp;
+  if (xFloats > MAX_TEXTURE_FLOATS || wFloats > MAX_TEXTURE_FLOATS) return null;
+  const rows = g.N * g.Hout * g.Wout;
+  const outSize = rows * g.O;
+  const sched = texSchedule(rows, g.O, taps * Cp / 4, 1, tm, tn);
+  const split = sched.splits > 1;
+  const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched)];
+  const scratch: Record<string, number> = { xp: xFloats, wp: wFloats };
+  if (split) {
+    scratch.partials = sched.splits * outSize;
+    steps.push(
+      reduceSplitsStep(
+        outSize,
+        sched.splits,
+        hasBias ? { name: "bias", inner: g.Hout * g.Wout, len: g.O } : undefined,
+      ),
+    );
+  }
+  return { outSize, scratch, steps };
+}
+
+/** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
+const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;
+
+function forwardTexPlan(s: Conv2dShape, hasBias: boolean): KernelPlan | null {
+  const Hp = span(s.Hout, s.strideH, s.kh, s.dilH), Wp = span(s.Wout, s.strideW, s.kw, s.dilW);
+  const g: CoreGeom = {
+    N: s.N,
+    C: s.Cin,
+    Hp,
+    Wp,
+    O: s.Cout,
+    Hout: s.Hout,
+    Wout: s.Wout,
+    sH: s.strideH,
+    sW: s.strideW,
+    dH: s.dilH,
+    dW: s.dilW,
+    kh: s.kh,
+    kw: s.kw,
+  };
+  const taps = s.kh * s.kw;
+  return convCorePlan(
+    g,
+    packNhwcStep("x", "xp", s.N, s.Cin, s.H, s.W, Hp, Wp, s.padH, s.padW, 1, 1),
+    packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
+    hasBias,
+  );
+}
+
+/**
+ * Input gradient as a stride-1 convolution of zero-inserted, padded dy with the flipped, transposed kernel:
+ * dx[ih] = sum_r' P[ih + r' * dil] * w[kh - 1 - r'] with P[h] = dy[(h - P0) / stride], P0 = (kh-1)*dil - pad.
+ */
+function inputGradTexPlan(s: Conv2dShape): KernelPlan | null {
+  const Hp = span(s.H, 1, s.kh, s.dilH), Wp = span(s.W, 1, s.kw, s.dilW);
+  const g: CoreGeom = {
+    N: s.N,
+    C: s.Cout,
+    Hp,
+    Wp,
+    O: s.Cin,
+    Hout: s.H,
+    Wout: s.W,
+    sH: 1,
+    sW: 1,
+    dH: s.dilH,
+    dW: s.dilW,
+    kh: s.kh,
+    kw: s.kw,
+  };
+  const taps = s.kh * s.kw;
+  const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
+  return convCorePlan(
+    g,
+    packNhwcStep("dy", "xp", s.N, s.Cout, s.Hout, s.Wout, Hp, Wp, P0, Q0, s.strideH, s.strideW),
+    packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
+    false,
+  );
+}
+
+/**
+ * Weight gradient: rows = (tap, ci) with ci padded to 4, columns = Cout, k = output pixels (4 per loop
+ * iteration, split across invocations). Both operands are NHWC texels (4 channels at one pixel).
+ */
+function weightGradTexPlan(s: Conv2dShape): KernelPlan | null {
+  const { tm, tn, wg } = CONV_TEX_TILE;
+  const taps = s.kh * s.kw;
+  const Cin4 = ceil4(s.Cin) / 4, Cout4 = ceil4(s.Cout) / 4;
+  const Wq = ceil4(s.Wout);
+  // xp is wide enough for the padding pixels too (ow < Wq): every read stays inside data the pack wrote
+  // (a pooled scratch buffer may hold NaNs past it, and NaN * 0 would leak into the sums).
+  const Hp = span(s.Hout, s.strideH, s.kh, s.dilH), Wp = span(Wq, s.strideW, s.kw, s.dilW);
+  const xFloats = s.N * Hp * Wp * Cin4 * 4, dyFloats = s.N * s.Hout * Wq * Cout4 * 4;
+  if (xFloats > MAX_TEXTURE_FLOATS || dyFloats > MAX_TEXTURE_FLOATS) return null;
+  const rows = taps * Cin4 * 4, cols = s.Cout, steps = s.N * s.Hout * Wq / 4;
+  const outSize = s.Cout * s.Cin * taps;
+  const sched = texSchedule(rows, cols, steps, 1, tm, tn);
+  const split = sched.splits > 1;
+  const setup: string[] = ["  let Cinp = u.C4 * 4;"];
+  for (let g = 0; g < tm / 4; g++) {
+    setup.push(`  let rg_${g} = min(row0 + ${4 * g}, u.rows - 4);
+  let tap_${g} = rg_${g} / Cinp;
+  let aOff_${g} = ((tap_${g} / u.kw) * u.dH * u.Wp + (tap_${g} % u.kw) * u.dW) * u.C4 + (rg_${g} % Cinp) / 4;`);
+  }
+  for (let g = 0; g < tn / 4; g++) setup.push(`  let bOff_${g} = min((col0 >> 2u) + ${g}, u.Cout4 - 1);`);
+  for (let i = 0; i < tm; i++) {
+    setup.push(`  let ci_${i} = (row0 + ${i}) % Cinp;
+  let tp_${i} = (row0 + ${i}) / Cinp;`);
+  }
+  // k = (n, oh, ow) with ow padded to Wq = ceil4(Wout): one iteration takes 4 pixels of one output row (each
+  // spilled accumulator then takes 4 FMAs per reload). Padding pixels read dy zeros (dyp is packed Wq wide)
+  // against x zeros. Walked with counters, so no division per iteration.
+  setup.push(`  let Wq4 = (u.Wout + 3) / 4;
+  var ow4 = stepBegin % Wq4;
+  var oh = (stepBegin / Wq4) % u.Hout;
+  var n = stepBegin / (Wq4 * u.Hout);
+  var xb = ((n * u.Hp + oh * u.sH) * u.Wp + ow4 * 4 * u.sW) * u.C4;
+  let xStep = u.sW * u.C4;`);
+  const spec: TexGemmSpec = {
+    tm,
+    tn,
+    wg,
+    kSub: 4,
+    a: { layout: "free", texel: (g, st) => `xb + ${st} * xStep + aOff_${g}` },
+    b: { layout: "free", texel: (g, st) => `(ks * 4 + ${st}) * u.Cout4 + bOff_${g}` },
+    params: ["C4", "Cout4", "Cin", "taps", "Hp", "Wp", "Hout", "Wout", "sH", "sW", "dH", "dW", "kw", "N"],
+    inputs: [{ name: "xp", texture: true }, { name: "dyp", texture: true }],
+    setup: setup.join("\n"),
+    postStep: `    ow4++;
+    xb += 4 * xStep;
+    if (ow4 == Wq4) {
+      ow4 = 0;
+      oh++;
+      if (oh == u.Hout) {
+        oh = 0;
+        n++;
+      }
+      xb = (n * u.Hp + oh * u.sH) * u.Wp * u.C4;
+    }`,
+    outIndex: (i, j) => `((col0 + ${j}) * u.Cin + ci_${i}) * u.taps + tp_${i}`,
+    outGuard: (i) => `ci_${i} < u.Cin`,
+  };
+  const inputs = ["xp", "dyp"];
+  const gemm: KernelStep = {
+    kernel: {
+      key: `conv-dwq-tex-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
+      code: texGemmCode(spec, split),
+    },
+    uniforms: packI32([
+      ...texBaseUniforms(rows, cols, steps, 1, sched, outSize),
+      Cin4,
+      Cout4,
+      s.Cin,
+      taps,
+      Hp,
+      Wp,
+      s.Hout,
+      s.Wout,
+      s.strideH,
+      s.strideW,
+      s.dilH,
+      s.dilW,
+      s.kw,
+      s.N,
+    ]),
+    buffers: [...inputs, split ? "partials" : "out"],
+    textures: inputs,
+    writes: [split ? "partials" : "out"],
+    workgroups: texWorkgroups(sched, wg),
+  };
+  const scratch: Record<string, number> = { xp: xFloats, dyp: dyFloats };
+  const packX = packNhwcStep("x", "xp", s.N, s.Cin, s.H, s.W, Hp, Wp, s.padH, s.padW, 1, 1);
+  const packDy = packNhwcStep("dy", "dyp", s.N, s.Cout, s.Hout, s.Wout, s.Hout, Wq, 0, 0, 1, 1);
+  if (!packX || !packDy) return null;
+  const stepsOut: KernelStep[] = [packX, packDy, gemm];
+  if (split) {
+    scratch.partials = sched.splits * outSize;
+    stepsOut.push(reduceSplitsStep(outSize, sched.splits));
+  }
+  return { outSize, scratch, steps: stepsOut };
+}
+
 /** Forward convolution: inputs `x` [N,Cin,H,W], `w` [Cout,Cin,kh,kw], optional `bias` [Cout]. */
 export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean, tileOverride?: GemmTile): KernelPlan {
+  if (!tileOverride && s.N * s.Cout * s.Hout * s.Wout > 0) {
+    const tex = forwardTexPlan(s, hasBias);
+    if (tex) return tex;
+  }
   const taps = s.kh * s.kw;
   const tile = tileOverride ?? convTile(s.Cout, taps);
   const extent = { rows: s.N * s.Hout * s.Wout, cols: s.Cout, kLen: s.Cin * taps, batches: 1 };
@@ -226,6 +639,10 @@ export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean, tileOverride
 
 /** Input gradient (also transposed convolution): inputs `dy` [N,Cout,Hout,Wout], `w`; out [N,Cin,H,W]. */
 export function conv2dInputGradPlan(s: Conv2dShape): KernelPlan {
+  if (s.N * s.Cin * s.H * s.W > 0) {
+    const tex = inputGradTexPlan(s);
+    if (tex) return tex;
+  }
   const taps = s.kh * s.kw;
   const tile = convTile(s.Cin, taps);
   const extent = { rows: s.N * s.H * s.W, cols: s.Cin, kLen: s.Cout * taps, batches: 1 };
@@ -239,5 +656,9 @@ export function conv2dWeightGradPlan(s: Conv2dShape): KernelPlan {
   const extent = { rows: s.Cin * taps, cols: s.Cout, kLen: s.N * s.Hout * s.Wout, batches: 1 };
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
+  if (outSize > 0) {
+    const tex = weightGradTexPlan(s);
+    if (tex) return tex;
+  }
   return convGemmPlan("dw", s, extent, tile, weightGradHooks(s, tile), outSize);
 }

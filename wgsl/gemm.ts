@@ -1,5 +1,7 @@
 /**
- * Register-blocked GEMM body shared by matmul and the three implicit-GEMM conv kernels.
+ * GEMM bodies shared by matmul and the three implicit-GEMM conv kernels: the texture-operand generator
+ * ({@link texGemmCode}, the main path; see its section below) and, for operands too large for a texture,
+ * the storage-load register-blocked body described here.
  *
  * C[row, col] = sum_k A(row, k) * B(k, col). Each workgroup owns `tm` rows, so every A load is uniform
  * across the workgroup (software rasterizers turn it into one scalar load + broadcast; GPUs serve it from
@@ -252,4 +254,190 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 /** Key fragment naming a tile shape. */
 export function tileKey(t: GemmTile): string {
   return `tm${t.tm}-tn${t.tn}-wg${t.wg}-ku${t.ku}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Texture-operand GEMM.
+//
+// Storage loads are gathered lane by lane with bounds checks on software rasterizers (llvmpipe: ~12 ns per
+// float), while one rgba32float texel load (~3 ns) delivers 4 floats. So both operands are read as
+// textures, every texel fetch feeds 4 useful floats, and each invocation owns a tm x tn register block
+// (tm * tn * 4 FMAs per (tm + tn) texels). Invocations are independent (no workgroup memory, no barriers).
+
+/** Floats per texture row (engine TEXTURE_WIDTH = 2,048 texels). */
+export const TEXTURE_ROW_TEXELS = 2048;
+/** Largest operand read through a texture; bigger ones fall back to the storage-load kernels. 8,192 rows is
+ * a common maxTextureDimension2D; the margin covers the engine sizing a texture from a pooled buffer, whose
+ * bucket can be 25% larger than the tensor, when a plan's float counts are not passed to runPlan. */
+export const MAX_TEXTURE_FLOATS = TEXTURE_ROW_TEXELS * 4 * 6144;
+
+/** How a texture operand packs 4 floats into one texel. */
+export interface TexOperand {
+  /** "k": 4 consecutive k values of one row (column); "free": 4 consecutive rows (columns) at one k. */
+  layout: "k" | "free";
+  /** i32 WGSL texel index. For "k": block row (column) `idx`; for "free": group `idx` (rows 4*idx..+3) at
+   * k sub-step `s` of the iteration. */
+  texel: (idx: number, s: number) => string;
+}
+
+/** A texture-operand GEMM kernel: bindings are `inputs` (textures or storage) followed by `out`. */
+export interface TexGemmSpec {
+  tm: number;
+  tn: number;
+  /** Invocations per workgroup. */
+  wg: number;
+  /** k values per loop iteration: 4 (a "k" operand needs it), or 1 when both operands are "free". */
+  kSub: 1 | 4;
+  a: TexOperand;
+  b: TexOperand;
+  /** Extra uniform i32 fields after the base ones. */
+  params: string[];
+  /** Bindings before `out`; the first two are the A and B textures, others (e.g. bias) are storage. */
+  inputs: (GemmBinding & { texture?: boolean })[];
+  decls?: string;
+  /** Per-invocation statements before the loop. Names: u.*, batch, split, row0, col0, rowc_i, colc_j,
+   * stepBegin, stepEnd. */
+  setup: string;
+  /** Statements at the start / end of every loop iteration (loop index `ks`). */
+  preStep?: string;
+  postStep?: string;
+  outIndex: (i: number, j: number) => string;
+  /** Extra store condition (bool WGSL expression) besides row/column range. */
+  outGuard?: (i: number, j: number) => string;
+  epilogue?: (value: string, i: number, j: number) => string;
+}
+
+const TEX_BASE_PARAMS = [
+  "rows",
+  "cols",
+  "rowBlocks",
+  "colBlocks",
+  "splits",
+  "batches",
+  "outElems",
+  "steps",
+  "stepsPerSplit",
+];
+
+/** Schedule of a texture GEMM: `steps` loop iterations split so no invocation exceeds the loop bound. */
+export function texSchedule(
+  rows: number,
+  cols: number,
+  steps: number,
+  batches: number,
+  tm: number,
+  tn: number,
+  minInvocations = 512,
+): GemmSchedule {
+  const rowBlocks = Math.ceil(rows / tm);
+  const colBlocks = Math.ceil(cols / tn);
+  const outBlocks = rowBlocks * colBlocks * batches;
+  let splits = Math.max(1, Math.ceil(steps / MAX_LOOP_ITERATIONS));
+  // Few output blocks with a long k: split further for parallelism, keeping >= 64 iterations per split.
+  while (outBlocks * splits < minInvocations && steps / (splits * 2) >= 64) splits *= 2;
+  const stepsPerSplit = Math.max(1, Math.ceil(steps / splits));
+  splits = Math.max(1, Math.ceil(steps / stepsPerSplit));
+  return { splits, stepsPerSplit, rowBlocks, colBlocks, workgroups: outBlocks * splits };
+}
+
+/** Uniform values of the texture GEMM's base fields. */
+export function texBaseUniforms(
+  rows: number,
+  cols: number,
+  steps: number,
+  batches: number,
+  s: GemmSchedule,
+  outElems: number,
+): number[] {
+  return [rows, cols, s.rowBlocks, s.colBlocks, s.splits, batches, outElems, steps, s.stepsPerSplit];
+}
+
+/** Workgroup count of a texture GEMM dispatch. */
+export function texWorkgroups(s: GemmSchedule, wg: number): [number, number, number] {
+  return foldWorkgroups(Math.ceil(s.workgroups / wg));
+}
+
+/**
+ * WGSL source of a texture-operand GEMM. `split` writes partial sums for {@link reduceSplitsStep}.
+ *
+ * Neighbouring invocations own neighbouring row blocks and share their columns, so the B texel addresses
+ * are uniform across a SIMD group (cheaper on llvmpipe, which gathers texels lane by lane): put the operand
+ * with more texels per iteration on the B side.
+ */
+export function texGemmCode(t: TexGemmSpec, split: boolean): string {
+  const { tm, tn, wg, kSub } = t;
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const lines: string[] = [paramsStruct([...TEX_BASE_PARAMS, ...t.params])];
+  lines.push("@group(0) @binding(0) var<uniform> u: Params;");
+  t.inputs.forEach((b, i) => {
+    if (b.texture) {
+      lines.push(`@group(0) @binding(${i + 1}) var ${b.name}: texture_2d<f32>;`);
+      lines.push(`fn ld_${b.name}(t: i32) -> vec4f {
+  return textureLoad(${b.name}, vec2<i32>(t & ${TEXTURE_ROW_TEXELS - 1}, t >> 11u), 0);
+}`);
+    } else {
+      lines.push(`@group(0) @binding(${i + 1}) var<storage, read> ${b.name}: array<${b.type ?? "f32"}>;`);
+    }
+  });
+  lines.push(`@group(0) @binding(${t.inputs.length + 1}) var<storage, read_write> out: array<f32>;`);
+  if (t.decls) lines.push(t.decls);
+  const texA = t.inputs[0].name, texB = t.inputs[1].name;
+  lines.push(`@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let id = i32((wid.x + wid.y * nwg.x) * ${wg}u + lane);
+  if (id >= u.colBlocks * u.rowBlocks * u.splits * u.batches) { return; }
+  let rowBlock = id % u.rowBlocks;
+  var rest = id / u.rowBlocks;
+  let colBlock = rest % u.colBlocks;
+  rest = rest / u.colBlocks;
+  let split = rest % u.splits;
+  let batch = rest / u.splits;
+  let row0 = rowBlock * ${tm};
+  let col0 = colBlock * ${tn};
+  let stepBegin = split * u.stepsPerSplit;
+  let stepEnd = min(stepBegin + u.stepsPerSplit, u.steps);`);
+  for (const i of range(tm)) lines.push(`  let rowc_${i} = min(row0 + ${i}, u.rows - 1);`);
+  for (const j of range(tn)) lines.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
+  lines.push(t.setup);
+  for (const i of range(tm)) for (const j of range(tn)) lines.push(`  var c_${i}_${j} = 0.0;`);
+  lines.push("  for (var ks = stepBegin; ks < stepEnd; ks++) {");
+  if (t.preStep) lines.push(t.preStep);
+  const comp = ["x", "y", "z", "w"];
+  // Texel loads of one iteration, then the FMAs that consume them.
+  const loads = (op: TexOperand, tex: string, p: string, n: number) => {
+    if (op.layout === "k") {
+      for (const i of range(n)) lines.push(`    let ${p}_${i} = ld_${tex}(${op.texel(i, 0)});`);
+    } else {
+      for (const s of range(kSub)) {
+        for (const g of range(n / 4)) lines.push(`    let ${p}_${s}_${g} = ld_${tex}(${op.texel(g, s)});`);
+      }
+    }
+  };
+  const value = (op: TexOperand, p: string, i: number, s: number) =>
+    op.layout === "k" ? `${p}_${i}.${comp[s]}` : `${p}_${s}_${i >> 2}.${comp[i & 3]}`;
+  loads(t.a, texA, "ta", tm);
+  loads(t.b, texB, "tb", tn);
+  // Each accumulator takes its kSub FMAs back to back: with register blocks larger than the register file
+  // (llvmpipe: 16 AVX2 registers) a spilled accumulator is then loaded and stored once per iteration.
+  for (const i of range(tm)) {
+    for (const j of range(tn)) {
+      let acc = `c_${i}_${j}`;
+      for (const s of range(kSub)) acc = `fma(${value(t.a, "ta", i, s)}, ${value(t.b, "tb", j, s)}, ${acc})`;
+      lines.push(`    c_${i}_${j} = ${acc};`);
+    }
+  }
+  if (t.postStep) lines.push(t.postStep);
+  lines.push("  }");
+  for (const i of range(tm)) {
+    for (const j of range(tn)) {
+      const idx = t.outIndex(i, j);
+      const v = split ? `c_${i}_${j}` : (t.epilogue ? t.epilogue(`c_${i}_${j}`, i, j) : `c_${i}_${j}`);
+      const target = split ? `split * u.outElems + ${idx}` : idx;
+      const guard = t.outGuard ? ` && ${t.outGuard(i, j)}` : "";
+      lines.push(`  if (row0 + ${i} < u.rows && col0 + ${j} < u.cols${guard}) { out[${target}] = ${v}; }`);
+    }
+  }
+  lines.push("}");
+  return lines.join("\n");
 }

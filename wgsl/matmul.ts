@@ -1,5 +1,7 @@
 /**
- * Batched matrix multiply: out[b] = op(A[b]) x op(B[b]) on the shared register-blocked GEMM body.
+ * Batched matrix multiply: out[b] = op(A[b]) x op(B[b]). Main path: the texture-operand GEMM of `gemm.ts`
+ * (operands read as rgba32f texels, 16x32 register block per invocation), after repacking operands whose
+ * rows are not texel-aligned. Operands too large for a texture use the storage-load register-blocked body.
  *
  * @module
  */
@@ -10,8 +12,14 @@ import {
   gemmKernelCode,
   gemmSchedule,
   type GemmTile,
+  MAX_TEXTURE_FLOATS,
   packI32,
   reduceSplitsStep,
+  texBaseUniforms,
+  texGemmCode,
+  type TexOperand,
+  texSchedule,
+  texWorkgroups,
   tileKey,
 } from "./gemm.ts";
 import { foldWorkgroups, type KernelPlan, type KernelStep } from "./plan.ts";
@@ -52,6 +60,134 @@ function matmulHooks(transA: boolean, transB: boolean, tm: number, tn: number): 
   };
 }
 
+/** Register block of the texture GEMM (rows x columns per invocation) and invocations per workgroup. */
+export const MATMUL_TEX_TILE = { tm: 16, tn: 32, wg: 64 };
+
+/**
+ * Copies a [batches, R, K] operand (element (b, r, k) at b * bs + r * rs + k * ks) into a dense
+ * [batches, R, Kp] buffer with Kp = K rounded up to 4 and zero padding, so every texel holds 4 k values.
+ */
+export function packKStep(
+  src: string,
+  dst: string,
+  batches: number,
+  R: number,
+  K: number,
+  bs: number,
+  rs: number,
+  ks: number,
+): KernelStep {
+  const Kp = Math.ceil(K / 4) * 4;
+  const n = batches * R * Kp;
+  const code = `struct Params { n: i32, R: i32, K: i32, Kp: i32, bs: i32, rs: i32, ks: i32, }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let i = i32((wid.x + wid.y * nwg.x) * 64u + lane);
+  if (i >= u.n) { return; }
+  let k = i % u.Kp;
+  let br = i / u.Kp;
+  let r = br % u.R;
+  let b = br / u.R;
+  dst[i] = select(0.0, src[select(0, b * u.bs + r * u.rs + k * u.ks, k < u.K)], k < u.K);
+}`;
+  return {
+    kernel: { key: "pack-k", code },
+    uniforms: packI32([n, R, K, Kp, bs, rs, ks]),
+    buffers: [src, dst],
+    writes: [dst],
+    workgroups: foldWorkgroups(Math.ceil(n / 64)),
+  };
+}
+
+/**
+ * Texture path: A is read as "k" texels (A[row][k..k+3]) or, when transposed and aligned, as "free" texels
+ * (A^T[k][row..row+3]); likewise B. Operands whose rows are not texel-aligned are repacked first.
+ */
+function matmulTexPlan(p: MatmulShape): KernelPlan | null {
+  const { batch, M, N, K } = p;
+  const transA = !!p.transA, transB = !!p.transB;
+  const outSize = batch * M * N;
+  const aBatches = p.broadcastA ? 1 : batch, bBatches = p.broadcastB ? 1 : batch;
+  const k4 = K % 4 === 0;
+  // Direct texture reads need texel-aligned rows; otherwise pack into [batches, rows, Kp] ("k" layout).
+  const packA = !k4 || (transA && M % 4 !== 0);
+  const packB = !k4 || (!transB && N % 4 !== 0);
+  const K4 = Math.ceil(K / 4);
+  const aFloats = aBatches * M * (packA ? K4 * 4 : K), bFloats = bBatches * N * (packB ? K4 * 4 : K);
+  if (aFloats > MAX_TEXTURE_FLOATS || bFloats > MAX_TEXTURE_FLOATS) return null;
+  const { tm, tn, wg } = MATMUL_TEX_TILE;
+  const aLayout = packA || !transA ? "k" : "free";
+  const bLayout = packB || transB ? "k" : "free";
+  const setup: string[] = [
+    "  let aBase = batch * u.aStride4;",
+    "  let bBase = batch * u.bStride4;",
+    "  let M4 = u.rows >> 2u;",
+    "  let N4 = u.cols >> 2u;",
+  ];
+  let a: TexOperand, b: TexOperand;
+  if (aLayout === "k") {
+    for (let i = 0; i < tm; i++) setup.push(`  let aRow_${i} = aBase + rowc_${i} * u.K4;`);
+    a = { layout: "k", texel: (i) => `aRow_${i} + ks` };
+  } else {
+    for (let g = 0; g < tm / 4; g++) setup.push(`  let aG_${g} = aBase + min((row0 >> 2u) + ${g}, M4 - 1);`);
+    a = { layout: "free", texel: (g, s) => `aG_${g} + (ks * 4 + ${s}) * M4` };
+  }
+  if (bLayout === "k") {
+    for (let j = 0; j < tn; j++) setup.push(`  let bCol_${j} = bBase + colc_${j} * u.K4;`);
+    b = { layout: "k", texel: (j) => `bCol_${j} + ks` };
+  } else {
+    for (let g = 0; g < tn / 4; g++) setup.push(`  let bG_${g} = bBase + min((col0 >> 2u) + ${g}, N4 - 1);`);
+    b = { layout: "free", texel: (g, s) => `bG_${g} + (ks * 4 + ${s}) * N4` };
+  }
+  const spec = {
+    tm,
+    tn,
+    wg,
+    kSub: 4 as const,
+    a,
+    b,
+    params: ["K4", "aStride4", "bStride4"],
+    inputs: [{ name: packA ? "ap" : "a", texture: true }, { name: packB ? "bp" : "b", texture: true }],
+    setup: setup.join("\n"),
+    outIndex: (i: number, j: number) => `(batch * u.rows + row0 + ${i}) * u.cols + col0 + ${j}`,
+  };
+  const sched = texSchedule(M, N, K4, batch, tm, tn);
+  const split = sched.splits > 1;
+  const key = `matmul-tex-${aLayout}${bLayout}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`;
+  const scratch: Record<string, number> = {};
+  const steps: KernelStep[] = [];
+  if (packA) {
+    scratch.ap = aFloats;
+    // Element (b, row, k) of A: [b, M, K] or, transposed, [b, K, M].
+    steps.push(packKStep("a", "ap", aBatches, M, K, M * K, transA ? 1 : K, transA ? M : 1));
+  }
+  if (packB) {
+    scratch.bp = bFloats;
+    // Element (b, col, k) of B: [b, K, N] or, transposed, [b, N, K].
+    steps.push(packKStep("b", "bp", bBatches, N, K, K * N, transB ? K : 1, transB ? 1 : N));
+  }
+  const aStride = p.broadcastA ? 0 : M * (packA ? K4 * 4 : K);
+  const bStride = p.broadcastB ? 0 : N * (packB ? K4 * 4 : K);
+  const inputs = spec.inputs.map((x) => x.name);
+  steps.push({
+    kernel: { key, code: texGemmCode(spec, split) },
+    uniforms: packI32([...texBaseUniforms(M, N, K4, batch, sched, outSize), K4, aStride / 4, bStride / 4]),
+    buffers: [...inputs, split ? "partials" : "out"],
+    textures: inputs,
+    writes: [split ? "partials" : "out"],
+    workgroups: texWorkgroups(sched, wg),
+  });
+  if (split) {
+    scratch.partials = sched.splits * outSize;
+    steps.push(reduceSplitsStep(outSize, sched.splits));
+  }
+  return { outSize, scratch, steps };
+}
+
 /** Plan for out[b] = op(A[b]) x op(B[b]); inputs `a`, `b`, output `out` [batch, M, N]. */
 export function matmulPlan(p: MatmulShape, tile: GemmTile = MATMUL_TILE): KernelPlan {
   const { batch, M, N, K } = p;
@@ -59,6 +195,9 @@ export function matmulPlan(p: MatmulShape, tile: GemmTile = MATMUL_TILE): Kernel
   const outSize = batch * M * N;
   if (outSize === 0) return { outSize, scratch: {}, steps: [] };
   if (K === 0) return { outSize, scratch: {}, steps: [fillZeroStep(outSize)] };
+  const tex = matmulTexPlan(p);
+  if (tex) return tex;
+  // Operands too large for a texture: storage-load kernel.
   const extent = { rows: M, cols: N, kLen: K, batches: batch };
   const sched = gemmSchedule(extent, tile);
   const split = sched.splits > 1;

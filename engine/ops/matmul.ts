@@ -13,7 +13,10 @@ import { sum } from "./reduce.ts";
 
 function runMatmul(a: Tensor, b: Tensor, shape: MatmulShape, outShape: number[]): Tensor {
   const out = Tensor.empty(outShape);
-  engine().runPlan(matmulPlan(shape), { a: a.buffer, b: b.buffer, out: out.buffer });
+  engine().runPlan(matmulPlan(shape), { a: a.buffer, b: b.buffer, out: out.buffer }, {
+    a: a.size,
+    b: b.size,
+  });
   return out;
 }
 
