@@ -26,6 +26,7 @@ export {
 } from "./engine/device.ts";
 export type { MemoryStats } from "./engine/pool.ts";
 export {
+  assignData,
   collectTensors,
   dispose,
   keep,
@@ -102,3 +103,21 @@ export {
 export { Module, uniformInit } from "./engine/module.ts";
 export { decodeSafetensors, encodeSafetensors, type HostTensor } from "./engine/safetensors.ts";
 export { Rng } from "./engine/random.ts";
+export { ActiveSites, binarizeMask, compactMask, maskPyramid } from "./layers/sparse/active.ts";
+export { sfm } from "./layers/sparse/sfm.ts";
+export { SCModule, sparseConv2d } from "./layers/sparse/sparse_conv.ts";
+export { DenseNonLocal, SNLModule, snlStep } from "./layers/sparse/snl.ts";
+export { Conv2d, DenseBlock, Upsample2x } from "./layers/blocks.ts";
+export {
+  disposeGuidance,
+  type Guidance,
+  NetL,
+  type NetLOutput,
+  NetR,
+  type Preset,
+  PRESETS,
+  type SpairConfig,
+  SpairModel,
+  type Variant,
+  variantFeatures,
+} from "./layers/spair.ts";

@@ -4,7 +4,11 @@
  * result is checked against float64 references on sampled outputs, and a wrong result is reported as wrong
  * (`correct: false`), never as fast.
  *
- * Usage: deno task bench [--suite engine|peers|all] [--repeats N] [--json FILE]
+ * Usage: deno task bench [--suite engine,sparse,model,peers|all] [--repeats N] [--json FILE]
+ *
+ * Suites: `engine` (conv2d forward, forward+backward, matmul 1024^3), `sparse` (SC and SNL modules across
+ * mask densities), `model` (SPAIR forward latency per preset at 512x512), `peers` (tfjs-webgpu and jax-js
+ * on the engine workloads).
  *
  * @module
  */
@@ -159,6 +163,15 @@ if (import.meta.main) {
     },
   });
   const repeats = Number(values.repeats);
+  const suites = new Set(
+    values.suite === "all" ? ["engine", "sparse", "model", "peers"] : values.suite!.split(","),
+  );
+  const known = ["engine", "sparse", "model", "peers"];
+  const unknown = [...suites].filter((s) => !known.includes(s));
+  if (unknown.length) {
+    console.error(`bench: unknown suite ${unknown.join(", ")} (expected ${known.join(", ")} or all)`);
+    Deno.exit(2);
+  }
   const lines: string[] = [];
   const emit = (r: BenchRecord | Record<string, unknown>) => {
     const line = JSON.stringify(r);
@@ -175,11 +188,21 @@ if (import.meta.main) {
     deno: Deno.version.deno,
     date: new Date().toISOString(),
   });
-  if (values.suite === "engine" || values.suite === "all") {
+  if (suites.has("engine")) {
     for (const r of await benchConv(repeats)) emit(r);
     for (const r of await benchMatmul(repeats)) emit(r);
   }
-  if (values.suite === "peers" || values.suite === "all") {
+  if (suites.has("sparse")) {
+    const { benchSparseConv } = await import("./sparse_conv.ts");
+    const { benchSnl } = await import("./snl.ts");
+    await benchSparseConv(undefined, { log: emit });
+    await benchSnl(undefined, { log: emit });
+  }
+  if (suites.has("model")) {
+    const { benchModel } = await import("./model.ts");
+    await benchModel(undefined, 512, 3, emit);
+  }
+  if (suites.has("peers")) {
     const { runPeerBenchmarks } = await import("./peers.ts");
     await runPeerBenchmarks({ log: emit });
   }

@@ -68,6 +68,9 @@ Deno.test("module: save and load round-trip parameters by name; mismatches are r
     /x.safetensors does not fit this model: missing w1, b1, w2, \.\.\./,
   );
   const bytes = await a.saveSafetensors();
-  assert.throws(() => wide.loadSafetensors(bytes, "a.safetensors"), /w1 is \[8,3,3,3\], model expects \[4,3,3,3\]/);
+  assert.throws(
+    () => wide.loadSafetensors(bytes, "a.safetensors"),
+    /w1 is \[8,3,3,3\], model expects \[4,3,3,3\]/,
+  );
   for (const net of [a, b, wide]) ops.dispose(net.parameters());
 });

@@ -1,0 +1,319 @@
+/**
+ * SPAIR's networks: NetL (distortion localization) and NetR (restoration), with presets and the ablation
+ * variants of the paper's table 6 (SPAIR.md sections 2 and 3; choices beyond them in
+ * docs/architecture.md).
+ *
+ * Both nets are 3-level U-Nets (widths C, 2C, 4C; dense blocks; stride-2 conv down, 2x2 transposed conv
+ * up, skip concatenation and a 1x1 fusion). NetL (width C/2) outputs one logit channel; the mask is
+ * `logit > 0`. NetR applies SFM to `F_R + P(F_L)` at the input of each strided convolution and, in the
+ * decoder, replaces the dense blocks by SC modules (Net3) followed by SNL modules (SPAIR) or dense
+ * non-local blocks (Net4).
+ *
+ * @module
+ */
+
+import { Module } from "../engine/module.ts";
+import { Rng } from "../engine/random.ts";
+import type { Tensor } from "../engine/tensor.ts";
+import { noGrad } from "../engine/autograd.ts";
+import { add } from "../engine/ops/elementwise.ts";
+import { concat } from "../engine/ops/shape.ts";
+import { Conv2d, DenseBlock, Upsample2x } from "./blocks.ts";
+import { type ActiveSites, binarizeMask, compactMask, maskPyramid } from "./sparse/active.ts";
+import { sfm } from "./sparse/sfm.ts";
+import { SCModule } from "./sparse/sparse_conv.ts";
+import { SNLModule } from "./sparse/snl.ts";
+
+/** Model sizes: `tiny` (CPU-trainable demo), `small`, `base` (paper scale). */
+export type Preset = "tiny" | "small" | "base";
+
+/** Ablations of the paper's table 6: Net1 dense backbone; Net2 +SFM; Net3 +SC; Net4 Net3 + dense non-local;
+ * SPAIR Net3 + SNL. */
+export type Variant = "Net1" | "Net2" | "Net3" | "Net4" | "SPAIR";
+
+/** Width C and dense-block growth g of each preset. */
+export const PRESETS: Record<Preset, { width: number; growth: number }> = {
+  tiny: { width: 16, growth: 8 },
+  small: { width: 32, growth: 16 },
+  base: { width: 64, growth: 32 },
+};
+
+/** Architecture of a SPAIR model. */
+export interface SpairConfig {
+  preset: Preset;
+  variant: Variant;
+}
+
+/** Which modules a variant uses. */
+export function variantFeatures(
+  variant: Variant,
+): { sfm: boolean; sc: boolean; nonLocal: "none" | "sparse" | "dense" } {
+  switch (variant) {
+    case "Net1":
+      return { sfm: false, sc: false, nonLocal: "none" };
+    case "Net2":
+      return { sfm: true, sc: false, nonLocal: "none" };
+    case "Net3":
+      return { sfm: true, sc: true, nonLocal: "none" };
+    case "Net4":
+      return { sfm: true, sc: true, nonLocal: "dense" };
+    case "SPAIR":
+      return { sfm: true, sc: true, nonLocal: "sparse" };
+    default:
+      throw new Error(`unknown variant '${variant}' (expected Net1, Net2, Net3, Net4 or SPAIR)`);
+  }
+}
+
+function checkInput(x: Tensor, net: string): void {
+  if (x.rank !== 4 || x.shape[1] !== 3) {
+    throw new Error(`${net}: expected an N x 3 x H x W image batch, got [${x.shape}]`);
+  }
+  if (x.shape[2] % 4 || x.shape[3] % 4) {
+    throw new Error(
+      `${net}: height and width must be multiples of 4 (got ${x.shape[2]}x${x.shape[3]}); pad the image`,
+    );
+  }
+}
+
+function dispose(...ts: Tensor[]): void {
+  for (const t of ts) t.dispose();
+}
+
+/** Encoder of the 3-level U-Net: returns the level-0 and level-1 features and the bottleneck. */
+class Encoder extends Module {
+  readonly head: Conv2d;
+  readonly block0: DenseBlock;
+  readonly down0: Conv2d;
+  readonly block1: DenseBlock;
+  readonly down1: Conv2d;
+  readonly block2: DenseBlock;
+
+  constructor(c: number, g: number, rng: Rng) {
+    super();
+    this.head = this.child("head", new Conv2d(3, c, 3, rng));
+    this.block0 = this.child("block0", new DenseBlock(c, g, rng));
+    this.down0 = this.child("down0", new Conv2d(c, 2 * c, 3, rng, { stride: 2, padding: 1 }));
+    this.block1 = this.child("block1", new DenseBlock(2 * c, g, rng));
+    this.down1 = this.child("down1", new Conv2d(2 * c, 4 * c, 3, rng, { stride: 2, padding: 1 }));
+    this.block2 = this.child("block2", new DenseBlock(4 * c, g, rng));
+  }
+}
+
+/** Upsampling + skip concatenation + 1x1 fusion of one decoder level. */
+class DecoderJoin extends Module {
+  readonly up: Upsample2x;
+  readonly fuse: Conv2d;
+
+  constructor(inChannels: number, outChannels: number, rng: Rng) {
+    super();
+    this.up = this.child("up", new Upsample2x(inChannels, outChannels, rng));
+    this.fuse = this.child("fuse", new Conv2d(2 * outChannels, outChannels, 1, rng));
+  }
+
+  forward(deep: Tensor, skip: Tensor): Tensor {
+    const up = this.up.forward(deep);
+    const joined = concat([up, skip], 1);
+    const out = this.fuse.forward(joined);
+    dispose(up, joined);
+    return out;
+  }
+}
+
+/** NetL's outputs: mask logits and the encoder features that guide NetR. */
+export interface NetLOutput {
+  /** [N, 1, H, W] logits; the mask is `logit > 0`. */
+  logits: Tensor;
+  /** Encoder features at full and half resolution (widths C/2 and C). */
+  features: [Tensor, Tensor];
+}
+
+/** The localization network NetL: a dense U-Net of width C/2 with one output logit. */
+export class NetL extends Module {
+  readonly encoder: Encoder;
+  readonly join1: DecoderJoin;
+  readonly block1: DenseBlock;
+  readonly join0: DecoderJoin;
+  readonly block0: DenseBlock;
+  readonly tail: Conv2d;
+
+  constructor(readonly preset: Preset, rng: Rng) {
+    super();
+    const { width, growth } = PRESETS[preset];
+    const c = width / 2;
+    const g = growth / 2;
+    this.encoder = this.child("enc", new Encoder(c, g, rng));
+    this.join1 = this.child("join1", new DecoderJoin(4 * c, 2 * c, rng));
+    this.block1 = this.child("dec1", new DenseBlock(2 * c, g, rng));
+    this.join0 = this.child("join0", new DecoderJoin(2 * c, c, rng));
+    this.block0 = this.child("dec0", new DenseBlock(c, g, rng));
+    this.tail = this.child("tail", new Conv2d(c, 1, 3, rng));
+  }
+
+  /** Predicts mask logits and the guidance features. */
+  forward(x: Tensor): NetLOutput {
+    checkInput(x, "NetL");
+    const e = this.encoder;
+    const h = e.head.forward(x);
+    const e0 = e.block0.forward(h);
+    const d0 = e.down0.forward(e0);
+    const e1 = e.block1.forward(d0);
+    const d1 = e.down1.forward(e1);
+    const b = e.block2.forward(d1);
+    const j1 = this.join1.forward(b, e1);
+    const u1 = this.block1.forward(j1);
+    const j0 = this.join0.forward(u1, e0);
+    const u0 = this.block0.forward(j0);
+    const logits = this.tail.forward(u0);
+    dispose(h, d0, d1, b, j1, u1, j0, u0);
+    return { logits, features: [e0, e1] };
+  }
+}
+
+/** Guidance NetR receives from the (frozen) NetL. */
+export interface Guidance {
+  /** Masks at full and half resolution ([N, 1, H, W] and [N, 1, H/2, W/2], values 0/1). */
+  masks: [Tensor, Tensor];
+  /** Active sites of those masks. */
+  sites: [ActiveSites, ActiveSites];
+  /** NetL's encoder features at the same resolutions. */
+  features: [Tensor, Tensor];
+}
+
+/** The restoration network NetR (variant-dependent). */
+export class NetR extends Module {
+  readonly encoder: Encoder;
+  readonly guide0: Conv2d | null = null;
+  readonly guide1: Conv2d | null = null;
+  readonly join1: DecoderJoin;
+  readonly join0: DecoderJoin;
+  readonly dec1: Module & { forward(x: Tensor, sites: ActiveSites): Tensor };
+  readonly dec0: Module & { forward(x: Tensor, sites: ActiveSites): Tensor };
+  readonly nonLocal1: SNLModule | null = null;
+  readonly nonLocal0: SNLModule | null = null;
+  readonly tail: Conv2d;
+  readonly features: ReturnType<typeof variantFeatures>;
+
+  constructor(readonly config: SpairConfig, rng: Rng) {
+    super();
+    const { width: c, growth: g } = PRESETS[config.preset];
+    this.features = variantFeatures(config.variant);
+    this.encoder = this.child("enc", new Encoder(c, g, rng));
+    if (this.features.sfm) {
+      // P: 1x1 projections of NetL's features (widths C/2, C) to NetR's (C, 2C).
+      this.guide0 = this.child("guide0", new Conv2d(c / 2, c, 1, rng));
+      this.guide1 = this.child("guide1", new Conv2d(c, 2 * c, 1, rng));
+    }
+    this.join1 = this.child("join1", new DecoderJoin(4 * c, 2 * c, rng));
+    this.join0 = this.child("join0", new DecoderJoin(2 * c, c, rng));
+    const block = (channels: number, name: string) =>
+      this.child(
+        name,
+        this.features.sc ? new SCModule(channels, g, rng) : new DenseLevel(channels, g, rng),
+      ) as Module & { forward(x: Tensor, sites: ActiveSites): Tensor };
+    this.dec1 = block(2 * c, "dec1");
+    this.dec0 = block(c, "dec0");
+    if (this.features.nonLocal !== "none") {
+      const mode = this.features.nonLocal;
+      this.nonLocal1 = this.child("snl1", new SNLModule(2 * c, rng, mode));
+      this.nonLocal0 = this.child("snl0", new SNLModule(c, rng, mode));
+    }
+    this.tail = this.child("tail", new Conv2d(c, 3, 3, rng));
+  }
+
+  /** SFM on F_R + P(F_L) before a strided convolution (Net2 and up); F_R alone for Net1. */
+  #guided(fr: Tensor, proj: Conv2d | null, fl: Tensor | undefined, mask: Tensor | undefined): Tensor {
+    if (!proj || !fl || !mask) return fr.view(fr.shape);
+    const p = proj.forward(fl);
+    const sum = add(fr, p);
+    const out = sfm(sum, mask);
+    dispose(p, sum);
+    return out;
+  }
+
+  /** Restores a batch (values in [0, 1]); `guidance` is required for every variant but Net1. */
+  forward(x: Tensor, guidance?: Guidance): Tensor {
+    checkInput(x, "NetR");
+    if (this.features.sfm && !guidance) throw new Error(`NetR ${this.config.variant} needs NetL's guidance`);
+    const e = this.encoder;
+    const h = e.head.forward(x);
+    const e0 = e.block0.forward(h);
+    const s0 = this.#guided(e0, this.guide0, guidance?.features[0], guidance?.masks[0]);
+    const d0 = e.down0.forward(s0);
+    const e1 = e.block1.forward(d0);
+    const s1 = this.#guided(e1, this.guide1, guidance?.features[1], guidance?.masks[1]);
+    const d1 = e.down1.forward(s1);
+    const b = e.block2.forward(d1);
+    const j1 = this.join1.forward(b, e1);
+    let u1 = this.dec1.forward(j1, guidance?.sites[1] as ActiveSites);
+    if (this.nonLocal1) {
+      const n1 = this.nonLocal1.forward(u1, guidance!.sites[1]);
+      u1.dispose();
+      u1 = n1;
+    }
+    const j0 = this.join0.forward(u1, e0);
+    let u0 = this.dec0.forward(j0, guidance?.sites[0] as ActiveSites);
+    if (this.nonLocal0) {
+      const n0 = this.nonLocal0.forward(u0, guidance!.sites[0]);
+      u0.dispose();
+      u0 = n0;
+    }
+    const residual = this.tail.forward(u0);
+    const out = add(x, residual);
+    dispose(h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0, u0, residual);
+    return out;
+  }
+}
+
+/** A dense block with the decoder-level signature (the sites are ignored): Net1/Net2 decoders. */
+class DenseLevel extends DenseBlock {
+  override forward(x: Tensor, _sites?: ActiveSites): Tensor {
+    return super.forward(x);
+  }
+}
+
+/** NetL + NetR with the mask plumbing between them. */
+export class SpairModel extends Module {
+  readonly netL: NetL;
+  readonly netR: NetR;
+
+  constructor(readonly config: SpairConfig, seed = 0) {
+    super();
+    const rng = new Rng(seed);
+    this.netL = this.child("netL", new NetL(config.preset, rng));
+    this.netR = this.child("netR", new NetR(config, rng));
+  }
+
+  /** Runs the frozen NetL (no gradient) and prepares NetR's guidance. Dispose it with
+   * {@link disposeGuidance}. */
+  guidance(x: Tensor): Guidance & { logits: Tensor } {
+    return noGrad(() => {
+      const { logits, features } = this.netL.forward(x);
+      const mask = binarizeMask(logits);
+      const [m0, m1] = maskPyramid(mask, 2);
+      mask.dispose();
+      return {
+        logits,
+        masks: [m0, m1],
+        sites: [compactMask(m0), compactMask(m1)],
+        features,
+      };
+    });
+  }
+
+  /** Restores `x` [N, 3, H, W] in [0, 1]; returns the restored batch and the full-resolution mask. */
+  forward(x: Tensor): { restored: Tensor; mask: Tensor; logits: Tensor } {
+    const g = this.guidance(x);
+    const restored = this.netR.forward(x, g);
+    const mask = g.masks[0].view(g.masks[0].shape);
+    const logits = g.logits;
+    disposeGuidance(g, false);
+    return { restored, mask, logits };
+  }
+}
+
+/** Releases the guidance tensors and site lists; the logits too unless `includeLogits` is false. */
+export function disposeGuidance(g: Guidance & { logits?: Tensor }, includeLogits = true): void {
+  for (const t of [...g.masks, ...g.features]) t.dispose();
+  for (const s of g.sites) s.dispose();
+  if (includeLogits) g.logits?.dispose();
+}

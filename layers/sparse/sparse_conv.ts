@@ -1,0 +1,397 @@
+/**
+ * SC, SPAIR's sparse convolution (paper eq. 2; SPAIR.md section 2), and the SC module that replaces the
+ * dense block in every decoder level of NetR.
+ *
+ * {@link sparseConv2d} is a submanifold sparse convolution over the active sites of a mask:
+ * `out_p = M_p * (b + sum_{p'} K_{p'} F_{p+p'} M_{p+p'})`, kernel 3x3 (padding 1) or 1x1. Tensors stay
+ * dense NCHW, but kernels (`wgsl/sparse_conv.ts`) visit only the compacted active-site list, so the work
+ * follows the number of degraded sites; the output is cleared densely (a store-only fill) and written at
+ * active sites. Clean sites' inputs are never read.
+ *
+ * {@link SCModule} is 6 densely connected sparse 3x3 convolutions with ReLU (layer i sees the input
+ * concatenated with all previous outputs), a sparse 1x1 back to the input width, and a residual. It runs as
+ * one fused op: every layer reads and writes channel slices of one dense-block buffer in place (no concat
+ * copies), and its hand-written backward accumulates input gradients into one gradient buffer at active
+ * sites only. It computes the same function as the composition of {@link sparseConv2d}, ReLU, concat and
+ * add (tests compare the two, forward and gradients).
+ *
+ * @module
+ */
+
+import { engine } from "../../engine/device.ts";
+import { noGrad, record } from "../../engine/autograd.ts";
+import { Tensor } from "../../engine/tensor.ts";
+import { zeros } from "../../engine/ops/elementwise.ts";
+import { pad, permute } from "../../engine/ops/shape.ts";
+import { Module, uniformInit } from "../../engine/module.ts";
+import type { Rng } from "../../engine/random.ts";
+import {
+  neighbourBitsStep,
+  reluGateStep,
+  siteCopyStep,
+  siteGemmPlan,
+  type SiteGemmSpec,
+  sparseWeightGradPlan,
+  weightCols,
+} from "../../wgsl/sparse_conv.ts";
+import type { KernelPlan, KernelStep } from "../../wgsl/plan.ts";
+import type { ActiveSites } from "./active.ts";
+
+/** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
+export const SC_LAYERS = 6;
+
+function run(plan: KernelPlan, buffers: Record<string, Tensor>): void {
+  const bound: Record<string, GPUBuffer> = {};
+  for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
+  engine().runPlan(plan, bound);
+}
+
+function sitePass(step: KernelStep, buffers: Record<string, Tensor>): void {
+  run({ outSize: 0, scratch: {}, steps: [step] }, buffers);
+}
+
+/** The site buffers the kernels read: list, counts and (k = 3) neighbour bits. */
+function siteBuffers(indices: Tensor, counts: Tensor, nbits?: Tensor): Record<string, Tensor> {
+  return nbits ? { indices, counts, nbits } : { indices, counts };
+}
+
+/** Neighbour-activity bits of every active site (u32 per list entry; see `neighbourBitsStep`). */
+function neighbourBits(sites: ActiveSites): Tensor {
+  const nbits = Tensor.empty([sites.capacity]);
+  const step = neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w });
+  engine().runPlan({ outSize: sites.capacity, scratch: {}, steps: [step] }, {
+    counts: sites.counts.buffer,
+    indices: sites.indices.buffer,
+    rank: sites.rank.buffer,
+    out: nbits.buffer,
+  });
+  return nbits;
+}
+
+function checkSites(op: string, x: Tensor, sites: ActiveSites): void {
+  if (x.rank !== 4 || x.shape[0] !== sites.n || x.shape[2] !== sites.h || x.shape[3] !== sites.w) {
+    throw new Error(
+      `${op}: input [${x.shape}] does not match the active sites' mask [${sites.mask.shape}]`,
+    );
+  }
+}
+
+function kernelSize(op: string, w: Tensor, cin: number, bias: Tensor | null): 1 | 3 {
+  const [cout, wcin, kh, kw] = w.shape;
+  if (w.rank !== 4 || wcin !== cin || kh !== kw || (kh !== 1 && kh !== 3)) {
+    throw new Error(`${op}: weight [${w.shape}] must be [Cout, ${cin}, k, k] with k = 1 or 3`);
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== cout)) {
+    throw new Error(`${op}: bias [${bias.shape}] must be [${cout}]`);
+  }
+  return kh as 1 | 3;
+}
+
+/** Weights in the `[K][taps][cols]` layout of the site kernels: forward (`[Cin][k][k][Cout]`) or input
+ * gradient (`[Cout][k][k][Cin]`, taps mirrored by the kernel), the last axis zero-padded to a multiple of 4. */
+function weightLayout(w: Tensor, forInputGrad: boolean): Tensor {
+  return noGrad(() => {
+    const t = permute(w, forInputGrad ? [0, 2, 3, 1] : [1, 2, 3, 0]);
+    const cols = t.shape[3], padded = weightCols(cols);
+    if (padded === cols) return t;
+    const p = pad(t, [[0, 0], [0, 0], [0, 0], [0, padded - cols]]);
+    t.dispose();
+    return p;
+  });
+}
+
+type Geometry = { N: number; H: number; W: number; k: 1 | 3 };
+
+function gemmSpec(g: Geometry, o: Partial<SiteGemmSpec> & Pick<SiteGemmSpec, "K" | "cols" | "src" | "dst">) {
+  return { ...g, flip: false, bias: false, relu: false, accumulate: false, srcIsOut: false, ...o };
+}
+
+/**
+ * Weight and bias gradients of a sparse conv (both fully written). The bias gradient is always computed (a
+ * few adds per site; one kernel variant) and disposed when `withBias` is false.
+ */
+function weightGrads(
+  g: Geometry,
+  site: Record<string, Tensor>,
+  x: Tensor,
+  xSlice: { channels: number; offset: number },
+  dy: Tensor,
+  dySlice: { channels: number; offset: number },
+  wShape: readonly number[],
+  withBias: boolean,
+): { dw: Tensor; db: Tensor | null } {
+  const [Cout, Cin] = wShape;
+  const dw = Tensor.empty(wShape);
+  const db = Tensor.empty([Cout]);
+  const plan = sparseWeightGradPlan({ ...g, Cin, Cout, x: xSlice, dy: dySlice, bias: true });
+  run(plan, { ...site, x, dy, out: dw, dbias: db });
+  if (withBias) return { dw, db };
+  db.dispose();
+  return { dw, db: null };
+}
+
+/**
+ * Submanifold sparse convolution (SPAIR's SC): `out_p = M_p * (b + sum_t K_t x_{p+d_t} M_{p+d_t})`.
+ *
+ * Computed over the active sites of `sites` only; the output is exactly 0 at clean sites, and clean sites'
+ * inputs are never read, so the result equals `M * conv2d(x * M, weight, padding (k-1)/2)` plus the bias at
+ * active sites. Differentiable with respect to `x` (its gradient is 0 at clean sites), `weight` and `bias`.
+ *
+ * @param x features [N, Cin, H, W]
+ * @param sites active sites of the mask [N, 1, H, W] (from `compactMask`); the op keeps its own handles to
+ *   the site buffers for its backward, so `sites` may be disposed right after the call
+ * @param weight [Cout, Cin, k, k] with k = 1 or 3 (padding (k - 1) / 2, stride 1, dilation 1)
+ * @param bias [Cout] or null
+ * @returns [N, Cout, H, W]
+ */
+export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias: Tensor | null): Tensor {
+  checkSites("sparseConv2d", x, sites);
+  const [N, Cin, H, W] = x.shape;
+  const k = kernelSize("sparseConv2d", weight, Cin, bias);
+  const Cout = weight.shape[0];
+  const geo: Geometry = { N, H, W, k };
+  const e = engine();
+  const nbits = k === 3 ? e.op("sparseConv2d", () => neighbourBits(sites)) : undefined;
+  const site = siteBuffers(sites.indices, sites.counts, nbits);
+  const y = e.op("sparseConv2d", () => {
+    const out = zeros([N, Cout, H, W]);
+    const wt = weightLayout(weight, false);
+    const spec = gemmSpec(geo, {
+      K: Cin,
+      cols: Cout,
+      src: { channels: Cin, offset: 0 },
+      dst: { channels: Cout, offset: 0 },
+      bias: !!bias,
+    });
+    run(siteGemmPlan(spec), { ...site, src: x, wt, out, ...(bias ? { bias } : {}) });
+    wt.dispose();
+    return out;
+  });
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  const result = record(
+    "sparseConv2d",
+    inputs,
+    y,
+    (g, [sx, sw, indices, counts, bits]) =>
+      e.op("sparseConv2d backward", () => {
+        const s = siteBuffers(indices, counts, bits);
+        let dx: Tensor | null = null;
+        if (x.requiresGrad) {
+          dx = zeros(x.shape);
+          const wt = weightLayout(sw, true);
+          const spec = gemmSpec(geo, {
+            K: Cout,
+            cols: Cin,
+            src: { channels: Cout, offset: 0 },
+            dst: { channels: Cin, offset: 0 },
+            flip: true,
+          });
+          run(siteGemmPlan(spec), { ...s, src: g, wt, out: dx });
+          wt.dispose();
+        }
+        let dw: Tensor | null = null, db: Tensor | null = null;
+        if (weight.requiresGrad || bias?.requiresGrad) {
+          const whole = (c: number) => ({ channels: c, offset: 0 });
+          ({ dw, db } = weightGrads(geo, s, sx, whole(Cin), g, whole(Cout), weight.shape, !!bias));
+          if (!weight.requiresGrad) {
+            dw.dispose();
+            dw = null;
+          }
+        }
+        return bias ? [dx, dw, db] : [dx, dw];
+      }),
+    [x, weight, sites.indices, sites.counts, ...(nbits ? [nbits] : [])],
+  );
+  nbits?.dispose();
+  return result;
+}
+
+/**
+ * The SC module as one fused, differentiable op: `x + fuse(concat(x, y_0..y_5))` at active sites, `x`
+ * elsewhere, with `y_i = relu(sparseConv3x3_i(concat(x, y_0..y_{i-1})))`. `weights`/`biases` hold the six
+ * 3x3 layers then the 1x1 fuse. Clean sites of the output are `x` itself (bit-identical).
+ */
+export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biases: Tensor[]): Tensor {
+  checkSites("scModule", x, sites);
+  const [N, C, H, W] = x.shape;
+  if (weights.length !== SC_LAYERS + 1 || biases.length !== SC_LAYERS + 1) {
+    throw new Error(`scModule: expected ${SC_LAYERS + 1} weights and biases`);
+  }
+  const growth = weights[0].shape[0];
+  const Ct = C + SC_LAYERS * growth;
+  weights.forEach((w, i) => {
+    const cin = i < SC_LAYERS ? C + i * growth : Ct;
+    const k = kernelSize("scModule", w, cin, biases[i]);
+    const cout = i < SC_LAYERS ? growth : C;
+    if (k !== (i < SC_LAYERS ? 3 : 1) || w.shape[0] !== cout) {
+      throw new Error(
+        `scModule: layer ${i} weight [${w.shape}] should be [${cout}, ${cin}, ${i < SC_LAYERS ? 3 : 1}, ...]`,
+      );
+    }
+  });
+  const g3: Geometry = { N, H, W, k: 3 };
+  const g1: Geometry = { N, H, W, k: 1 };
+  const e = engine();
+  const nbits = e.op("scModule", () => neighbourBits(sites));
+  const site = siteBuffers(sites.indices, sites.counts, nbits);
+  const geometry = { N, H, W };
+  const whole = (channels: number) => ({ channels, offset: 0 });
+  // F, the dense block [N, C + 6g, H, W]: x, then every layer's output, written in place at active sites.
+  // Only active sites of F are ever read, so its clean sites stay uninitialized (no dense pass).
+  const { out, block } = e.op("scModule", () =>
+    noGrad(() => {
+      const block = Tensor.empty([N, Ct, H, W]);
+      sitePass(siteCopyStep(geometry, whole(C), whole(Ct), C), { ...site, src: x, out: block });
+      for (let i = 0; i < SC_LAYERS; i++) {
+        const wt = weightLayout(weights[i], false);
+        const spec = gemmSpec(g3, {
+          K: C + i * growth,
+          cols: growth,
+          src: { channels: Ct, offset: 0 },
+          dst: { channels: Ct, offset: C + i * growth },
+          bias: true,
+          relu: true,
+          srcIsOut: true,
+        });
+        run(siteGemmPlan(spec), { ...site, wt, bias: biases[i], out: block });
+        wt.dispose();
+      }
+      // The output is x (a buffer copy), plus the fuse's result added at active sites.
+      const out = Tensor.empty(x.shape);
+      e.copy(x.buffer, 0, out.buffer, 0, x.size * 4);
+      const wt = weightLayout(weights[SC_LAYERS], false);
+      const spec = gemmSpec(g1, {
+        K: Ct,
+        cols: C,
+        src: { channels: Ct, offset: 0 },
+        dst: { channels: C, offset: 0 },
+        bias: true,
+        accumulate: true,
+      });
+      run(siteGemmPlan(spec), { ...site, src: block, wt, bias: biases[SC_LAYERS], out });
+      wt.dispose();
+      return { out, block };
+    }));
+  const inputs = [x];
+  for (let i = 0; i <= SC_LAYERS; i++) inputs.push(weights[i], biases[i]);
+  const result = record("scModule", inputs, out, (g, saved) =>
+    e.op("scModule backward", () => {
+      const [F, indices, counts, bits, ...ws] = saved;
+      const s = siteBuffers(indices, counts, bits);
+      const grads: (Tensor | null)[] = new Array(inputs.length).fill(null);
+      const wantParams = (i: number) => weights[i].requiresGrad || biases[i].requiresGrad;
+      const keepGrads = (i: number, dw: Tensor, db: Tensor | null) => {
+        grads[1 + 2 * i] = weights[i].requiresGrad ? dw : (dw.dispose(), null);
+        grads[2 + 2 * i] = biases[i].requiresGrad ? db : (db?.dispose(), null);
+      };
+      // dF, the gradient w.r.t. the block, lives at active sites only: channels < C start as the residual's
+      // gradient g, the others at 0; every sparse layer adds its input gradient there.
+      const dF = Tensor.empty([N, Ct, H, W]);
+      sitePass(siteCopyStep(geometry, whole(C), whole(Ct), C), { ...s, src: g, out: dF });
+      sitePass(siteCopyStep(geometry, null, { channels: Ct, offset: C }, Ct - C), { ...s, out: dF });
+      if (wantParams(SC_LAYERS)) {
+        const { dw, db } = weightGrads(
+          g1,
+          s,
+          F,
+          { channels: Ct, offset: 0 },
+          g,
+          { channels: C, offset: 0 },
+          weights[SC_LAYERS].shape,
+          true,
+        );
+        keepGrads(SC_LAYERS, dw, db);
+      }
+      {
+        const wt = weightLayout(ws[SC_LAYERS], true);
+        const spec = gemmSpec(g1, {
+          K: C,
+          cols: Ct,
+          src: { channels: C, offset: 0 },
+          dst: { channels: Ct, offset: 0 },
+          flip: true,
+          accumulate: true,
+        });
+        run(siteGemmPlan(spec), { ...s, src: g, wt, out: dF });
+        wt.dispose();
+      }
+      for (let i = SC_LAYERS - 1; i >= 0; i--) {
+        const own = { channels: Ct, offset: C + i * growth };
+        sitePass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
+        if (wantParams(i)) {
+          const xs = { channels: Ct, offset: 0 };
+          const { dw, db } = weightGrads(g3, s, F, xs, dF, own, weights[i].shape, true);
+          keepGrads(i, dw, db);
+        }
+        if (i > 0 || x.requiresGrad) {
+          const wt = weightLayout(ws[i], true);
+          const spec = gemmSpec(g3, {
+            K: growth,
+            cols: C + i * growth,
+            src: own,
+            dst: { channels: Ct, offset: 0 },
+            flip: true,
+            accumulate: true,
+            srcIsOut: true,
+          });
+          run(siteGemmPlan(spec), { ...s, wt, out: dF });
+          wt.dispose();
+        }
+      }
+      if (x.requiresGrad) {
+        // dx = g at clean sites (the residual), dF's first C channels at active sites.
+        const dx = Tensor.empty(x.shape);
+        e.copy(g.buffer, 0, dx.buffer, 0, x.size * 4);
+        sitePass(siteCopyStep(geometry, whole(Ct), whole(C), C), { ...s, src: dF, out: dx });
+        grads[0] = dx;
+      }
+      dF.dispose();
+      return grads;
+    }), [block, sites.indices, sites.counts, nbits, ...weights]);
+  block.dispose();
+  nbits.dispose();
+  return result;
+}
+
+/**
+ * SPAIR's SC module (SPAIR.md section 2): six densely connected sparse 3x3 convolutions with ReLU, growth
+ * `growth` channels each (layer i sees the input concatenated with all previous outputs), a sparse 1x1 back
+ * to `channels`, added to the input. Parameters: `conv0.weight` [g, C, 3, 3], `conv0.bias` [g], ...,
+ * `conv5.weight` [g, C + 5g, 3, 3], `fuse.weight` [C, C + 6g, 1, 1], `fuse.bias` [C], initialized like
+ * PyTorch's `Conv2d` (uniform, bound 1/sqrt(fan_in)).
+ *
+ * Invariants: output equals the input exactly at clean sites; outputs at degraded sites ignore clean
+ * sites' inputs.
+ */
+export class SCModule extends Module {
+  /** The six 3x3 weights then the 1x1 fuse weight. */
+  readonly weights: Tensor[] = [];
+  /** The matching biases. */
+  readonly biases: Tensor[] = [];
+
+  /**
+   * @param channels input and output width C
+   * @param growth channels added by each 3x3 layer
+   * @param rng initialization stream
+   */
+  constructor(readonly channels: number, readonly growth: number, rng: Rng) {
+    super();
+    for (let i = 0; i <= SC_LAYERS; i++) {
+      const fuse = i === SC_LAYERS;
+      const cin = channels + i * growth;
+      const k = fuse ? 1 : 3;
+      const cout = fuse ? channels : growth;
+      const name = fuse ? "fuse" : `conv${i}`;
+      this.weights.push(this.param(`${name}.weight`, uniformInit([cout, cin, k, k], cin * k * k, rng)));
+      this.biases.push(this.param(`${name}.bias`, uniformInit([cout], cin * k * k, rng)));
+    }
+  }
+
+  /** Applies the module to `x` [N, channels, H, W] at the active sites `sites`. */
+  forward(x: Tensor, sites: ActiveSites): Tensor {
+    if (x.shape[1] !== this.channels) {
+      throw new Error(`SCModule: input [${x.shape}] should have ${this.channels} channels`);
+    }
+    return scModule(x, sites, this.weights, this.biases);
+  }
+}

@@ -1,0 +1,470 @@
+// SNL (sparse non-local) step and module: against a dense masked reference built from engine ops (its
+// gradients by the engine's autodiff), against PyTorch fixtures (tests/fixtures/gen_snl_fixtures.py), the
+// binding invariants of SPAIR.md section 2 as properties, memory and scale at 1x64x512x512 against a float64
+// CPU reference at sampled sites, and finite-difference gradients of SNLModule.
+import assert from "node:assert/strict";
+import { randomArray, relativeError, testEngine } from "./_setup.ts";
+import * as ops from "../mod.ts";
+import type { Tensor } from "../mod.ts";
+import { type ActiveSites, compactMask } from "../layers/sparse/active.ts";
+import { DenseNonLocal, SNLModule, snlStep } from "../layers/sparse/snl.ts";
+import { snlForwardRefAt, snlGradRefAt, type SnlProblem } from "../bench/snl.ts";
+
+/** Scale-relative tolerance (max |error| / max |reference| per tensor). */
+const TOL = 1e-4;
+
+const prod = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+
+/** 0/1 mask [N,1,H,W] with a per-image density. */
+function randomMask(n: number, h: number, w: number, densities: number[], seed: number): Float32Array {
+  const r = randomArray(n * h * w, seed, 0, 1);
+  return r.map((v, i) => (v < densities[Math.floor(i / (h * w))] ? 1 : 0));
+}
+
+function close(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOL): void {
+  const err = relativeError(got, want);
+  assert.ok(err <= tol, `${name}: scale-relative error ${err} > ${tol}`);
+}
+
+/** Bit-level equality of two float arrays at the given indices (reports the first mismatches). */
+function sameBits(name: string, a: Float32Array, b: Float32Array, indices: Iterable<number>): void {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  const bad: string[] = [];
+  let count = 0;
+  for (const i of indices) {
+    if (ua[i] !== ub[i] && count++ < 4) bad.push(`[${i}] ${a[i]} != ${b[i]}`);
+  }
+  assert.equal(count, 0, `${name}: ${count} values differ: ${bad.join(", ")}`);
+}
+
+/**
+ * The dense masked reference, composed from engine ops (autodiff gives its gradients): full row and column
+ * score matrices, per-direction key masks, masked softmax, fusion softmax over the non-empty directions.
+ */
+function referenceStep(f: Tensor, e: Tensor, mask: Float32Array, dense: boolean): Tensor {
+  const [N, C, H, W] = f.shape;
+  const key = (n: number, y: number, x: number) => dense || mask[(n * H + y) * W + x] < 0.5;
+  const rowKeep = [new Float32Array(N * H * W * W), new Float32Array(N * H * W * W)];
+  const colKeep = [new Float32Array(N * W * H * H), new Float32Array(N * W * H * H)];
+  const valid = new Float32Array(N * 4 * H * W);
+  for (let n = 0; n < N; n++) {
+    for (let y = 0; y < H; y++) {
+      for (let x = 0; x < W; x++) {
+        for (let k = 0; k < W; k++) {
+          if (!key(n, y, k) || k === x) continue;
+          rowKeep[k < x ? 0 : 1][((n * H + y) * W + x) * W + k] = 1;
+          valid[((n * 4 + (k < x ? 0 : 1)) * H + y) * W + x] = 1;
+        }
+        for (let k = 0; k < H; k++) {
+          if (!key(n, k, x) || k === y) continue;
+          colKeep[k < y ? 0 : 1][((n * W + x) * H + y) * H + k] = 1;
+          valid[((n * 4 + (k < y ? 2 : 3)) * H + y) * W + x] = 1;
+        }
+      }
+    }
+  }
+  const query = dense ? new Float32Array(N * H * W).fill(1) : mask;
+  return ops.tidy(() => {
+    const neg = ops.full([1], -1e30);
+    const attend = (scores: Tensor, keep: Float32Array, values: Tensor) => {
+      const k = ops.tensor(keep, scores.shape);
+      const rows = ops.tensor(
+        Float32Array.from({ length: scores.size / scores.shape[3] }, (_, i) => {
+          for (let j = 0; j < scores.shape[3]; j++) if (keep[i * scores.shape[3] + j]) return 1;
+          return 0;
+        }),
+        [...scores.shape.slice(0, 3), 1],
+      );
+      const a = ops.mul(ops.softmax(ops.where(k, scores, neg), -1), rows);
+      return ops.matmul(a, values);
+    };
+    const tau = 1 / Math.sqrt(C);
+    const fr = ops.permute(f, [0, 2, 3, 1]); // N,H,W,C
+    const sRow = ops.scale(ops.matmul(fr, ops.permute(f, [0, 2, 1, 3])), tau); // N,H,W,W
+    const fc = ops.permute(f, [0, 3, 2, 1]); // N,W,H,C
+    const sCol = ops.scale(ops.matmul(fc, ops.permute(f, [0, 3, 1, 2])), tau); // N,W,H,H
+    const g = [
+      ops.permute(attend(sRow, rowKeep[0], fr), [0, 3, 1, 2]),
+      ops.permute(attend(sRow, rowKeep[1], fr), [0, 3, 1, 2]),
+      ops.permute(attend(sCol, colKeep[0], fc), [0, 3, 2, 1]),
+      ops.permute(attend(sCol, colKeep[1], fc), [0, 3, 2, 1]),
+    ];
+    const v = ops.tensor(valid, [N, 4, H, W]);
+    const w = ops.mul(ops.softmax(ops.where(v, e, neg), 1), v);
+    let h = ops.mul(ops.slice(w, [0, 0, 0, 0], [N, 1, H, W]), g[0]);
+    for (let d = 1; d < 4; d++) h = ops.add(h, ops.mul(ops.slice(w, [0, d, 0, 0], [N, d + 1, H, W]), g[d]));
+    return ops.where(ops.tensor(query, [N, 1, H, W]), ops.add(f, h), f);
+  });
+}
+
+interface StepResult {
+  out: Float32Array;
+  df: Float32Array;
+  de: Float32Array;
+}
+
+/** Output and gradients of loss = sum(run(f, e) * g) (f, e, g float32 data). */
+async function stepAndGrads(
+  run: (f: Tensor, e: Tensor) => Tensor,
+  shape: number[],
+  fData: Float32Array,
+  eData: Float32Array,
+  gData: Float32Array,
+): Promise<StepResult> {
+  const [N, , H, W] = shape;
+  const ts = ops.tidy(() => {
+    const f = ops.tensor(fData, shape);
+    const e = ops.tensor(eData, [N, 4, H, W]);
+    f.requiresGrad = true;
+    e.requiresGrad = true;
+    const y = run(f, e);
+    ops.backward(ops.sum(ops.mul(y, ops.tensor(gData, shape))));
+    return [y, f.grad!, e.grad!];
+  });
+  try {
+    return { out: await ts[0].data(), df: await ts[1].data(), de: await ts[2].data() };
+  } finally {
+    ops.dispose(ts);
+  }
+}
+
+/** Runs snlStep with a freshly compacted mask (disposed afterwards). */
+function withSites<T>(mask: Float32Array, shape: number[], fn: (sites: ActiveSites) => T): T {
+  const [N, , H, W] = shape;
+  const m = ops.tensor(mask, [N, 1, H, W]);
+  const sites = compactMask(m);
+  try {
+    return fn(sites);
+  } finally {
+    sites.dispose();
+    m.dispose();
+  }
+}
+
+interface Case {
+  name: string;
+  shape: [number, number, number, number];
+  densities: number[];
+  dense?: boolean;
+}
+
+const CASES: Case[] = [
+  { name: "0% (no queries)", shape: [1, 8, 11, 13], densities: [0] },
+  { name: "~3%, odd 11x13", shape: [1, 8, 11, 13], densities: [0.03] },
+  { name: "~30%, odd 11x13", shape: [1, 5, 11, 13], densities: [0.3] },
+  { name: "100% (no keys: identity)", shape: [1, 16, 9, 7], densities: [1] },
+  { name: "batch 3, densities 3/30/60%", shape: [3, 4, 6, 10], densities: [0.03, 0.3, 0.6] },
+  { name: "batch 2, 0% and 100%", shape: [2, 3, 5, 4], densities: [0, 1] },
+  { name: "C=40 (6 queries per invocation)", shape: [2, 40, 9, 10], densities: [0.5, 0.1] },
+  { name: "C=96 (2 queries per invocation)", shape: [1, 96, 6, 7], densities: [0.4] },
+  { name: "dense mode", shape: [2, 6, 7, 9], densities: [0.3, 0.6], dense: true },
+];
+
+for (const c of CASES) {
+  Deno.test(`snlStep equals the dense masked reference: ${c.name}`, async () => {
+    const [N, C, H, W] = c.shape;
+    const n = N * C * H * W;
+    const seed = 100 + CASES.indexOf(c) * 7;
+    const f = randomArray(n, seed, -1.5, 1.5);
+    const e = randomArray(N * 4 * H * W, seed + 1);
+    const g = randomArray(n, seed + 2);
+    const mask = randomMask(N, H, W, c.densities, seed + 3);
+    const mode = c.dense ? "dense" : "sparse";
+    const got = await withSites(
+      mask,
+      c.shape,
+      (sites) => stepAndGrads((x, le) => snlStep(x, le, sites, mode), c.shape, f, e, g),
+    );
+    const want = await stepAndGrads((x, le) => referenceStep(x, le, mask, !!c.dense), c.shape, f, e, g);
+    close("forward", got.out, want.out);
+    close("grad f", got.df, want.df);
+    close("grad E", got.de, want.de);
+    if (!c.dense && c.densities.every((d) => d === 1 || d === 0)) {
+      // No (query, clean key) pair at all: the step is the identity and E gets no gradient.
+      sameBits("identity", got.out, f, got.out.keys());
+      assert.ok(got.de.every((v) => v === 0), "grad E is zero");
+    }
+  });
+}
+
+// ---- (b) PyTorch fixtures ----
+
+interface RawTensor {
+  shape: number[];
+  data: string;
+}
+
+function decode(raw: RawTensor): Float32Array {
+  const bin = atob(raw.data);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const out = new Float32Array(bytes.buffer);
+  assert.equal(out.length, prod(raw.shape), "fixture size");
+  return out;
+}
+
+Deno.test("snlStep matches PyTorch fixtures (dense masked formula, float64): forward, grad f, grad E", async () => {
+  const file = JSON.parse(Deno.readTextFileSync(new URL("./fixtures/snl.json", import.meta.url)));
+  assert.ok(file.cases.length >= 5);
+  for (const fx of file.cases) {
+    const shape = fx.inputs.f.shape as number[];
+    const mask = decode(fx.inputs.mask);
+    const got = await withSites(mask, shape, (sites) =>
+      stepAndGrads(
+        (x, le) => snlStep(x, le, sites, fx.params.mode),
+        shape,
+        decode(fx.inputs.f),
+        decode(fx.inputs.e),
+        decode(fx.gradOutput),
+      ));
+    close(`${fx.name} forward`, got.out, decode(fx.output));
+    close(`${fx.name} grad f`, got.df, decode(fx.grads.f));
+    close(`${fx.name} grad E`, got.de, decode(fx.grads.e));
+  }
+});
+
+// ---- (c) invariants ----
+
+async function stepOut(f: Float32Array, e: Float32Array, mask: Float32Array, shape: number[]) {
+  const [N, , H, W] = shape;
+  return await withSites(mask, shape, async (sites) => {
+    const x = ops.tensor(f, shape);
+    const le = ops.tensor(e, [N, 4, H, W]);
+    const y = snlStep(x, le, sites);
+    try {
+      return await y.data();
+    } finally {
+      ops.dispose([x, le, y]);
+    }
+  });
+}
+
+Deno.test("SNL invariants: clean sites bit-identical; a degraded site ignores other degraded sites and clean sites off its row and column", async () => {
+  const shape = [2, 6, 12, 10];
+  const [N, C, H, W] = shape;
+  const HW = H * W;
+  const f = randomArray(N * C * HW, 31, -1.5, 1.5);
+  const e = randomArray(N * 4 * HW, 32);
+  const mask = randomMask(N, H, W, [0.3, 0.5], 33);
+  const out = await stepOut(f, e, mask, shape);
+  const clean: number[] = [];
+  for (let b = 0; b < N; b++) {
+    for (let s = 0; s < HW; s++) {
+      if (mask[b * HW + s] === 0) { for (let c = 0; c < C; c++) clean.push((b * C + c) * HW + s); }
+    }
+  }
+  sameBits("clean sites", out, f, clean);
+
+  // For a few degraded sites p: perturb every other degraded site's features, every clean site off p's row
+  // and column, and E everywhere but p: F'_p must not change (bit for bit).
+  const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
+  const noise = randomArray(f.length, 34, -2, 2);
+  for (const g of [degraded[0], degraded[Math.floor(degraded.length / 2)], degraded[degraded.length - 1]]) {
+    const b = Math.floor(g / HW), s = g % HW, y = Math.floor(s / W), x = s % W;
+    const f2 = f.slice();
+    for (let bb = 0; bb < N; bb++) {
+      for (let t = 0; t < HW; t++) {
+        const yy = Math.floor(t / W), xx = t % W;
+        const isP = bb === b && t === s;
+        const inLine = bb === b && (yy === y || xx === x);
+        const isClean = mask[bb * HW + t] === 0;
+        if (isP || (isClean && inLine)) continue;
+        for (let c = 0; c < C; c++) f2[(bb * C + c) * HW + t] = noise[(bb * C + c) * HW + t];
+      }
+    }
+    const e2 = e.map((v, i) => (i % HW === s && Math.floor(i / (4 * HW)) === b ? v : -v + 0.25));
+    const out2 = await stepOut(f2, e2, mask, shape);
+    const at = Array.from({ length: C }, (_, c) => (b * C + c) * HW + s);
+    sameBits(`site ${g} after perturbing unrelated sites`, out2, out, at);
+    // Sanity: a clean site in p's row or column does matter.
+    const f3 = f.slice();
+    let k = -1;
+    for (let t = 0; t < HW && k < 0; t++) {
+      if (mask[b * HW + t] === 0 && (Math.floor(t / W) === y || t % W === x)) k = t;
+    }
+    if (k >= 0) {
+      for (let c = 0; c < C; c++) f3[(b * C + c) * HW + k] += 0.5;
+      const out3 = await stepOut(f3, e, mask, shape);
+      assert.ok(at.some((i) => out3[i] !== out[i]), `site ${g} depends on its row/column clean site ${k}`);
+    }
+  }
+});
+
+Deno.test("SNLModule: clean sites pass through bit-identical; dense mode (DenseNonLocal) changes every site", async () => {
+  const shape = [1, 8, 9, 11];
+  const [N, C, H, W] = shape;
+  const f = randomArray(N * C * H * W, 41, -1, 1);
+  const mask = randomMask(N, H, W, [0.35], 42);
+  const sparse = new SNLModule(C, new ops.Rng(3));
+  const dense = new DenseNonLocal(C, new ops.Rng(3));
+  assert.deepEqual(
+    [...sparse.namedParameters().keys()],
+    ["e1.weight", "e1.bias", "mid.weight", "mid.bias", "e2.weight", "e2.bias"],
+  );
+  const [a, d] = await withSites(mask, shape, async (sites) => {
+    const x = ops.tensor(f, shape);
+    const ys = [sparse.forward(x, sites), dense.forward(x, null)];
+    try {
+      return [await ys[0].data(), await ys[1].data()];
+    } finally {
+      ops.dispose([x, ...ys]);
+    }
+  });
+  const clean: number[] = [];
+  for (let s = 0; s < H * W; s++) {
+    if (mask[s] === 0) {
+      for (let c = 0; c < C; c++) clean.push(c * H * W + s);
+    }
+  }
+  sameBits("module clean sites", a, f, clean);
+  assert.ok(a.some((v, i) => mask[i % (H * W)] === 1 && v !== f[i]), "degraded sites change");
+  assert.ok(clean.every((i) => d[i] !== f[i]), "dense mode changes clean sites too");
+  ops.dispose([...sparse.parameters(), ...dense.parameters()]);
+});
+
+// ---- (d) memory and scale ----
+
+Deno.test("snlStep at 1x64x512x512, 30% density: sampled float64 check, memory O(sites) beyond inputs/outputs", async () => {
+  const [N, C, H, W] = [1, 64, 512, 512];
+  const shape = [N, C, H, W];
+  const HW = H * W;
+  const f = randomArray(N * C * HW, 51, -1, 1);
+  const e = randomArray(N * 4 * HW, 52);
+  const g = randomArray(N * C * HW, 53);
+  const mask = randomMask(N, H, W, [0.3], 54);
+  const m = ops.tensor(mask, [N, 1, H, W]);
+  const sites = compactMask(m);
+  const x = ops.tensor(f, shape);
+  const le = ops.tensor(e, [N, 4, H, W]);
+  const gt = ops.tensor(g, shape);
+  x.requiresGrad = true;
+  le.requiresGrad = true;
+  await testEngine.sync();
+  const inputBytes = x.size * 4;
+  const live0 = testEngine.memory().liveBytes;
+  testEngine.pool.resetPeak();
+  const t0 = performance.now();
+  const y = snlStep(x, le, sites);
+  ops.backward(y, gt);
+  await testEngine.sync();
+  const seconds = (performance.now() - t0) / 1000;
+  const peak = testEngine.memory().peakBytes - live0;
+  // Outputs: F' and the two gradients. Everything else the step allocated is its scratch.
+  const outputs = y.size * 4 + x.grad!.size * 4 + le.grad!.size * 4;
+  const scratch = peak - outputs;
+  const active = mask.reduce((a, v) => a + v, 0);
+  const attentionMatrix = active * (H + W) * 4;
+  console.log(
+    `512x512x64 @30%: forward+backward ${seconds.toFixed(1)} s; peak beyond inputs ${
+      (peak / 2 ** 20).toFixed(1)
+    } MiB ` +
+      `(outputs ${(outputs / 2 ** 20).toFixed(1)} MiB, scratch ${
+        (scratch / 2 ** 20).toFixed(1)
+      } MiB); input ` +
+      `${(inputBytes / 2 ** 20).toFixed(0)} MiB; an attention matrix would be ${
+        (attentionMatrix / 2 ** 20).toFixed(0)
+      } MiB`,
+  );
+  assert.ok(peak < 4 * inputBytes, `peak ${peak} >= 4x input ${inputBytes}`);
+  assert.ok(scratch < 0.5 * inputBytes, `scratch ${scratch} >= input / 2 (should be ~16 words per site)`);
+  assert.ok(scratch < attentionMatrix / 10, "scratch far below an attention matrix");
+
+  const [out, dx, de] = [await y.data(), await x.grad!.data(), await le.grad!.data()];
+  ops.dispose([m, x, le, gt, y, x.grad, le.grad]);
+  sites.dispose();
+  const p: SnlProblem = { N, C, H, W, f, e, mask, dense: false };
+  // ~50 sampled degraded (query) sites: output, grad f, grad E; ~12 clean (key) sites: grad f, output.
+  const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
+  const clean = [...mask.keys()].filter((i) => mask[i] === 0);
+  const pick = (list: number[], k: number, seed: number) =>
+    Array.from(randomArray(k, seed, 0, list.length), (v) => list[Math.floor(v)]);
+  const want: number[] = [], gotv: number[] = [];
+  const wantG: number[] = [], gotG: number[] = [];
+  const wantE: number[] = [], gotE: number[] = [];
+  for (const s of pick(degraded, 48, 55)) {
+    const o = snlForwardRefAt(p, 0, s);
+    const gr = snlGradRefAt(p, g, 0, s);
+    for (let c = 0; c < C; c++) {
+      want.push(o[c]);
+      gotv.push(out[c * HW + s]);
+      wantG.push(gr.dF[c]);
+      gotG.push(dx[c * HW + s]);
+    }
+    for (let d = 0; d < 4; d++) {
+      wantE.push(gr.dE[d]);
+      gotE.push(de[d * HW + s]);
+    }
+  }
+  for (const s of pick(clean, 12, 56)) {
+    const gr = snlGradRefAt(p, g, 0, s);
+    for (let c = 0; c < C; c++) {
+      wantG.push(gr.dF[c]);
+      gotG.push(dx[c * HW + s]);
+      want.push(f[c * HW + s]);
+      gotv.push(out[c * HW + s]);
+    }
+    for (let d = 0; d < 4; d++) assert.equal(de[d * HW + s], 0, "grad E is 0 at clean sites");
+  }
+  close("sampled forward", gotv, want);
+  close("sampled grad f", gotG, wantG);
+  close("sampled grad E", gotE, wantE);
+});
+
+// ---- (e) finite differences ----
+
+async function moduleGradcheck(dense: boolean): Promise<void> {
+  const shape = [1, 4, 5, 6];
+  const [N, C, H, W] = shape;
+  const f = randomArray(N * C * H * W, 61, -1, 1);
+  const r = randomArray(N * C * H * W, 62);
+  const mask = randomMask(N, H, W, [0.4], 63);
+  const module = new SNLModule(C, new ops.Rng(7), dense ? "dense" : "sparse");
+  const EPS = 1e-2;
+  const m = ops.tensor(mask, [N, 1, H, W]);
+  const sites = compactMask(m);
+  const x = ops.tensor(f, shape);
+  const rt = ops.tensor(r, shape);
+  const loss = () => ops.tidy(() => ops.sum(ops.mul(module.forward(x, sites), rt)));
+  x.requiresGrad = true;
+  const l0 = loss();
+  ops.backward(l0);
+  l0.dispose();
+  const targets: [string, Tensor][] = [["f", x], ...module.namedParameters()];
+  const failures: string[] = [];
+  for (const [name, t] of targets) {
+    const analytic = await t.grad!.data();
+    const data = await t.data();
+    const coords = [...new Set(Array.from(randomArray(8, name.length * 13 + 1, 0, t.size), Math.floor))];
+    const losses: Tensor[] = [];
+    ops.noGrad(() => {
+      for (const i of coords) {
+        for (const sign of [1, -1]) {
+          const d = data.slice();
+          d[i] += sign * EPS;
+          testEngine.write(t.buffer, 0, d);
+          losses.push(loss());
+        }
+      }
+      testEngine.write(t.buffer, 0, data);
+    });
+    const values: number[] = [];
+    for (const l of losses) values.push(await l.item());
+    ops.dispose(losses);
+    coords.forEach((i, j) => {
+      const numeric = (values[2 * j] - values[2 * j + 1]) / (2 * EPS);
+      if (Math.abs(numeric - analytic[i]) > 1e-2 * Math.max(1, Math.abs(analytic[i]))) {
+        failures.push(`${name}[${i}]: numeric ${numeric} analytic ${analytic[i]}`);
+      }
+    });
+    t.grad!.dispose();
+    t.grad = null;
+  }
+  ops.dispose([m, x, rt, ...module.parameters()]);
+  sites.dispose();
+  assert.deepEqual(failures, []);
+}
+
+Deno.test("SNLModule gradients match finite differences (sparse)", () => moduleGradcheck(false));
+Deno.test("SNLModule gradients match finite differences (dense / DenseNonLocal)", () =>
+  moduleGradcheck(true));

@@ -1,0 +1,637 @@
+/**
+ * Kernels of the SNL step (SPAIR's sparse non-local attention, paper eq. 3-5; SPAIR.md section 2), forward
+ * and backward, as kernel plans. The layer that drives them is `layers/sparse/snl.ts`.
+ *
+ * Notation. F is the feature map [N, C, H, W] (NCHW, read in place, never transposed), E the fusion logits
+ * [N, 4, H, W], directions d = 0 left, 1 right, 2 up, 3 down. A *query* is a degraded site (sparse mode) or
+ * every site (dense mode); its *keys* in direction d are the clean sites (sparse) or all other sites (dense)
+ * strictly on that side of it in its row (d < 2) or column (d >= 2). `s_pq = <f_p, f_q> / sqrt(C)`,
+ * `a_pq = exp(s_pq - lse_d(p))`, `g_d(p) = sum_q a_pq f_q`, `w(p) = softmax(E_p)` over the non-empty
+ * directions, `F'_p = F_p + sum_d w_d g_d(p)`.
+ *
+ * Work decomposition. Every pass runs per *line* (a row: directions left/right; a column: up/down). A
+ * workgroup of {@link SNL_WORKGROUP} = 8 invocations (one SIMD batch of llvmpipe's 256-bit vectors) takes
+ * 8 * T consecutive queries of one line, T per invocation ({@link snlBlock}: 8 for C <= 64), and every
+ * invocation walks the line's key list once. It keeps its T query vectors and its accumulators in
+ * registers (C and T are compiled into the kernel; channel math is unrolled straight-line code, no channel
+ * loops), so each key feature it loads serves T (query, key) pairs. Measured on llvmpipe (Mesa 22.3) a
+ * storage load costs ~6-10 ns per active invocation whatever its address (no uniform-load fast path;
+ * vec4 loads cost four loads; workgroup memory and barriers are slower still) while FMAs are nearly free,
+ * so loads per pair, C / T, are the figure of merit. The key-gradient pass mirrors this: T keys per
+ * invocation walk the line's queries. Lines come from per-row/column lists built once per step from the
+ * mask ({@link snlListsPlan}): queries are visited only where they exist, keys only where they are clean,
+ * and a workgroup whose chunk of the line is empty, or whose line has no key (no query, for the key
+ * pass), exits at once. The work is therefore (queries x clean keys in their lines) x C / T loads plus
+ * O(queries x C) per pass, and a 100%-degraded mask costs next to nothing.
+ *
+ * Passes (R = row lines, C = column lines), each one dispatch:
+ * - forward: `stats` R, C (per query and direction: streaming max and sum of exp over the keys), `finalize`
+ *   per query (logsumexp per direction and the fusion softmax over the non-empty directions), `accum` R, C
+ *   (`out_p += sum_q w_d a_pq f_q`; `out` starts as a copy of F and a query without keys is not written,
+ *   so clean sites and such queries stay bit-identical).
+ * - backward: `dgdot` R, C (`D_d = sum_q a_pq <dh_p, f_q>` = `<dh_p, g_d>`), `dlogits` per site (dE, zero
+ *   at clean sites; scales D by w_d), `dq` R, C (query-side gradient `tau sum_q ds_pq f_q` into dF_p), `dk`
+ *   R, C per key (key/value gradient `sum_p (tau ds_pq f_p + a_pq w_d dh_p)` gathered over the queries of
+ *   its row and column that see it), with `ds_pq = a_pq (w_d <dh_p, f_q> - w_d D_d)`. `accum`, `dq` and
+ *   `dk` read-modify-write their output at the invocation's own sites, once per pass, after summing in
+ *   registers; passes are ordered dispatches: no atomics, deterministic.
+ *
+ * Memory. No attention row and no channel-sized scratch is ever stored: g_d is never materialized (the
+ * forward's second pass re-scores the keys; the backward recomputes scores from the saved logsumexp).
+ * Besides inputs and outputs a step holds, per site, 8 words of `stats` (per direction: running max and
+ * sum, then logsumexp and w_d; saved for the backward) and 2 of `lists` (sparse mode only; plus one word per
+ * line), and the backward 4 words of `D`. They are indexed by site, so they are sized by N*H*W (the live
+ * count of active sites stays on the GPU): 14 words per site against the input's C.
+ *
+ * llvmpipe loop cap (65,535 iterations per invocation in total): the attention kernels' only loops walk a
+ * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops, so an
+ * invocation runs at most max(H, W) + 2T iterations; the list builder walks a line twice (2 max(H, W)).
+ * Lines are therefore limited to {@link SNL_MAX_LINE} = 7,996 sites, which keeps every invocation under
+ * 16,000 iterations.
+ *
+ * @module
+ */
+
+import type { KernelPlan, KernelSource, KernelStep } from "./plan.ts";
+
+/** Bound on the loop iterations of one invocation (llvmpipe stops loops after 65,535). */
+export const SNL_LOOP_BUDGET = 16000;
+/** Invocations per workgroup: one SIMD batch of llvmpipe (8 f32 lanes). */
+export const SNL_WORKGROUP = 8;
+const WG = SNL_WORKGROUP;
+/** Longest supported line (the list builder walks each line twice). */
+export const SNL_MAX_LINE = Math.floor((SNL_LOOP_BUDGET - 8) / 2);
+
+/** Geometry and mode of one SNL step. */
+export interface SnlShape {
+  N: number;
+  C: number;
+  H: number;
+  W: number;
+  /** Dense (criss-cross) mode: every site is a query and a key. */
+  dense: boolean;
+}
+
+/** Checks the limits of the kernels: lines up to {@link SNL_MAX_LINE} sites, batch and lines per image up
+ * to 65,535 (workgroup grid dimensions). */
+export function checkShape(s: SnlShape): void {
+  const line = Math.max(s.H, s.W);
+  if (line > SNL_MAX_LINE) throw new Error(`snl: lines of ${line} sites exceed ${SNL_MAX_LINE}`);
+  if (s.N > 65535) throw new Error(`snl: batch ${s.N} exceeds 65,535`);
+}
+
+/** Number of u32 values of the `lists` buffer. */
+export function snlListsSize(N: number, H: number, W: number): number {
+  return 2 * N * H * W + N * H + N * W;
+}
+
+function uniforms(s: SnlShape, row = false): ArrayBuffer {
+  const buffer = new ArrayBuffer(48);
+  const u = new Uint32Array(buffer);
+  u.set([s.N, s.C, s.H, s.W, s.H * s.W, s.dense ? 1 : 0, row ? 1 : 0, s.N * s.H * s.W]);
+  new Float32Array(buffer)[8] = 1 / Math.sqrt(s.C);
+  return buffer;
+}
+
+const PARAMS = `struct Params {
+  N: u32, C: u32, H: u32, W: u32, HW: u32, dense: u32, row: u32, sites: u32, tau: f32, p0: u32, p1: u32,
+  p2: u32
+}
+@group(0) @binding(0) var<uniform> u: Params;
+const NONE = 0xffffffffu;`;
+
+type Binding = [name: string, type: "f32" | "u32", write: boolean];
+
+function bindings(list: Binding[]): string {
+  return list.map(([name, type, write], i) =>
+    `@group(0) @binding(${i + 1}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`
+  ).join("\n");
+}
+
+/** Address of channel c of a site whose channel-0 offset is `base`. */
+const ch = (base: string, c: number) => (c === 0 ? base : `${base} + ${c}u * u.HW`);
+
+// ---- list builder ----
+
+const LISTS: KernelSource = {
+  key: "snl:lists",
+  code: `${PARAMS}
+${bindings([["rank", "u32", false], ["lists", "u32", true]])}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let id = wg.x * 64u + lid + wg.y * 64u * 65535u;
+  let rows = u.N * u.H;
+  var len = 0u;
+  var first = 0u;
+  var step = 1u;
+  var list = 0u;
+  var count = 0u;
+  if (id < rows) {
+    len = u.W;
+    first = (id / u.H) * u.HW + (id % u.H) * u.W;
+    list = id * u.W;
+    count = 2u * u.sites + id;
+  } else if (id < rows + u.N * u.W) {
+    let line = id - rows;
+    len = u.H;
+    step = u.W;
+    first = (line / u.W) * u.HW + line % u.W;
+    list = u.sites + line * u.H;
+    count = 2u * u.sites + rows + line;
+  } else {
+    return;
+  }
+  // Clean positions ascending, then degraded positions ascending.
+  var n = 0u;
+  for (var t = 0u; t < len; t++) {
+    if (rank[first + t * step] == NONE) { lists[list + n] = t; n++; }
+  }
+  lists[count] = n;
+  for (var t = 0u; t < len; t++) {
+    if (rank[first + t * step] != NONE) { lists[list + n] = t; n++; }
+  }
+}`,
+};
+
+/**
+ * Plan writing `out` = the line lists (sparse mode) from the compaction's `rank` map: for every row (N*H
+ * lists of W) then every column (N*W lists of H) the positions along the line of its clean sites ascending,
+ * then of its degraded sites ascending; then the clean count of every row, then of every column.
+ */
+export function snlListsPlan(N: number, H: number, W: number): KernelPlan {
+  checkShape({ N, C: 1, H, W, dense: false });
+  const groups = Math.ceil((N * H + N * W) / 64);
+  return {
+    outSize: snlListsSize(N, H, W),
+    scratch: {},
+    steps: [{
+      kernel: LISTS,
+      uniforms: uniforms({ N, C: 1, H, W, dense: false }),
+      buffers: ["rank", "lists"],
+      writes: ["lists"],
+      workgroups: [Math.min(groups, 65535), Math.ceil(groups / 65535), 1],
+    }],
+  };
+}
+
+// ---- line passes ----
+
+type Pass = "stats" | "accum" | "dgdot" | "dq" | "dk";
+
+const PASS_BINDINGS: Record<Pass, Binding[]> = {
+  stats: [["F", "f32", false], ["lists", "u32", false], ["stats", "f32", true]],
+  accum: [["F", "f32", false], ["stats", "f32", false], ["lists", "u32", false], ["out", "f32", true]],
+  dgdot: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["lists", "u32", false], [
+    "D",
+    "f32",
+    true,
+  ]],
+  dq: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["D", "f32", false], [
+    "lists",
+    "u32",
+    false,
+  ], ["dF", "f32", true]],
+  dk: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["D", "f32", false], [
+    "lists",
+    "u32",
+    false,
+  ], ["dF", "f32", true]],
+};
+
+/**
+ * Items (queries, or keys for the key-gradient pass) each invocation holds in registers. Every storage
+ * load of the other side's features then serves T pairs; on llvmpipe a load costs the same per active
+ * invocation whatever its address, so this divides the dominant cost by T. T * C is kept at most 512
+ * values to bound register pressure and compile time.
+ */
+export function snlBlock(C: number): number {
+  return Math.max(1, Math.min(8, Math.floor(512 / C)));
+}
+
+/** Line geometry (uniform per workgroup): workgroup (chunk, line, image); `u.row` selects rows or columns.
+ * Keys are list positions [0, nK), queries [0, nQ) of the query part. */
+const LINE_PROLOGUE = `  let chunk = wg.x;
+  let L = wg.y;
+  let b = wg.z;
+  var len = u.H;
+  var lineBase = L;
+  var step = u.W;
+  var listBase = u.sites + (b * u.W + L) * u.H;
+  var countAt = 2u * u.sites + u.N * u.H + b * u.W + L;
+  var dBefore = 2u;
+  if (u.row != 0u) {
+    len = u.W;
+    lineBase = L * u.W;
+    step = 1u;
+    listBase = (b * u.H + L) * u.W;
+    countAt = 2u * u.sites + b * u.H + L;
+    dBefore = 0u;
+  }
+  var nK = len;
+  var nQ = len;
+  if (u.dense == 0u) {
+    nK = lists[countAt];
+    nQ = len - nK;
+  }
+  let fb = b * u.C * u.HW;`;
+
+/** Position along the line of key `i` / query `i` of a line (identity in dense mode). */
+const ENTRY_FN = `fn keyAt(listBase: u32, i: u32) -> u32 {
+  if (u.dense != 0u) { return i; }
+  return lists[listBase + i];
+}
+fn queryAt(listBase: u32, nK: u32, i: u32) -> u32 {
+  if (u.dense != 0u) { return i; }
+  return lists[listBase + nK + i];
+}`;
+
+/** Per query: logsumexp per direction and the fusion softmax over the non-empty directions (l > 0). */
+const FINALIZE: KernelSource = {
+  key: "snl:finalize",
+  code: `${PARAMS}
+${bindings([["E", "f32", false], ["rank", "u32", false], ["stats", "f32", true]])}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let g = (wg.x + wg.y * 65535u) * 64u + lid;
+  if (g >= u.sites) { return; }
+  if (u.dense == 0u && rank[g] == NONE) { return; }
+  let b = g / u.HW;
+  let s = g % u.HW;
+  var lse = vec4<f32>(0.0);
+  var w = vec4<f32>(0.0);
+  var e = vec4<f32>(0.0);
+  var emax = -3.0e38;
+  for (var d = 0u; d < 4u; d++) {
+    let l = stats[(g * 4u + d) * 2u + 1u];
+    e[d] = E[(b * 4u + d) * u.HW + s];
+    if (l > 0.0) {
+      lse[d] = stats[(g * 4u + d) * 2u] + log(l);
+      emax = max(emax, e[d]);
+    }
+  }
+  for (var d = 0u; d < 4u; d++) {
+    if (stats[(g * 4u + d) * 2u + 1u] > 0.0) { w[d] = exp(e[d] - emax); }
+  }
+  let total = w.x + w.y + w.z + w.w;
+  if (total > 0.0) { w = w / total; }
+  for (var d = 0u; d < 4u; d++) {
+    stats[(g * 4u + d) * 2u] = lse[d];
+    stats[(g * 4u + d) * 2u + 1u] = w[d];
+  }
+}`,
+};
+
+/** Code repeated for item q = 0..T-1 (and channel c = 0..C-1). */
+function perQ(T: number, line: (q: number) => string, indent = "    "): string {
+  return Array.from({ length: T }, (_, q) => line(q).split("\n").map((l) => indent + l).join("\n")).join(
+    "\n",
+  );
+}
+function perC(C: number, line: (c: number) => string, sep = " "): string {
+  return Array.from({ length: C }, (_, c) => line(c)).join(sep);
+}
+/** `sum_c a_c * b_c` as one expression (kept short per line by chunks of 8 terms). */
+function dotExpr(C: number, a: (c: number) => string, b: (c: number) => string): string {
+  const terms = Array.from({ length: C }, (_, c) => `${a(c)} * ${b(c)}`);
+  const chunks: string[] = [];
+  for (let i = 0; i < terms.length; i += 8) chunks.push(`(${terms.slice(i, i + 8).join(" + ")})`);
+  return chunks.join("\n      + ");
+}
+
+function lineKernel(pass: Pass, C: number, T: number): KernelSource {
+  const keysPass = pass === "dk";
+  const items = keysPass ? "nK" : "nQ";
+  const ownAt = (i: string) => (keysPass ? `keyAt(listBase, ${i})` : `queryAt(listBase, nK, ${i})`);
+  const otherAt = keysPass ? "queryAt(listBase, nK, i)" : "keyAt(listBase, i)";
+  const others = keysPass ? "nQ" : "nK";
+  // Own items: positions t_q, sites s_q, flat sites g_q (items past the end repeat the last one).
+  // A line without keys (or, for dk, without queries) has no pair: nothing to do (stats start zeroed).
+  const own = `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u) { return; }
+  let start = chunk * ${WG * T}u + lid * ${T}u;
+  if (start >= ${items}) { return; }
+  let first = start;
+${
+    perQ(T, (q) =>
+      `let t${q} = ${ownAt(`min(first + ${q}u, ${items} - 1u)`)};
+let s${q} = lineBase + t${q} * step;
+let g${q} = b * u.HW + s${q};`, "  ")
+  }`;
+  // Own feature vectors, loaded in a loop over the items (a switch moves them into registers), so the
+  // kernel has C load sites per vector instead of T * C (llvmpipe expands each site into a per-lane loop).
+  const loadOwn = (names: [string, string][]) =>
+    `${perQ(T, (q) => names.map(([n]) => perC(C, (c) => `var ${n}${q}_${c} = 0.0;`)).join("\n"), "  ")}
+  for (var q = 0u; q < ${T}u; q++) {
+    let o = fb + lineBase + ${ownAt(`min(first + q, ${items} - 1u)`)} * step;
+${
+      names.map(([n, src]) => "    " + perC(C, (c) => `let ${n}_${c} = ${src}[${ch("o", c)}];`, "\n    "))
+        .join("\n")
+    }
+    switch q {
+${
+      perQ(T, (q) =>
+        `${q === T - 1 ? "default" : `case ${q}u`}: { ${
+          names.map(([n]) =>
+            perC(C, (c) => `${n}${q}_${c} = ${n}_${c};`)
+          ).join(" ")
+        } }`, "      ")
+    }
+    }
+  }`;
+  // Adds acc{q}_c into dst at every active item q for which cond(q) holds (one loop, C store sites).
+  const storeOwn = (dst: string, cond: (q: number) => string) =>
+    `  for (var q = 0u; q < ${T}u; q++) {
+    if (start + q >= ${items}) { break; }
+${perC(C, (c) => `var y${c} = 0.0;`, "\n").replace(/^/gm, "    ")}
+    var ok = false;
+    switch q {
+${
+      perQ(T, (q) =>
+        `${q === T - 1 ? "default" : `case ${q}u`}: { ok = ${cond(q)}; ${
+          perC(C, (c) => `y${c} = acc${q}_${c};`)
+        } }`, "      ")
+    }
+    }
+    if (ok) {
+      let o = fb + lineBase + ${ownAt("first + q")} * step;
+${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      ")}
+    }
+  }`;
+  const zeroAcc = perQ(T, (q) => perC(C, (c) => `var acc${q}_${c} = 0.0;`), "  ");
+  const loadOther = (name: string, src: string) =>
+    perC(C, (c) => `let ${name}${c} = ${src}[${ch("x0", c)}];`, "\n    ");
+  const sideStats = (what: "lse" | "w" | "D") =>
+    perQ(T, (q) => {
+      const at = (d: string) =>
+        what === "D"
+          ? `D[g${q} * 4u + ${d}]`
+          : `stats[(g${q} * 4u + ${d}) * 2u${what === "w" ? " + 1u" : ""}]`;
+      return `let ${what}B${q} = ${at("dBefore")};\nlet ${what}A${q} = ${at("dBefore + 1u")};`;
+    }, "  ");
+  const loopHead = `  for (var i = 0u; i < ${others}; i++) {
+    let t = ${otherAt};
+    let x0 = fb + lineBase + t * step;`;
+  let body: string;
+  switch (pass) {
+    case "stats":
+      body = `${loadOwn([["v", "F"]])}
+${perQ(T, (q) => `var mB${q} = -3.0e38;\nvar lB${q} = 0.0;\nvar mA${q} = -3.0e38;\nvar lA${q} = 0.0;`, "  ")}
+${loopHead}
+    ${loadOther("k", "F")}
+${
+        perQ(T, (q) =>
+          `{
+  let sc = (${dotExpr(C, (c) => `v${q}_${c}`, (c) => `k${c}`)}) * u.tau;
+  let before = t < t${q};
+  let valid = t != t${q};
+  let m = select(mA${q}, mB${q}, before);
+  let mn = max(m, sc);
+  let ln = select(lA${q}, lB${q}, before) * exp(m - mn) + exp(sc - mn);
+  mB${q} = select(mB${q}, mn, before && valid);
+  lB${q} = select(lB${q}, ln, before && valid);
+  mA${q} = select(mA${q}, mn, !before && valid);
+  lA${q} = select(lA${q}, ln, !before && valid);
+}`)
+      }
+  }
+  for (var q = 0u; q < ${T}u; q++) {
+    if (start + q >= nQ) { break; }
+    var st = vec4<f32>(0.0);
+    switch q {
+${
+        perQ(
+          T,
+          (q) =>
+            `${q === T - 1 ? "default" : `case ${q}u`}: { st = vec4<f32>(mB${q}, lB${q}, mA${q}, lA${q}); }`,
+          "      ",
+        )
+      }
+    }
+    let s = lineBase + ${ownAt("first + q")} * step;
+    let g = b * u.HW + s;
+    stats[(g * 4u + dBefore) * 2u] = st.x;
+    stats[(g * 4u + dBefore) * 2u + 1u] = st.y;
+    stats[(g * 4u + dBefore + 1u) * 2u] = st.z;
+    stats[(g * 4u + dBefore + 1u) * 2u + 1u] = st.w;
+  }`;
+      break;
+    case "accum":
+      body = `${loadOwn([["v", "F"]])}
+${zeroAcc}
+${sideStats("lse")}
+${sideStats("w")}
+${loopHead}
+    ${loadOther("k", "F")}
+${
+        perQ(T, (q) =>
+          `{
+  let before = t < t${q};
+  let sc = (${dotExpr(C, (c) => `v${q}_${c}`, (c) => `k${c}`)}) * u.tau;
+  let coef = select(0.0, select(wA${q}, wB${q}, before) * exp(sc - select(lseA${q}, lseB${q}, before)), t != t${q});
+  ${perC(C, (c) => `acc${q}_${c} += coef * k${c};`)}
+}`)
+      }
+  }
+${storeOwn("out", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
+      break;
+    case "dgdot":
+      body = `${loadOwn([["v", "F"], ["h", "dOut"]])}
+${sideStats("lse")}
+${perQ(T, (q) => `var DB${q} = 0.0;\nvar DA${q} = 0.0;`, "  ")}
+${loopHead}
+    ${loadOther("k", "F")}
+${
+        perQ(T, (q) =>
+          `{
+  let before = t < t${q};
+  let sdot = ${dotExpr(C, (c) => `v${q}_${c}`, (c) => `k${c}`)};
+  let tdot = ${dotExpr(C, (c) => `h${q}_${c}`, (c) => `k${c}`)};
+  let term = exp(sdot * u.tau - select(lseA${q}, lseB${q}, before)) * tdot;
+  DB${q} += select(0.0, term, before);
+  DA${q} += select(0.0, term, t > t${q});
+}`)
+      }
+  }
+${
+        perQ(
+          T,
+          (q) =>
+            `if (start + ${q}u < nQ) {\n  D[g${q} * 4u + dBefore] = DB${q};\n  D[g${q} * 4u + dBefore + 1u] = DA${q};\n}`,
+          "  ",
+        )
+      }`;
+      break;
+    case "dq":
+      body = `${loadOwn([["v", "F"], ["h", "dOut"]])}
+${zeroAcc}
+${sideStats("lse")}
+${sideStats("w")}
+${sideStats("D")}
+${loopHead}
+    ${loadOther("k", "F")}
+${
+        perQ(T, (q) =>
+          `{
+  let before = t < t${q};
+  let sdot = ${dotExpr(C, (c) => `v${q}_${c}`, (c) => `k${c}`)};
+  let tdot = ${dotExpr(C, (c) => `h${q}_${c}`, (c) => `k${c}`)};
+  let a = exp(sdot * u.tau - select(lseA${q}, lseB${q}, before));
+  let coef = select(0.0, u.tau * a * (select(wA${q}, wB${q}, before) * tdot - select(DA${q}, DB${q}, before)), t != t${q});
+  ${perC(C, (c) => `acc${q}_${c} += coef * k${c};`)}
+}`)
+      }
+  }
+${storeOwn("dF", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
+      break;
+    case "dk":
+      body = `${loadOwn([["v", "F"]])}
+${zeroAcc}
+${loopHead}
+    ${loadOther("f", "F")}
+    ${loadOther("h", "dOut")}
+    let gq = b * u.HW + lineBase + t * step;
+    let lseB = stats[(gq * 4u + dBefore) * 2u];
+    let wB = stats[(gq * 4u + dBefore) * 2u + 1u];
+    let DB = D[gq * 4u + dBefore];
+    let lseA = stats[(gq * 4u + dBefore + 1u) * 2u];
+    let wA = stats[(gq * 4u + dBefore + 1u) * 2u + 1u];
+    let DA = D[gq * 4u + dBefore + 1u];
+${
+        perQ(T, (q) =>
+          `{
+  // The query looks 'before' (left/up) at this key when the key lies before it.
+  let before = t${q} < t;
+  let sdot = ${dotExpr(C, (c) => `v${q}_${c}`, (c) => `f${c}`)};
+  let tdot = ${dotExpr(C, (c) => `v${q}_${c}`, (c) => `h${c}`)};
+  let w = select(wA, wB, before);
+  let a = select(0.0, exp(sdot * u.tau - select(lseA, lseB, before)), t != t${q});
+  let cf = u.tau * a * (w * tdot - select(DA, DB, before));
+  let cd = a * w;
+  ${perC(C, (c) => `acc${q}_${c} += cf * f${c} + cd * h${c};`)}
+}`)
+      }
+  }
+${storeOwn("dF", () => "true")}`;
+      break;
+  }
+  const code = `${PARAMS}
+${bindings(PASS_BINDINGS[pass])}
+${ENTRY_FN}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+${LINE_PROLOGUE}
+${own}
+${body}
+}
+`;
+  return { key: `snl:${pass}:c${C}:t${T}`, code };
+}
+
+const cache = new Map<string, KernelSource>();
+function kernel(pass: Pass, C: number, T: number): KernelSource {
+  const key = `${pass}:${C}:${T}`;
+  let k = cache.get(key);
+  if (!k) cache.set(key, k = lineKernel(pass, C, T));
+  return k;
+}
+
+/** Steps of one line pass: rows, then columns. */
+function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]): KernelStep[] {
+  checkShape(s);
+  const T = snlBlock(s.C);
+  return [true, false].map((row) => {
+    const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
+    return {
+      kernel: kernel(pass, s.C, T),
+      uniforms: uniforms(s, row),
+      buffers,
+      writes,
+      workgroups: [Math.ceil(len / (WG * T)), lines, s.N] as [number, number, number],
+    };
+  });
+}
+
+/** Grid of the per-site kernels (64 sites per workgroup, folded over y past 65,535 workgroups). */
+function siteGrid(s: SnlShape): [number, number, number] {
+  const groups = Math.ceil((s.N * s.H * s.W) / 64);
+  return [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
+}
+
+/**
+ * Forward plan of one SNL step. Inputs: `F`, `E`, `lists` and `rank` (sparse mode; in dense mode any
+ * buffers). Outputs: `stats` [N*H*W, 4, 2], which must start zeroed and is kept for the backward, and
+ * `out`, which must already hold a copy of F: the plan adds `h_p` at the queries that have keys and touches
+ * nothing else.
+ */
+export function snlForwardPlan(s: SnlShape): KernelPlan {
+  return {
+    outSize: s.N * s.C * s.H * s.W,
+    scratch: {},
+    steps: [
+      ...linePass("stats", s, ["F", "lists", "stats"], ["stats"]),
+      {
+        kernel: FINALIZE,
+        uniforms: uniforms(s),
+        buffers: ["E", "rank", "stats"],
+        writes: ["stats"],
+        workgroups: siteGrid(s),
+      },
+      ...linePass("accum", s, ["F", "stats", "lists", "out"], ["out"]),
+    ],
+  };
+}
+
+// ---- backward ----
+
+const DLOGITS: KernelSource = {
+  key: "snl:dlogits",
+  code: `${PARAMS}
+${bindings([["stats", "f32", false], ["rank", "u32", false], ["D", "f32", true], ["dE", "f32", true]])}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let g = (wg.x + wg.y * 65535u) * 64u + lid;
+  if (g >= u.sites) { return; }
+  let b = g / u.HW;
+  let s = g % u.HW;
+  if (u.dense == 0u && rank[g] == NONE) {
+    for (var d = 0u; d < 4u; d++) { dE[(b * 4u + d) * u.HW + s] = 0.0; }
+    return;
+  }
+  var w = vec4<f32>(0.0);
+  var gd = vec4<f32>(0.0);
+  for (var d = 0u; d < 4u; d++) {
+    w[d] = stats[(g * 4u + d) * 2u + 1u];
+    gd[d] = D[g * 4u + d];
+  }
+  // w_d = 0 for an empty direction, whose D is never written: mask it (it may hold anything).
+  gd = select(vec4<f32>(0.0), gd, w != vec4<f32>(0.0));
+  let de = w * (gd - dot(w, gd));
+  for (var d = 0u; d < 4u; d++) {
+    dE[(b * 4u + d) * u.HW + s] = de[d];
+    D[g * 4u + d] = w[d] * gd[d];
+  }
+}`,
+};
+
+/**
+ * Backward plan of one SNL step. Inputs: `F`, `dOut` (dL/dF'), `stats` from the forward, `lists`, `rank`
+ * (dense mode: any buffers). Outputs: `out` = dE [N, 4, H, W] (every element written) and, when
+ * `withInput`, `dF`, which the caller initializes with a copy of `dOut`. Scratch: `D` [N*H*W, 4].
+ */
+export function snlBackwardPlan(s: SnlShape, withInput: boolean): KernelPlan {
+  const sites = s.N * s.H * s.W;
+  const steps: KernelStep[] = [
+    ...linePass("dgdot", s, ["F", "dOut", "stats", "lists", "D"], ["D"]),
+    {
+      kernel: DLOGITS,
+      uniforms: uniforms(s),
+      buffers: ["stats", "rank", "D", "out"],
+      writes: ["D", "out"],
+      workgroups: siteGrid(s),
+    },
+  ];
+  if (withInput) {
+    steps.push(...linePass("dq", s, ["F", "dOut", "stats", "D", "lists", "dF"], ["dF"]));
+    steps.push(...linePass("dk", s, ["F", "dOut", "stats", "D", "lists", "dF"], ["dF"]));
+  }
+  return { outSize: s.N * 4 * s.H * s.W, scratch: { D: sites * 4 }, steps };
+}

@@ -1,0 +1,665 @@
+/**
+ * Submanifold sparse convolution (SPAIR's SC, paper eq. 2) over the compacted active-site list of a mask:
+ * `out_p = M_p * (b + sum_t K_t F_{p+d_t} M_{p+d_t})` for kernel 3x3 (padding 1, dilation 1, stride 1) or
+ * 1x1. Tensors stay dense NCHW; only active sites are read, computed and written (the caller clears the
+ * output densely first). Site lists come from `wgsl/compact.ts` (`counts`, `indices`). Counts stay on the
+ * GPU: every kernel is dispatched over the list's capacity (N*H*W) and an invocation whose list range starts
+ * at or past `counts[0]` returns at once, so the work done follows the number of active sites.
+ *
+ * Cost model (llvmpipe, Mesa 22.3, the adapter these kernels are tuned for): a storage-buffer load costs the
+ * same per lane whether or not its address is uniform across the workgroup (no scalar fast path inside
+ * control flow), vec4 storage loads cost four scalar ones, and any load costs far more than an FMA; a texel
+ * load (4 floats) costs about a third of a storage load. So every invocation owns a register block of list
+ * entries x output channels, weights are read as texels (the engine binds them as a texture view), and the
+ * kernels maximize FMAs per load; lanes simply own different blocks. Feature maps stay storage buffers: a
+ * texture view of one costs a dense copy per dispatch, which would not follow the number of active sites.
+ * No workgroup memory, no barriers, no float atomics.
+ *
+ * Kernels:
+ * - {@link neighbourBitsStep}: per list entry, a u32 whose bit t says that tap t's neighbour is inside the
+ *   image and active (one load instead of eight mask loads per site in the conv kernels).
+ * - {@link siteGemmPlan}: forward and input gradient. An invocation owns 16 consecutive list entries and
+ *   `tn` (4, 8 or 16) output channels; the loops run over taps (outer) and reduction channels (inner).
+ * - {@link sparseWeightGradPlan}: weight and bias gradients, a reduction over the active list. The list is
+ *   cut into chunks of {@link WGRAD_CHUNK} entries; an invocation sums one chunk for a block of
+ *   `channelBlock` input channels x all taps x `tn` output channels into scratch partials, and a second pass
+ *   adds the partials of the chunks that hold active sites in chunk order (deterministic).
+ * - {@link reluGateStep}: in place `g = select(0, g, y > 0)` at active sites (ReLU backward inside the SC
+ *   module's fused backward); {@link siteCopyStep}: channel-slice copies (or zeroing) at active sites.
+ *
+ * Channel ranges travel as (channels per image, channel offset) pairs, so kernels can read and write
+ * channel slices of one dense-block buffer in place.
+ *
+ * Uniforms that bound loops go through `opaqueUniform` (lavapipe would otherwise specialize and recompile
+ * the shader per bind).
+ *
+ * Loop iterations per invocation (llvmpipe silently stops an invocation after 65,535):
+ * - forward / input gradient: taps x (reduction channels + 1) <= {@link SPARSE_MAX_LOOP};
+ * - weight gradient: {@link WGRAD_CHUNK} list entries; its reduce pass <= {@link WGRAD_MAX_SPLITS} chunks;
+ * - neighbour bits: none; ReLU gate and site copies: their channel count (<= {@link SPARSE_MAX_LOOP}).
+ *
+ * @module
+ */
+
+import { foldWorkgroups, type KernelPlan, type KernelStep } from "./plan.ts";
+
+/** Bound on any loop's trip count per invocation in these kernels (llvmpipe stops at 65,535). */
+export const SPARSE_MAX_LOOP = 8192;
+/** Active-list entries per weight-gradient chunk (the weight-gradient loop's trip count). */
+export const WGRAD_CHUNK = 512;
+/** Most chunks reduced in one pass (the reduce loop's trip count); more chunks take several passes. */
+export const WGRAD_MAX_SPLITS = 4096;
+/** Scratch budget (f32 elements) for one pass of weight-gradient partials. */
+export const WGRAD_MAX_PARTIALS = 1 << 23;
+
+const WG = 8;
+
+/** Geometry shared by the sparse kernels: batch, image size and kernel size (1 or 3). */
+export interface SparseGeometry {
+  N: number;
+  H: number;
+  W: number;
+  /** Kernel size: 3 (padding 1) or 1. */
+  k: 1 | 3;
+}
+
+/** A channel slice of a dense NCHW buffer: `channels` per image in the buffer, slice starts at `offset`. */
+export interface ChannelSlice {
+  channels: number;
+  offset: number;
+}
+
+/** Register block of {@link siteGemmPlan}: list entries (`tm`) and output channels (`tn`) per invocation. */
+export interface SiteTile {
+  tm: number;
+  tn: number;
+}
+
+/** Forward / input-gradient GEMM over active sites. */
+export interface SiteGemmSpec extends SparseGeometry {
+  /** Reduction channels read from `src` (Cin forward, Cout for the input gradient). */
+  K: number;
+  /** Output channels written (Cout forward, Cin for the input gradient). */
+  cols: number;
+  src: ChannelSlice;
+  dst: ChannelSlice;
+  /**
+   * Weight taps mirrored (the input gradient). The weight buffer `wt` is laid out
+   * `[K][taps][weightCols(cols)]` (forward: permute(w, [1,2,3,0]); input gradient: permute(w, [0,2,3,1]);
+   * the last axis zero-padded to a multiple of 4). It is bound as a texture.
+   */
+  flip: boolean;
+  /** Adds `bias[col]` (buffer `bias`). */
+  bias: boolean;
+  /** Applies max(., 0) after the bias. */
+  relu: boolean;
+  /** Adds into `out` instead of overwriting it (read-modify-write; each element has one writer). */
+  accumulate: boolean;
+  /** Reads the source from the `out` binding (a disjoint channel range of the same buffer). */
+  srcIsOut: boolean;
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+function i32Uniforms(values: number[]): ArrayBuffer {
+  if (values.length > 64) throw new Error("uniform block over 256 bytes");
+  const buf = new ArrayBuffer(Math.max(16, Math.ceil(values.length / 4) * 16));
+  const view = new Int32Array(buf);
+  values.forEach((v, i) => {
+    if (!Number.isInteger(v) || v < -0x80000000 || v > 0x7fffffff) throw new Error(`bad uniform value ${v}`);
+    view[i] = v;
+  });
+  return buf;
+}
+
+function header(fields: string[], list: { name: string; type: string; write: boolean }[]): string {
+  const params = `struct Params {\n${fields.map((f) => `  ${f}: i32,`).join("\n")}\n}
+@group(0) @binding(0) var<uniform> u: Params;`;
+  const decls = list.map((b, i) => {
+    if (b.type !== "texture") {
+      const access = b.write ? "read_write" : "read";
+      return `@group(0) @binding(${i + 1}) var<storage, ${access}> ${b.name}: array<${b.type}>;`;
+    }
+    return `@group(0) @binding(${i + 1}) var ${b.name}: texture_2d<f32>;
+fn ld_${b.name}(t: i32) -> vec4f {
+  return textureLoad(${b.name}, vec2<i32>(t & ${TEXTURE_ROW_TEXELS - 1}, t >> ${TEXTURE_ROW_SHIFT}u), 0);
+}`;
+  });
+  return [params, ...decls].join("\n");
+}
+
+/** Texels per row of the engine's texture views of plan inputs (engine `TEXTURE_WIDTH`), and its log2. */
+const TEXTURE_ROW_TEXELS = 2048;
+const TEXTURE_ROW_SHIFT = 11;
+
+const ENTRY = `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let inv = i32((wid.x + wid.y * nwg.x) * ${WG}u + lane);`;
+
+/**
+ * Declares `name` = `value` (a uniform) in a way that lavapipe cannot constant-fold. Mesa's lavapipe inlines
+ * uniforms that decide loop exits or branches (nir_inline_uniforms) and then re-creates and recompiles the
+ * shader whenever the pipeline is bound with new values: up to tens of milliseconds per dispatch for these
+ * large kernels. Mixing in the (never negative) active count, a storage-buffer value, prevents that.
+ * Requires `cnt` (the active count) in scope.
+ */
+function opaqueUniform(name: string, value: string): string {
+  return `let ${name} = select(${value}, 0, cnt < 0);`;
+}
+
+const ro = (name: string, type = "f32") => ({ name, type, write: false });
+const rw = (name: string, type = "f32") => ({ name, type, write: true });
+
+function checkGeometry(g: SparseGeometry, what: string): void {
+  if (g.k !== 1 && g.k !== 3) throw new Error(`${what}: kernel size must be 1 or 3, got ${g.k}`);
+  if (g.N * g.H * g.W > 0x3fffffff) throw new Error(`${what}: too many sites`);
+}
+
+/**
+ * Neighbour bits of every list entry (k = 3): bit t (t = 3 * (dy + 1) + (dx + 1)) is set when the site at
+ * offset (dy, dx) is inside the image and active (`rank` != 0xffffffff). Buffers: `counts`, `indices`,
+ * `rank` (u32), `out` (u32, capacity entries).
+ */
+export function neighbourBitsStep(g: { N: number; H: number; W: number }): KernelStep {
+  const cap = g.N * g.H * g.W;
+  const taps = range(9).map((t) => {
+    const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
+    if (dy === 0 && dx === 0) return `  bits = bits | ${1 << t}u;`;
+    return `  { let yy = y + ${dy}; let xx = x + ${dx};
+    let inside = u32(yy) < u32(u.H) && u32(xx) < u32(u.W);
+    let r = rank[nb + select(hw, yy * u.W + xx, inside)];
+    bits = bits | select(0u, ${1 << t}u, inside && r != 0xffffffffu); }`;
+  });
+  return {
+    kernel: {
+      key: "sparse-conv-neighbour-bits",
+      code: `${
+        header(["HW", "H", "W", "cap"], [
+          ro("counts", "u32"),
+          ro("indices", "u32"),
+          ro("rank", "u32"),
+          rw("out", "u32"),
+        ])
+      }
+${ENTRY}
+  if (inv >= i32(counts[0])) { return; }
+  let s = i32(indices[inv]);
+  let n = s / u.HW;
+  let hw = s - n * u.HW;
+  let nb = n * u.HW;
+  let y = hw / u.W;
+  let x = hw - y * u.W;
+  var bits = 0u;
+${taps.join("\n")}
+  out[inv] = bits;
+}`,
+    },
+    uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
+    buffers: ["counts", "indices", "rank", "out"],
+    writes: ["out"],
+    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+  };
+}
+
+/** Row length of the site GEMM's weight layout `[K][taps][weightCols(cols)]`: cols rounded up to a multiple of
+ * the channel tile (4, 8 or 16), so every texel holds 4 output channels of one (k, tap) and no invocation
+ * reads past its row. */
+export function weightCols(cols: number): number {
+  const tn = channelTile(cols);
+  return Math.ceil(cols / tn) * tn;
+}
+
+/** Rows (list entries) per invocation of {@link siteGemmPlan}. */
+const SITE_TM = 16;
+
+/**
+ * Output channels per invocation: 4, 8 or 16, whichever makes the loads per site cheapest for `cols`
+ * channels: ceil(cols / tn) blocks, each loading SITE_TM storage values and tn / 4 weight texels (about a third
+ * of a storage load each) per reduction step. Ties go to the larger. Three sizes only, so few pipeline variants
+ * get compiled (32 would save ~15% on wide layers but triples llvmpipe's compile time).
+ */
+export function channelTile(cols: number): number {
+  const cost = (tn: number) => Math.ceil(cols / tn) * (SITE_TM + tn / 12);
+  let best = 16;
+  for (const tn of [8, 4]) if (cost(tn) < cost(best)) best = tn;
+  return best;
+}
+
+/** Default register block of {@link siteGemmPlan}. */
+export function siteTile(cols: number): SiteTile {
+  return { tm: SITE_TM, tn: channelTile(cols) };
+}
+
+// Epilogue and tap-order options of the site GEMM travel as uniform flags (select, not branches), so one
+// pipeline per kernel size, tile and binding layout serves forward, input gradient, ReLU and accumulation.
+const FLAG_BIAS = 1;
+const FLAG_RELU = 2;
+const FLAG_ACCUMULATE = 4;
+const FLAG_FLIP = 8;
+
+function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
+  const T = s.k * s.k;
+  const src = s.srcIsOut ? "out" : "src";
+  const list = [
+    ro("counts", "u32"),
+    ro("indices", "u32"),
+    ...(s.k > 1 ? [ro("nbits", "u32")] : []),
+    ...(s.srcIsOut ? [] : [ro("src")]),
+    ro("wt", "texture"),
+    ro("bias"),
+    rw("out"),
+  ];
+  const L: string[] = [];
+  const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
+  L.push(header([...fields, "flags", "colsPad"], list));
+  L.push(`${ENTRY}
+  if (inv >= u.rowBlocks * u.colBlocks) { return; }
+  let col0 = (inv % u.colBlocks) * ${t.tn};
+  let row0 = (inv / u.colBlocks) * ${t.tm};
+  let cnt = i32(counts[0]);
+  if (row0 >= cnt) { return; }
+  ${opaqueUniform("kEnd", "u.K")}
+  let hasBias = (u.flags & ${FLAG_BIAS}) != 0;
+  let relu = (u.flags & ${FLAG_RELU}) != 0;
+  let accumulate = (u.flags & ${FLAG_ACCUMULATE}) != 0;
+  let flip = (u.flags & ${FLAG_FLIP}) != 0;`);
+  for (const j of range(t.tn)) L.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
+  for (const i of range(t.tm)) {
+    L.push(`  let e_${i} = min(row0 + ${i}, cnt - 1);
+  let s_${i} = i32(indices[e_${i}]);
+  let n_${i} = s_${i} / u.HW;
+  let hw_${i} = s_${i} - n_${i} * u.HW;
+  let sb_${i} = (n_${i} * u.srcC + u.srcOff) * u.HW;`);
+    if (s.k > 1) L.push(`  let bits_${i} = nbits[e_${i}];`);
+  }
+  for (const i of range(t.tm)) for (const j of range(t.tn)) L.push(`  var c_${i}_${j} = 0.0;`);
+  // Weights come from a texture ([K][taps][cols rounded up to 4], 4 channels per texel): tn / 4 texel loads
+  // per step instead of tn storage loads.
+  const inner = (tw: string) => {
+    const body: string[] = [`    for (var kk = 0; kk < kEnd; kk++) {
+      let kb = kk * u.HW;
+      let wb = ((kk * ${T} + ${tw}) * u.colsPad + col0) >> 2u;`];
+    for (const g of range(t.tn / 4)) body.push(`      let tb_${g} = ld_wt(wb + ${g});`);
+    for (const i of range(t.tm)) {
+      const load = `${src}[o_${i} + kb]`;
+      body.push(`      let a_${i} = ${T > 1 ? `select(0.0, ${load}, ok_${i})` : load};`);
+      for (const j of range(t.tn)) {
+        body.push(`      c_${i}_${j} = fma(a_${i}, tb_${j >> 2}.${"xyzw"[j & 3]}, c_${i}_${j});`);
+      }
+    }
+    body.push("    }");
+    return body.join("\n");
+  };
+  if (T === 1) {
+    for (const i of range(t.tm)) L.push(`  let o_${i} = sb_${i} + hw_${i};`);
+    L.push("  {", inner("0"), "  }");
+  } else {
+    L.push(`  for (var t = 0; t < ${T}; t++) {
+    let dy = t / ${s.k} - ${(s.k - 1) / 2};
+    let dx = t % ${s.k} - ${(s.k - 1) / 2};
+    let delta = dy * u.W + dx;`);
+    for (const i of range(t.tm)) {
+      L.push(`    let ok_${i} = ((bits_${i} >> u32(t)) & 1u) != 0u;
+    let o_${i} = sb_${i} + select(hw_${i}, hw_${i} + delta, ok_${i});`);
+    }
+    L.push(`    let tw = select(t, ${T - 1} - t, flip);`, inner("tw"), "  }");
+  }
+  for (const j of range(t.tn)) L.push(`  let bias_${j} = select(0.0, bias[colc_${j}], hasBias);`);
+  for (const i of range(t.tm)) {
+    L.push(`  if (row0 + ${i} < cnt) {\n    let d_${i} = (n_${i} * u.dstC + u.dstOff) * u.HW + hw_${i};`);
+    for (const j of range(t.tn)) {
+      const idx = `d_${i} + (col0 + ${j}) * u.HW`;
+      L.push(`    if (col0 + ${j} < u.cols) {
+      let v_${i}_${j} = c_${i}_${j} + bias_${j};
+      out[${idx}] = select(v_${i}_${j}, max(v_${i}_${j}, 0.0), relu) + select(0.0, out[${idx}], accumulate);
+    }`);
+    }
+    L.push("  }");
+  }
+  L.push("}");
+  return L.join("\n");
+}
+
+/**
+ * Forward (or input-gradient) plan. Buffers: `counts`, `indices` (u32), `nbits` (u32, k = 3; from
+ * {@link neighbourBitsStep}), `src` (unless `srcIsOut`), `wt`, `bias` (if `bias`), `out`. Writes the active
+ * sites of `out`'s destination slice only. The options other than `k`, `srcIsOut` and the tile are uniform
+ * flags, so they share one compiled pipeline.
+ */
+export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
+  checkGeometry(s, "siteGemmPlan");
+  const T = s.k * s.k;
+  if (T * (s.K + 1) > SPARSE_MAX_LOOP) {
+    throw new Error(`sparse conv: ${s.K} reduction channels exceed the loop bound ${SPARSE_MAX_LOOP}`);
+  }
+  const t = siteTile(s.cols);
+  const cap = s.N * s.H * s.W;
+  const outSize = s.N * s.dst.channels * s.H * s.W;
+  if (cap === 0 || s.cols === 0) return { outSize, scratch: {}, steps: [] };
+  const rowBlocks = Math.ceil(cap / t.tm);
+  const colBlocks = Math.ceil(s.cols / t.tn);
+  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}${s.srcIsOut ? "-inplace" : ""}`;
+  const flags = (s.bias ? FLAG_BIAS : 0) | (s.relu ? FLAG_RELU : 0) | (s.accumulate ? FLAG_ACCUMULATE : 0) |
+    (s.flip ? FLAG_FLIP : 0);
+  const step: KernelStep = {
+    kernel: { key, code: siteGemmCode(s, t) },
+    uniforms: i32Uniforms([
+      s.H * s.W,
+      s.H,
+      s.W,
+      s.K,
+      s.cols,
+      s.src.channels,
+      s.src.offset,
+      s.dst.channels,
+      s.dst.offset,
+      rowBlocks,
+      colBlocks,
+      flags,
+      weightCols(s.cols),
+    ]),
+    buffers: [
+      "counts",
+      "indices",
+      ...(s.k > 1 ? ["nbits"] : []),
+      ...(s.srcIsOut ? [] : ["src"]),
+      "wt",
+      // Without a bias any storage buffer fills the slot (its values are never used).
+      s.bias ? "bias" : "indices",
+      "out",
+    ],
+    writes: ["out"],
+    workgroups: foldWorkgroups(Math.ceil(rowBlocks * colBlocks / WG)),
+    textures: ["wt"],
+  };
+  return { outSize, scratch: {}, steps: [step] };
+}
+
+/** Weight-gradient problem: dW[co, ci, t] = sum over active p of dy[co, p] * x[ci, p + d_t] * M_{p+d_t}. */
+export interface WeightGradSpec extends SparseGeometry {
+  Cin: number;
+  Cout: number;
+  /** Where the Cin input channels sit in buffer `x`. */
+  x: ChannelSlice;
+  /** Where the Cout output-gradient channels sit in buffer `dy`. */
+  dy: ChannelSlice;
+  /** Also sum dy into the bias gradient (buffer `dbias`). */
+  bias: boolean;
+  /** Input channels per invocation (rows = that many channels x all taps); default 4 (k = 3) or 16 (k = 1). */
+  channelBlock?: number;
+  /** Output channels per invocation; default {@link channelTile}(Cout). */
+  tn?: number;
+  /** List entries per chunk; default {@link WGRAD_CHUNK}. */
+  chunk?: number;
+}
+
+function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
+  const T = s.k * s.k;
+  const L: string[] = [];
+  const fields = [
+    "HW",
+    "W",
+    "Cin",
+    "Cout",
+    "xC",
+    "xOff",
+    "dyC",
+    "dyOff",
+    "chunk",
+    "splitBase",
+    "splits",
+    "ciBlocks",
+  ];
+  L.push(header([...fields, "colBlocks", "outElems", "partStride"], [
+    ro("counts", "u32"),
+    ro("indices", "u32"),
+    ...(T > 1 ? [ro("nbits", "u32")] : []),
+    ro("x"),
+    ro("dy"),
+    rw("part"),
+  ]));
+  L.push(`${ENTRY}
+  if (inv >= u.colBlocks * u.ciBlocks * u.splits) { return; }
+  let col0 = (inv % u.colBlocks) * ${tn};
+  let rest = inv / u.colBlocks;
+  let ci0 = (rest % u.ciBlocks) * ${cb};
+  let split = rest / u.ciBlocks;
+  let cnt = i32(counts[0]);
+  let start = (u.splitBase + split) * u.chunk;
+  if (start >= cnt) { return; }
+  let stop = min(start + u.chunk, cnt);`);
+  for (const j of range(tn)) {
+    L.push(`  let dyc_${j} = min(col0 + ${j}, u.Cout - 1) * u.HW;\n  var g_${j} = 0.0;`);
+  }
+  for (const c of range(cb)) {
+    L.push(`  let xc_${c} = min(ci0 + ${c}, u.Cin - 1) * u.HW;`);
+    for (const tap of range(T)) for (const j of range(tn)) L.push(`  var c_${c}_${tap}_${j} = 0.0;`);
+  }
+  L.push(`  for (var e = start; e < stop; e++) {
+    let s = i32(indices[e]);
+    let n = s / u.HW;
+    let hw = s - n * u.HW;
+    let xb = (n * u.xC + u.xOff) * u.HW;
+    let yb = (n * u.dyC + u.dyOff) * u.HW + hw;`);
+  if (T > 1) {
+    L.push("    let bits = nbits[e];");
+    for (const tap of range(T)) {
+      const dy = Math.floor(tap / s.k) - 1, dx = (tap % s.k) - 1;
+      L.push(`    let ok_${tap} = (bits & ${1 << tap}u) != 0u;
+    let nh_${tap} = select(hw, hw + (${dy}) * u.W + (${dx}), ok_${tap});`);
+    }
+  }
+  for (const j of range(tn)) L.push(`    let b_${j} = dy[yb + dyc_${j}];`);
+  if (s.bias) { for (const j of range(tn)) L.push(`    g_${j} += b_${j};`); }
+  for (const c of range(cb)) {
+    for (const tap of range(T)) {
+      const a = T > 1 ? `select(0.0, x[xb + xc_${c} + nh_${tap}], ok_${tap})` : `x[xb + xc_${c} + hw]`;
+      L.push(`    let a_${c}_${tap} = ${a};`);
+      for (const j of range(tn)) {
+        L.push(`    c_${c}_${tap}_${j} = fma(a_${c}_${tap}, b_${j}, c_${c}_${tap}_${j});`);
+      }
+    }
+  }
+  L.push("  }");
+  L.push("  let pb = split * u.partStride;");
+  for (const j of range(tn)) {
+    L.push(`  if (col0 + ${j} < u.Cout) {`);
+    for (const c of range(cb)) {
+      L.push(
+        `    if (ci0 + ${c} < u.Cin) {\n      let w_${c}_${j} = pb + ((col0 + ${j}) * u.Cin + ci0 + ${c}) * ${T};`,
+      );
+      for (const tap of range(T)) L.push(`      part[w_${c}_${j} + ${tap}] = c_${c}_${tap}_${j};`);
+      L.push("    }");
+    }
+    if (s.bias) L.push(`    if (ci0 == 0) { part[pb + u.outElems + col0 + ${j}] = g_${j}; }`);
+    L.push("  }");
+  }
+  L.push("}");
+  return L.join("\n");
+}
+
+const REDUCE_WG = 64;
+
+function reduceCode(bias: boolean, accumulate: boolean): string {
+  const list = [ro("counts", "u32"), ro("part"), rw("out"), ...(bias ? [rw("dbias")] : [])];
+  const acc = (target: string) => `${target} = ${accumulate ? `${target} + ` : ""}acc;`;
+  return `${header(["n", "outElems", "partStride", "chunk", "splitBase", "splits"], list)}
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let i = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
+  if (i >= u.n) { return; }
+  let cnt = i32(counts[0]);
+  let used = clamp((cnt + u.chunk - 1) / u.chunk - u.splitBase, 0, u.splits);
+  var acc = 0.0;
+  for (var s = 0; s < used; s++) { acc += part[s * u.partStride + i]; }
+  ${
+    bias
+      ? `if (i < u.outElems) { ${acc("out[i]")} } else { ${acc("dbias[i - u.outElems]")} }`
+      : acc("out[i]")
+  }
+}`;
+}
+
+/**
+ * Weight (and bias) gradient plan. Buffers: `counts`, `indices`, `nbits` (k = 3), `x`, `dy`, `out` (dW,
+ * [Cout, Cin, k, k]) and, with `bias`, `dbias` ([Cout], an extra output bound by the caller). Both outputs
+ * are fully written (zeros when no site is active). Chunks of the active list are reduced in passes of at
+ * most {@link WGRAD_MAX_SPLITS} chunks and {@link WGRAD_MAX_PARTIALS} scratch floats; each pass adds its
+ * sum to the previous ones in chunk order, so the result is deterministic.
+ */
+export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
+  checkGeometry(s, "sparseWeightGradPlan");
+  const T = s.k * s.k;
+  const outElems = s.Cout * s.Cin * T;
+  const cap = s.N * s.H * s.W;
+  const chunk = s.chunk ?? WGRAD_CHUNK;
+  if (chunk > SPARSE_MAX_LOOP) throw new Error(`sparse conv weight gradient: chunk ${chunk} too long`);
+  const cb = s.channelBlock ?? (s.k === 3 ? 4 : 16);
+  const tn = s.tn ?? channelTile(s.Cout);
+  const partStride = outElems + (s.bias ? s.Cout : 0);
+  const totalSplits = Math.max(1, Math.ceil(cap / chunk));
+  const byMemory = Math.floor(WGRAD_MAX_PARTIALS / partStride);
+  const perPass = Math.max(1, Math.min(totalSplits, WGRAD_MAX_SPLITS, byMemory));
+  const passes = Math.ceil(totalSplits / perPass);
+  const ciBlocks = Math.ceil(s.Cin / cb);
+  const colBlocks = Math.ceil(s.Cout / tn);
+  const gemmKernel = {
+    key: `sparse-conv-wgrad-k${s.k}-cb${cb}-tn${tn}${s.bias ? "-bias" : ""}`,
+    code: weightGradCode(s, cb, tn),
+  };
+  const steps: KernelStep[] = [];
+  for (let p = 0; p < passes; p++) {
+    const splitBase = p * perPass;
+    const splits = Math.min(perPass, totalSplits - splitBase);
+    steps.push({
+      kernel: gemmKernel,
+      uniforms: i32Uniforms([
+        s.H * s.W,
+        s.W,
+        s.Cin,
+        s.Cout,
+        s.x.channels,
+        s.x.offset,
+        s.dy.channels,
+        s.dy.offset,
+        chunk,
+        splitBase,
+        splits,
+        ciBlocks,
+        colBlocks,
+        outElems,
+        partStride,
+      ]),
+      buffers: ["counts", "indices", ...(T > 1 ? ["nbits"] : []), "x", "dy", "partials"],
+      writes: ["partials"],
+      workgroups: foldWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG)),
+    });
+    const accumulate = p > 0;
+    steps.push({
+      kernel: {
+        key: `sparse-conv-wgrad-reduce${s.bias ? "-bias" : ""}${accumulate ? "-acc" : ""}`,
+        code: reduceCode(s.bias, accumulate),
+      },
+      uniforms: i32Uniforms([partStride, outElems, partStride, chunk, splitBase, splits]),
+      buffers: ["counts", "partials", "out", ...(s.bias ? ["dbias"] : [])],
+      writes: ["out", ...(s.bias ? ["dbias"] : [])],
+      workgroups: foldWorkgroups(Math.ceil(partStride / REDUCE_WG)),
+    });
+  }
+  return { outSize: outElems, scratch: { partials: perPass * partStride }, steps };
+}
+
+/**
+ * ReLU backward in place at active sites: `out[c] = select(0, out[c], y[c] > 0)` for `channels` channels
+ * starting at `slice.offset` of images with `slice.channels` channels. Buffers: `counts`, `indices`, `y`,
+ * `out`. One invocation per list entry, looping over the channels.
+ */
+export function reluGateStep(
+  g: { N: number; H: number; W: number },
+  slice: ChannelSlice,
+  channels: number,
+): KernelStep {
+  if (channels > SPARSE_MAX_LOOP) {
+    throw new Error(`reluGateStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
+  }
+  const cap = g.N * g.H * g.W;
+  return {
+    kernel: {
+      key: "sparse-relu-gate",
+      code: `${
+        header(["HW", "C", "off", "channels"], [
+          ro("counts", "u32"),
+          ro("indices", "u32"),
+          ro("y"),
+          rw("out"),
+        ])
+      }
+${ENTRY}
+  let cnt = i32(counts[0]);
+  if (inv >= cnt) { return; }
+  ${opaqueUniform("channels", "u.channels")}
+  let s = i32(indices[inv]);
+  let n = s / u.HW;
+  let base = (n * u.C + u.off) * u.HW + s - n * u.HW;
+  for (var c = 0; c < channels; c++) {
+    let i = base + c * u.HW;
+    out[i] = select(0.0, out[i], y[i] > 0.0);
+  }
+}`,
+    },
+    uniforms: i32Uniforms([g.H * g.W, slice.channels, slice.offset, channels]),
+    buffers: ["counts", "indices", "y", "out"],
+    writes: ["out"],
+    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+  };
+}
+
+/**
+ * Copies `channels` channels between channel slices at active sites only (or, without `src`, writes zeros
+ * there): `out[(n, dst.offset + c), site] = src[(n, src.offset + c), site]`. Buffers: `counts`, `indices`,
+ * `src` (unless zeroing), `out`. One invocation per list entry, looping over the channels.
+ */
+export function siteCopyStep(
+  g: { N: number; H: number; W: number },
+  src: ChannelSlice | null,
+  dst: ChannelSlice,
+  channels: number,
+): KernelStep {
+  if (channels > SPARSE_MAX_LOOP) {
+    throw new Error(`siteCopyStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
+  }
+  const cap = g.N * g.H * g.W;
+  const list = [ro("counts", "u32"), ro("indices", "u32"), ...(src ? [ro("src")] : []), rw("out")];
+  return {
+    kernel: {
+      key: `sparse-site-${src ? "copy" : "zero"}`,
+      code: `${header(["HW", "srcC", "srcOff", "dstC", "dstOff", "channels"], list)}
+${ENTRY}
+  let cnt = i32(counts[0]);
+  if (inv >= cnt) { return; }
+  ${opaqueUniform("channels", "u.channels")}
+  let s = i32(indices[inv]);
+  let n = s / u.HW;
+  let hw = s - n * u.HW;
+  let srcAt = (n * u.srcC + u.srcOff) * u.HW + hw;
+  let dstAt = (n * u.dstC + u.dstOff) * u.HW + hw;
+  for (var c = 0; c < channels; c++) {
+    out[dstAt + c * u.HW] = ${src ? "src[srcAt + c * u.HW]" : "0.0"};
+  }
+}`,
+    },
+    uniforms: i32Uniforms([
+      g.H * g.W,
+      src?.channels ?? 0,
+      src?.offset ?? 0,
+      dst.channels,
+      dst.offset,
+      channels,
+    ]),
+    buffers: ["counts", "indices", ...(src ? ["src"] : []), "out"],
+    writes: ["out"],
+    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+  };
+}
