@@ -196,7 +196,7 @@ if (import.meta.main) {
     const { benchSparseConv } = await import("./sparse_conv.ts");
     const { benchSnl } = await import("./snl.ts");
     await benchSparseConv(undefined, { log: emit });
-    await benchSnl(undefined, { log: emit });
+    for (const r of await benchSnl()) emit(r);
   }
   if (suites.has("model")) {
     const { benchModel } = await import("./model.ts");

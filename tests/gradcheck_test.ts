@@ -548,3 +548,17 @@ Deno.test("gradcheck leaves no live buffers behind", async () => {
   await testEngine.sync();
   assert.equal(testEngine.memory().liveBuffers, 0);
 });
+
+Deno.test("concat's backward is unaffected by later changes to the caller's input array", async () => {
+  const a = ops.tensor([1, 2], [2]);
+  const b = ops.tensor([3], [1]);
+  a.requiresGrad = b.requiresGrad = true;
+  const list = [a, b];
+  const y = ops.concat(list, 0);
+  list.push(ops.tensor([9], [1])); // mutating the argument must not change the recorded op
+  const loss = ops.sum(ops.mul(y, ops.tensor([1, 10, 100], [3])));
+  ops.backward(loss);
+  assert.deepEqual([...await a.grad!.data()], [1, 10]);
+  assert.deepEqual([...await b.grad!.data()], [100]);
+  ops.dispose([a, b, y, loss, list, a.grad, b.grad]);
+});

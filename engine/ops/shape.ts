@@ -87,7 +87,9 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
 }
 
 /** Concatenates tensors along `axis` (other axes must match). */
-export function concat(xs: readonly Tensor[], axis: number): Tensor {
+export function concat(inputs: readonly Tensor[], axis: number): Tensor {
+  // Copy the list: the backward rule must not see later changes to the caller's array.
+  const xs = [...inputs];
   if (xs.length === 0) throw new Error("concat: no tensors");
   const rank = xs[0].rank;
   const ax = axis < 0 ? axis + rank : axis;
