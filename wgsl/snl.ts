@@ -309,10 +309,9 @@ function lineKernel(pass: Pass, C: number, T: number): KernelSource {
   const own = `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u) { return; }
   let start = chunk * ${WG * T}u + lid * ${T}u;
   if (start >= ${items}) { return; }
-  let first = start;
 ${
     perQ(T, (q) =>
-      `let t${q} = ${ownAt(`min(first + ${q}u, ${items} - 1u)`)};
+      `let t${q} = ${ownAt(`min(start + ${q}u, ${items} - 1u)`)};
 let s${q} = lineBase + t${q} * step;
 let g${q} = b * u.HW + s${q};`, "  ")
   }`;
@@ -321,7 +320,7 @@ let g${q} = b * u.HW + s${q};`, "  ")
   const loadOwn = (names: [string, string][]) =>
     `${perQ(T, (q) => names.map(([n]) => perC(C, (c) => `var ${n}${q}_${c} = 0.0;`)).join("\n"), "  ")}
   for (var q = 0u; q < ${T}u; q++) {
-    let o = fb + lineBase + ${ownAt(`min(first + q, ${items} - 1u)`)} * step;
+    let o = fb + lineBase + ${ownAt(`min(start + q, ${items} - 1u)`)} * step;
 ${
       names.map(([n, src]) => "    " + perC(C, (c) => `let ${n}_${c} = ${src}[${ch("o", c)}];`, "\n    "))
         .join("\n")
@@ -352,7 +351,7 @@ ${
     }
     }
     if (ok) {
-      let o = fb + lineBase + ${ownAt("first + q")} * step;
+      let o = fb + lineBase + ${ownAt("start + q")} * step;
 ${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      ")}
     }
   }`;
@@ -406,7 +405,7 @@ ${
         )
       }
     }
-    let s = lineBase + ${ownAt("first + q")} * step;
+    let s = lineBase + ${ownAt("start + q")} * step;
     let g = b * u.HW + s;
     stats[(g * 4u + dBefore) * 2u] = st.x;
     stats[(g * 4u + dBefore) * 2u + 1u] = st.y;

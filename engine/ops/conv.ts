@@ -17,7 +17,7 @@ import {
 } from "../../wgsl/conv2d.ts";
 import { add } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
-import { reshape } from "./shape.ts";
+import { concat, pad, reshape } from "./shape.ts";
 
 /** A number for both spatial axes or `[height, width]`. */
 export type Pair = number | readonly [number, number];
@@ -94,6 +94,7 @@ export function conv2d(
   const [N, Cin, H, W] = x.shape;
   const [Cout, , kh, kw] = w.shape;
   const s = convShape(N, Cin, H, W, Cout, kh, kw, options);
+  if (s.Hout > 1 && !fitsBindings(s, !!bias)) return conv2dInBands(x, w, bias, s);
   const e = engine();
   const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
   const y = e.op(
@@ -106,6 +107,42 @@ export function conv2d(
       w.requiresGrad ? run(conv2dWeightGradPlan(s), { x: sx, dy: g }, Tensor.empty(w.shape)) : null,
       bias?.requiresGrad ? sum(g, [0, 2, 3]) : null,
     ]), [x, w]);
+}
+
+/** Whether every tensor and scratch buffer of the forward and backward plans fits one storage binding. */
+function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
+  const limit = engine().maxBindingBytes / 4;
+  const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
+  const plans = [conv2dForwardPlan(s, hasBias), conv2dInputGradPlan(s), conv2dWeightGradPlan(s)];
+  return tensors.every((n) => n <= limit) &&
+    plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
+}
+
+/**
+ * A convolution too large for one storage binding, computed as horizontal bands of output rows: each band
+ * slices its input rows (with the halo, zero rows standing in for padding) and the bands are concatenated.
+ * Built from differentiable ops, so gradients follow.
+ */
+function conv2dInBands(x: Tensor, w: Tensor, bias: Tensor | null, s: Conv2dShape): Tensor {
+  const bands = 2;
+  const rows = Math.ceil(s.Hout / bands);
+  const parts: Tensor[] = [];
+  for (let r0 = 0; r0 < s.Hout; r0 += rows) {
+    const r1 = Math.min(s.Hout, r0 + rows);
+    // Input rows [first, last] feed output rows [r0, r1); rows outside the image are the zero padding.
+    const first = r0 * s.strideH - s.padH;
+    const last = (r1 - 1) * s.strideH - s.padH + s.dilH * (s.kh - 1);
+    const band = pad(x, [[0, 0], [0, 0], [-first, last - (s.H - 1)], [0, 0]]);
+    parts.push(conv2d(band, w, bias, {
+      stride: [s.strideH, s.strideW],
+      padding: [0, s.padW],
+      dilation: [s.dilH, s.dilW],
+    }));
+    band.dispose();
+  }
+  const out = concat(parts, 2);
+  for (const p of parts) p.dispose();
+  return out;
 }
 
 /**
