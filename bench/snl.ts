@@ -24,6 +24,7 @@ import * as ops from "../mod.ts";
 import { compactMask } from "../layers/sparse/active.ts";
 import { SNLModule, snlStep } from "../layers/sparse/snl.ts";
 import type { BenchRecord } from "./peers.ts";
+import { randomUniform } from "./reference.ts";
 
 // ---- float64 CPU reference of one SNL step (also used by tests/snl_test.ts) ----
 
@@ -204,18 +205,9 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** Deterministic uniform numbers in [lo, hi) (mulberry32). */
+/** Deterministic uniform numbers in [lo, hi) (mulberry32, the shared benchmark stream). */
 export function seededArray(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 4294967296);
-  }
-  return out;
+  return randomUniform(seed, n, lo, hi);
 }
 
 /** Number of (query, key) pairs of a problem: the attention work of one step. */

@@ -1,6 +1,7 @@
 // Shared test setup: a WebGPU engine on whatever adapter exists (llvmpipe in CI) and comparison helpers.
 import { initEngine } from "../engine/device.ts";
 import type { Engine } from "../engine/device.ts";
+import { randomUniform } from "../bench/reference.ts";
 
 if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
 
@@ -20,16 +21,7 @@ export function relativeError(got: ArrayLike<number>, want: ArrayLike<number>): 
   return scale === 0 ? err : err / scale;
 }
 
-/** Seeded uniform random numbers in [lo, hi). */
+/** Seeded uniform random numbers in [lo, hi) (the benchmarks' mulberry32 stream). */
 export function randomArray(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = lo + (hi - lo) * (((t ^ (t >>> 14)) >>> 0) / 4294967296);
-  }
-  return out;
+  return randomUniform(seed, n, lo, hi);
 }
