@@ -11,6 +11,11 @@
 import { parseArgs } from "node:util";
 import { engine, initEngine, NoAdapterError } from "./mod.ts";
 import { fitDemo } from "./train/demo.ts";
+import { runSynth, SynthUsageError } from "./train/synth_cli.ts";
+import { ImageError } from "./train/image_io.ts";
+import { DatasetError } from "./train/datasets.ts";
+import { createRun, defaultConfig, runFiles, train, type TrainConfig, TrainError } from "./train/train.ts";
+import { type Task, TASKS } from "./layers/restore.ts";
 
 /** An error whose message is meant for the user as-is (printed as one line). */
 export class UsageError extends Error {}
@@ -97,12 +102,106 @@ async function doctor(args: string[]): Promise<void> {
   if (!values.quiet) console.log(`WebGPU adapter: ${adapter}`);
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { demo, doctor };
+const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
+  task: ["task", "string"],
+  data: ["data", "string"],
+  val: ["val", "string"],
+  layout: ["layout", "string"],
+  preset: ["preset", "string"],
+  variant: ["variant", "string"],
+  crop: ["crop", "number"],
+  batch: ["batch", "number"],
+  "steps-l": ["stepsL", "number"],
+  "steps-r": ["stepsR", "number"],
+  lr: ["lr", "number"],
+  "lr-halve-epochs": ["lrHalveEpochs", "number"],
+  tau: ["tau", "number"],
+  seed: ["seed", "number"],
+  "checkpoint-every": ["checkpointEvery", "number"],
+  "validate-every": ["validateEvery", "number"],
+  "val-crop": ["valCrop", "number"],
+  "val-count": ["valCount", "number"],
+  "log-every": ["logEvery", "number"],
+};
+
+/** `train --task T --data DIR [--val DIR] [--run DIR] [--config FILE] [flags]` or `train --resume DIR`. */
+async function trainCommand(args: string[]): Promise<void> {
+  const options = Object.fromEntries(Object.keys(TRAIN_FLAGS).map((k) => [k, { type: "string" as const }]));
+  const { values } = parseArgs({
+    args,
+    options: {
+      ...options,
+      run: { type: "string" },
+      config: { type: "string" },
+      resume: { type: "string" },
+      "max-steps": { type: "string" },
+    },
+  }) as { values: Record<string, string | undefined> };
+  let dir = values.resume;
+  if (!dir) {
+    let fileConfig: Partial<TrainConfig> = {};
+    if (values.config) {
+      try {
+        fileConfig = JSON.parse(await Deno.readTextFile(values.config));
+      } catch (e) {
+        throw new UsageError(
+          `${values.config}: unreadable config file (${(e as Error).message.split("\n")[0]})`,
+        );
+      }
+    }
+    const task = (values.task ?? fileConfig.task ?? "rain") as Task;
+    if (!TASKS.includes(task)) throw new UsageError(`unknown task '${task}' (expected ${TASKS.join("|")})`);
+    const config: TrainConfig = { ...defaultConfig(task), ...fileConfig };
+    for (const [flag, [key, kind]] of Object.entries(TRAIN_FLAGS)) {
+      const v = values[flag];
+      if (v === undefined) continue;
+      if (kind === "number" && !Number.isFinite(Number(v))) {
+        throw new UsageError(`--${flag} expects a number, got ${v}`);
+      }
+      (config as unknown as Record<string, unknown>)[key] = kind === "number" ? Number(v) : v;
+    }
+    dir = values.run ??
+      `runs/${config.task}-${config.variant}-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+    await createRun(dir, config);
+  }
+  await initEngine();
+  const tty = Deno.stderr.isTerminal();
+  const encoder = new TextEncoder();
+  let lastPrinted = 0;
+  const result = await train(dir, {
+    maxStepsThisRun: values["max-steps"] ? Number(values["max-steps"]) : undefined,
+    onMessage: (line) => console.error(`${tty ? "\r\x1b[K" : ""}${line}`),
+    onProgress: (p) => {
+      const eta = p.etaSeconds >= 60
+        ? `${(p.etaSeconds / 60).toFixed(1)} min`
+        : `${p.etaSeconds.toFixed(0)} s`;
+      const line = `${p.stage === 1 ? "NetL" : "NetR"} epoch ${p.epoch} step ${p.step}/${p.steps} loss ` +
+        `${p.loss.toFixed(5)} ${p.imagesPerSecond.toFixed(2)} img/s ETA ${eta}`;
+      if (tty) Deno.stderr.writeSync(encoder.encode(`\r\x1b[K${line}`));
+      else if (performance.now() - lastPrinted > 10_000 || p.step === p.steps) {
+        lastPrinted = performance.now();
+        console.error(line);
+      }
+    },
+  });
+  if (tty) Deno.stderr.writeSync(encoder.encode("\n"));
+  console.error(
+    result.finished
+      ? `done: weights in ${runFiles(dir).model}`
+      : `stopped after stage ${result.position.stage} step ${result.position.step}; continue with ` +
+        `deno task train --resume ${dir}`,
+  );
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  demo,
+  doctor,
+  train: trainCommand,
+  synth: runSynth,
+};
 const LATER: Record<string, string> = {
-  train: "training (`deno task train`) is not implemented yet",
   restore: "restoration (`deno task restore`) is not implemented yet",
   eval: "evaluation (`deno task eval`) is not implemented yet",
-  synth: "synthetic degradations (`deno task synth`) are not implemented yet",
 };
 
 /** Runs the CLI; returns the process exit code. */
@@ -122,7 +221,8 @@ export async function main(argv: string[]): Promise<number> {
     await run(rest);
     return 0;
   } catch (e) {
-    const known = e instanceof UsageError || e instanceof NoAdapterError ||
+    const known = e instanceof UsageError || e instanceof NoAdapterError || e instanceof TrainError ||
+      e instanceof SynthUsageError || e instanceof ImageError || e instanceof DatasetError ||
       (e as Error)?.name === "TypeError";
     const message = e instanceof Error ? e.message.split("\n")[0] : String(e);
     console.error(`spair-gpu ${command}: ${message}`);

@@ -121,3 +121,13 @@ export {
   type Variant,
   variantFeatures,
 } from "./layers/spair.ts";
+export {
+  loadModel,
+  type ModelInfo,
+  type Restored,
+  type RestoreOptions,
+  restorePlanar,
+  type Task,
+  TASKS,
+  tileStarts,
+} from "./layers/restore.ts";

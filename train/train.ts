@@ -1,0 +1,721 @@
+/**
+ * The headless training loop: stage 1 trains NetL on ground-truth masks (BCE), stage 2 trains NetR with
+ * NetL frozen (L1). Batches are a pure function of (seed, stage, step), so a run resumed from a checkpoint
+ * continues exactly as the uninterrupted run would have. Checkpoints (weights, optimizer state, position)
+ * are written atomically every `checkpointEvery` steps and on SIGINT/SIGTERM.
+ *
+ * @module
+ */
+
+import {
+  Adam,
+  assignData,
+  backward,
+  bceWithLogits,
+  decodeSafetensors,
+  disposeGuidance,
+  encodeSafetensors,
+  engine,
+  type HostTensor,
+  l1Loss,
+  noGrad,
+  type Preset,
+  PRESETS,
+  Rng,
+  SpairModel,
+  type Task,
+  TASKS,
+  type Tensor,
+  tensor,
+  tidy,
+  type Variant,
+} from "../mod.ts";
+import { listPairs, type Pair } from "./datasets.ts";
+import { type Image, readImage, toPlanarRgb, writeImageAtomic } from "./image_io.ts";
+import { psnrRgb, psnrY, ssimRgb, ssimY } from "./metrics.ts";
+import { SYNTH_TAU } from "./synth.ts";
+
+/** Everything that defines a training run (saved as `config.json` in the run folder). */
+export interface TrainConfig {
+  task: Task;
+  /** Training pairs folder and its layout (see `train/datasets.ts`). */
+  data: string;
+  layout: string;
+  /** Validation pairs folder ("" for none). */
+  val: string;
+  preset: Preset;
+  variant: Variant;
+  crop: number;
+  batch: number;
+  /** Steps of stage 1 (NetL) and stage 2 (NetR). Net1 skips stage 1: it uses no mask. */
+  stepsL: number;
+  stepsR: number;
+  lr: number;
+  /** The learning rate halves every this many epochs (an epoch = one crop of every training pair). */
+  lrHalveEpochs: number;
+  /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
+  tau: number;
+  seed: number;
+  checkpointEvery: number;
+  validateEvery: number;
+  /** Side of the centre crop of each validation pair (0 = whole image). */
+  valCrop: number;
+  /** Validation pairs used (the first N, sorted). */
+  valCount: number;
+  logEvery: number;
+}
+
+/** Defaults per SPAIR.md section 3, scaled to what a CPU finishes. */
+export function defaultConfig(task: Task): TrainConfig {
+  return {
+    task,
+    data: "",
+    layout: "auto",
+    val: "",
+    preset: "tiny",
+    variant: "SPAIR",
+    crop: 256,
+    batch: 8,
+    stepsL: 1000,
+    stepsR: 4000,
+    lr: 2e-4,
+    lrHalveEpochs: 50,
+    tau: SYNTH_TAU[task],
+    seed: 1,
+    checkpointEvery: 50,
+    validateEvery: 200,
+    valCrop: 128,
+    valCount: 6,
+    logEvery: 10,
+  };
+}
+
+/** A user-facing training error (printed as one line). */
+export class TrainError extends Error {}
+
+/** Checks a config and returns it, or throws a one-line {@link TrainError}. */
+export function validateConfig(c: TrainConfig): TrainConfig {
+  const positive = [
+    "crop",
+    "batch",
+    "checkpointEvery",
+    "validateEvery",
+    "logEvery",
+    "lrHalveEpochs",
+  ] as const;
+  for (const key of positive) {
+    if (!Number.isInteger(c[key]) || c[key] < 1) throw new TrainError(`${key} must be a positive integer`);
+  }
+  for (const key of ["stepsL", "stepsR", "valCrop", "valCount", "seed"] as const) {
+    if (!Number.isInteger(c[key]) || c[key] < 0) {
+      throw new TrainError(`${key} must be a non-negative integer`);
+    }
+  }
+  if (c.crop % 4 !== 0) throw new TrainError(`crop must be a multiple of 4, got ${c.crop}`);
+  if (c.valCrop % 4 !== 0) throw new TrainError(`valCrop must be a multiple of 4, got ${c.valCrop}`);
+  if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
+  if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
+  if (!TASKS.includes(c.task)) throw new TrainError(`unknown task ${c.task} (expected ${TASKS.join("|")})`);
+  if (!(c.preset in PRESETS)) throw new TrainError(`unknown preset ${c.preset} (expected tiny|small|base)`);
+  if (!["Net1", "Net2", "Net3", "Net4", "SPAIR"].includes(c.variant)) {
+    throw new TrainError(`unknown variant ${c.variant} (expected Net1|Net2|Net3|Net4|SPAIR)`);
+  }
+  if (!c.data) throw new TrainError("no training data: pass --data DIR");
+  return c;
+}
+
+/** One decoded pair: planar RGB images and the ground-truth mask (all at the same size). */
+export interface LoadedPair {
+  name: string;
+  width: number;
+  height: number;
+  input: Float32Array;
+  target: Float32Array;
+  mask: Float32Array;
+}
+
+/** Ground-truth mask per SPAIR.md section 2: mean over RGB of |degraded - clean| > tau. */
+export function thresholdMask(
+  input: Float32Array,
+  target: Float32Array,
+  plane: number,
+  tau: number,
+): Float32Array {
+  const mask = new Float32Array(plane);
+  for (let i = 0; i < plane; i++) {
+    let d = 0;
+    for (let c = 0; c < 3; c++) d += Math.abs(input[c * plane + i] - target[c * plane + i]);
+    mask[i] = d / 3 > tau ? 1 : 0;
+  }
+  return mask;
+}
+
+/** Reads a pair (and its mask file, when the dataset ships one), checking that sizes agree. */
+export async function loadPair(pair: Pair, tau: number): Promise<LoadedPair> {
+  const [a, b] = await Promise.all([readImage(pair.input), readImage(pair.target)]);
+  if (a.width !== b.width || a.height !== b.height) {
+    throw new TrainError(
+      `${pair.input} is ${a.width}x${a.height} but ${pair.target} is ${b.width}x${b.height}`,
+    );
+  }
+  const input = toPlanarRgb(a);
+  const target = toPlanarRgb(b);
+  const plane = a.width * a.height;
+  let mask: Float32Array;
+  if (pair.mask) {
+    const m = await readImage(pair.mask);
+    if (m.width !== a.width || m.height !== a.height) {
+      throw new TrainError(
+        `${pair.mask} is ${m.width}x${m.height} but ${pair.input} is ${a.width}x${a.height}`,
+      );
+    }
+    mask = new Float32Array(plane);
+    for (let i = 0; i < plane; i++) mask[i] = m.data[i * m.channels] > 0.5 ? 1 : 0;
+  } else {
+    mask = thresholdMask(input, target, plane, tau);
+  }
+  return { name: pair.name, width: a.width, height: a.height, input, target, mask };
+}
+
+/** A deterministic seed from a few integers (so batches depend only on seed, stage and step). */
+function mix(...values: number[]): number {
+  let h = 0x811c9dc5;
+  for (const v of values) {
+    h = Math.imul(h ^ (v >>> 0), 0x01000193) >>> 0;
+    h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) >>> 0;
+  }
+  return h >>> 0;
+}
+
+/** Host-side batch: input, target and mask crops, [B,3,S,S], [B,3,S,S], [B,1,S,S]. */
+export interface HostBatch {
+  input: Float32Array;
+  target: Float32Array;
+  mask: Float32Array;
+  size: number;
+  count: number;
+}
+
+/** The batch of step `step` (1-based) of `stage`: pairs in a per-epoch shuffled order, random crops and
+ * flips, all derived from (seed, stage, step) alone. */
+export function sampleBatch(
+  pairs: LoadedPair[],
+  config: Pick<TrainConfig, "seed" | "batch" | "crop">,
+  stage: number,
+  step: number,
+): HostBatch {
+  const { batch, crop } = config;
+  const stepsPerEpoch = Math.ceil(pairs.length / batch);
+  const epoch = Math.floor((step - 1) / stepsPerEpoch);
+  const order = new Rng(mix(config.seed, stage, epoch, 1)).shuffle([...pairs.keys()]);
+  const rng = new Rng(mix(config.seed, stage, step, 2));
+  const s = crop;
+  const input = new Float32Array(batch * 3 * s * s);
+  const target = new Float32Array(batch * 3 * s * s);
+  const mask = new Float32Array(batch * s * s);
+  for (let b = 0; b < batch; b++) {
+    const p = pairs[order[(((step - 1) % stepsPerEpoch) * batch + b) % pairs.length]];
+    if (p.width < s || p.height < s) {
+      throw new TrainError(`${p.name} is ${p.width}x${p.height}, smaller than the ${s}x${s} crop`);
+    }
+    const y0 = rng.int(p.height - s + 1);
+    const x0 = rng.int(p.width - s + 1);
+    const flipX = rng.next() < 0.5;
+    const flipY = rng.next() < 0.5;
+    const plane = p.width * p.height;
+    for (let y = 0; y < s; y++) {
+      const sy = y0 + (flipY ? s - 1 - y : y);
+      for (let x = 0; x < s; x++) {
+        const src = sy * p.width + x0 + (flipX ? s - 1 - x : x);
+        const dst = y * s + x;
+        mask[b * s * s + dst] = p.mask[src];
+        for (let c = 0; c < 3; c++) {
+          input[(b * 3 + c) * s * s + dst] = p.input[c * plane + src];
+          target[(b * 3 + c) * s * s + dst] = p.target[c * plane + src];
+        }
+      }
+    }
+  }
+  return { input, target, mask, size: s, count: batch };
+}
+
+/** Learning rate at `step` of a stage: `lr` halved every `lrHalveEpochs` epochs. */
+export function learningRate(config: TrainConfig, step: number, pairCount: number): number {
+  const stepsPerEpoch = Math.ceil(pairCount / config.batch);
+  const epoch = Math.floor((step - 1) / stepsPerEpoch);
+  return config.lr * 0.5 ** Math.floor(epoch / config.lrHalveEpochs);
+}
+
+/** Where a run stands: stage 1 (NetL) or 2 (NetR) and the last completed step of that stage. */
+export interface RunPosition {
+  stage: 1 | 2;
+  step: number;
+}
+
+/** Paths of a run folder's files. */
+export function runFiles(dir: string) {
+  return {
+    config: `${dir}/config.json`,
+    checkpoint: `${dir}/checkpoint.safetensors`,
+    log: `${dir}/log.jsonl`,
+    model: `${dir}/model.safetensors`,
+    previews: `${dir}/previews`,
+  };
+}
+
+/** Writes bytes to `path` atomically: a temp file in the same folder, then a rename. */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    if (typeof data === "string") await Deno.writeTextFile(tmp, data);
+    else await Deno.writeFile(tmp, data);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+/** Progress report of {@link train}. */
+export interface TrainProgress {
+  stage: 1 | 2;
+  step: number;
+  steps: number;
+  epoch: number;
+  loss: number;
+  imagesPerSecond: number;
+  etaSeconds: number;
+}
+
+/** Options of {@link train}. */
+export interface TrainOptions {
+  onProgress?: (p: TrainProgress) => void;
+  onMessage?: (line: string) => void;
+  /** Stop (after a checkpoint) once this many steps ran in this process; tests use it. */
+  maxStepsThisRun?: number;
+}
+
+/** Result of {@link train}. */
+export interface TrainResult {
+  finished: boolean;
+  position: RunPosition;
+  /** Milliseconds spent training in this process. */
+  elapsedMs: number;
+}
+
+interface CheckpointMeta {
+  position: RunPosition;
+  optimizer: { kind: string; step: number; lrs: number[] } | null;
+  trainMs: number;
+}
+
+async function saveCheckpoint(
+  dir: string,
+  model: SpairModel,
+  optimizer: Adam | null,
+  meta: CheckpointMeta,
+): Promise<void> {
+  const tensors: Record<string, HostTensor> = {};
+  for (const [name, t] of Object.entries(await model.stateDict())) tensors[`model.${name}`] = t;
+  if (optimizer) {
+    const state = optimizer.stateDict();
+    for (const [name, t] of Object.entries(state.tensors)) {
+      tensors[`optim.${name}`] = { shape: [...t.shape], data: await t.data() };
+    }
+    meta.optimizer = state.meta as CheckpointMeta["optimizer"];
+  }
+  await writeFileAtomic(
+    runFiles(dir).checkpoint,
+    encodeSafetensors(tensors, { checkpoint: JSON.stringify(meta) }),
+  );
+}
+
+async function readCheckpoint(
+  dir: string,
+): Promise<{ meta: CheckpointMeta; model: Record<string, HostTensor>; optim: Record<string, HostTensor> }> {
+  const path = runFiles(dir).checkpoint;
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch {
+    throw new TrainError(`${path}: checkpoint not found (nothing to resume)`);
+  }
+  let decoded;
+  try {
+    decoded = decodeSafetensors(bytes);
+  } catch (e) {
+    throw new TrainError(`${path}: corrupt checkpoint (${(e as Error).message})`);
+  }
+  const meta = JSON.parse(decoded.metadata.checkpoint ?? "null") as CheckpointMeta | null;
+  if (!meta) throw new TrainError(`${path}: not a training checkpoint`);
+  const model: Record<string, HostTensor> = {};
+  const optim: Record<string, HostTensor> = {};
+  for (const [name, t] of Object.entries(decoded.tensors)) {
+    if (name.startsWith("model.")) model[name.slice(6)] = t;
+    else if (name.startsWith("optim.")) optim[name.slice(6)] = t;
+  }
+  return { meta, model, optim };
+}
+
+/** Loads the pairs of a folder, reporting each problem by file name. */
+export async function loadPairs(
+  dir: string,
+  layout: string,
+  tau: number,
+  limit = Infinity,
+): Promise<LoadedPair[]> {
+  const pairs = (await listPairs(dir, layout as Parameters<typeof listPairs>[1])).slice(0, limit);
+  const out: LoadedPair[] = [];
+  for (const p of pairs) out.push(await loadPair(p, tau));
+  return out;
+}
+
+function centreCrop(p: LoadedPair, size: number): LoadedPair {
+  const w = size > 0 ? Math.min(size, p.width) : p.width;
+  const h = size > 0 ? Math.min(size, p.height) : p.height;
+  const cw = Math.floor(w / 4) * 4;
+  const ch = Math.floor(h / 4) * 4;
+  const x0 = Math.floor((p.width - cw) / 2);
+  const y0 = Math.floor((p.height - ch) / 2);
+  const crop = (src: Float32Array, channels: number) => {
+    const out = new Float32Array(channels * cw * ch);
+    for (let c = 0; c < channels; c++) {
+      for (let y = 0; y < ch; y++) {
+        const o = (c * p.height + y0 + y) * p.width + x0;
+        out.set(src.subarray(o, o + cw), (c * ch + y) * cw);
+      }
+    }
+    return out;
+  };
+  return {
+    name: p.name,
+    width: cw,
+    height: ch,
+    input: crop(p.input, 3),
+    target: crop(p.target, 3),
+    mask: crop(p.mask, 1),
+  };
+}
+
+/** Validation metrics of one evaluation (means over the validation pairs). */
+export interface Validation {
+  psnr: number;
+  ssim: number;
+  inputPsnr: number;
+  inputSsim: number;
+  /** Mask quality of NetL against the ground truth: intersection over union and pixel accuracy. */
+  maskIoU: number;
+  maskAccuracy: number;
+}
+
+/** Metric of a task on planar RGB: Y channel for rain streaks, RGB otherwise (shadow uses RGB here; the
+ * Lab RMSE of `deno task eval` needs masks at full size). */
+function taskMetrics(task: Task, a: Float32Array, b: Float32Array, w: number, h: number) {
+  return task === "rain"
+    ? { psnr: psnrY(a, b, w, h), ssim: ssimY(a, b, w, h) }
+    : { psnr: psnrRgb(a, b, w, h), ssim: ssimRgb(a, b, w, h) };
+}
+
+/** Runs the model on the validation crops; writes a preview (input | mask | output | target) of the first. */
+export async function validate(
+  model: SpairModel,
+  task: Task,
+  pairs: LoadedPair[],
+  previewPath?: string,
+): Promise<Validation> {
+  const sums = { psnr: 0, ssim: 0, inputPsnr: 0, inputSsim: 0, inter: 0, union: 0, correct: 0, total: 0 };
+  for (const [index, p] of pairs.entries()) {
+    const { restored, mask } = noGrad(() =>
+      tidy(() => {
+        const out = model.forward(tensor(p.input, [1, 3, p.height, p.width]));
+        out.logits.dispose();
+        return { restored: out.restored, mask: out.mask };
+      })
+    );
+    const out = await restored.data();
+    const m = await mask.data();
+    restored.dispose();
+    mask.dispose();
+    for (let i = 0; i < out.length; i++) out[i] = Math.min(1, Math.max(0, out[i]));
+    const r = taskMetrics(task, out, p.target, p.width, p.height);
+    const base = taskMetrics(task, p.input, p.target, p.width, p.height);
+    sums.psnr += r.psnr;
+    sums.ssim += r.ssim;
+    sums.inputPsnr += base.psnr;
+    sums.inputSsim += base.ssim;
+    for (let i = 0; i < m.length; i++) {
+      const a = m[i] > 0.5, b = p.mask[i] > 0.5;
+      if (a && b) sums.inter++;
+      if (a || b) sums.union++;
+      if (a === b) sums.correct++;
+    }
+    sums.total += m.length;
+    if (index === 0 && previewPath) await writePreview(previewPath, p, m, out);
+  }
+  const n = pairs.length;
+  return {
+    psnr: sums.psnr / n,
+    ssim: sums.ssim / n,
+    inputPsnr: sums.inputPsnr / n,
+    inputSsim: sums.inputSsim / n,
+    maskIoU: sums.union ? sums.inter / sums.union : 1,
+    maskAccuracy: sums.correct / sums.total,
+  };
+}
+
+async function writePreview(
+  path: string,
+  p: LoadedPair,
+  mask: Float32Array,
+  out: Float32Array,
+): Promise<void> {
+  const { width: w, height: h } = p;
+  const sheetW = 4 * w;
+  const data = new Float32Array(sheetW * h * 3);
+  const plane = w * h;
+  const panels: ((c: number, i: number) => number)[] = [
+    (c, i) => p.input[c * plane + i],
+    (_c, i) => mask[i],
+    (c, i) => out[c * plane + i],
+    (c, i) => p.target[c * plane + i],
+  ];
+  panels.forEach((value, k) => {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        for (let c = 0; c < 3; c++) data[(y * sheetW + k * w + x) * 3 + c] = value(c, y * w + x);
+      }
+    }
+  });
+  const image: Image = { width: sheetW, height: h, channels: 3, bitDepth: 8, format: "png", data };
+  await writeImageAtomic(path, image);
+}
+
+async function appendLog(path: string, entry: Record<string, unknown>): Promise<void> {
+  await Deno.writeTextFile(path, JSON.stringify(entry) + "\n", { append: true });
+}
+
+/** Drops log lines written after the checkpoint a resumed run restarts from (their steps will rerun). */
+async function trimLog(path: string, position: RunPosition): Promise<void> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return;
+  }
+  const kept = text.split("\n").filter((line) => {
+    if (!line.trim()) return false;
+    try {
+      const e = JSON.parse(line) as { stage?: number; step?: number };
+      if (e.stage === undefined || e.step === undefined) return true;
+      return e.stage < position.stage || (e.stage === position.stage && e.step <= position.step);
+    } catch {
+      return false;
+    }
+  });
+  await writeFileAtomic(path, kept.map((l) => l + "\n").join(""));
+}
+
+/** Writes the final weights file (weights plus the metadata `deno task restore` needs). */
+export async function saveModel(
+  path: string,
+  model: SpairModel,
+  config: TrainConfig,
+  extra: Record<string, string>,
+) {
+  const metadata: Record<string, string> = {
+    preset: config.preset,
+    variant: config.variant,
+    task: config.task,
+    tau: String(config.tau),
+    crop: String(config.crop),
+    batch: String(config.batch),
+    stepsL: String(config.stepsL),
+    stepsR: String(config.stepsR),
+    ...extra,
+  };
+  await writeFileAtomic(path, await model.saveSafetensors(metadata));
+}
+
+/** Starts a new run in `dir` (which must not hold one already). */
+export async function createRun(dir: string, config: TrainConfig): Promise<void> {
+  validateConfig(config);
+  try {
+    await Deno.stat(runFiles(dir).config);
+    throw new TrainError(`${dir} already holds a run: pass --resume ${dir} to continue it, or another --run`);
+  } catch (e) {
+    if (e instanceof TrainError) throw e;
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  await writeFileAtomic(runFiles(dir).config, JSON.stringify(config, null, 2) + "\n");
+}
+
+/** Reads a run folder's config. */
+export async function readRunConfig(dir: string): Promise<TrainConfig> {
+  const path = runFiles(dir).config;
+  try {
+    return validateConfig(JSON.parse(await Deno.readTextFile(path)));
+  } catch (e) {
+    if (e instanceof TrainError) throw new TrainError(`${path}: ${e.message}`);
+    throw new TrainError(`${path}: no readable run config (${(e as Error).message.split("\n")[0]})`);
+  }
+}
+
+/** Runs (or resumes) the training run in `dir` to its end or until stopped by a signal. */
+export async function train(dir: string, options: TrainOptions = {}): Promise<TrainResult> {
+  const config = await readRunConfig(dir);
+  const files = runFiles(dir);
+  const say = options.onMessage ?? (() => {});
+  const trainPairs = await loadPairs(config.data, config.layout, config.tau);
+  const valPairs = config.val
+    ? (await loadPairs(config.val, config.layout, config.tau, config.valCount)).map((p) =>
+      centreCrop(p, config.valCrop)
+    )
+    : [];
+  say(`${trainPairs.length} training pairs from ${config.data}, ${valPairs.length} validation pairs`);
+
+  const model = new SpairModel({ preset: config.preset, variant: config.variant }, config.seed);
+  const skipL = config.variant === "Net1";
+  let position: RunPosition = { stage: skipL || config.stepsL === 0 ? 2 : 1, step: 0 };
+  let resumed: Awaited<ReturnType<typeof readCheckpoint>> | null = null;
+  let trainMs = 0;
+  try {
+    await Deno.stat(files.checkpoint);
+    resumed = await readCheckpoint(dir);
+  } catch (e) {
+    if (e instanceof TrainError) throw e;
+  }
+  if (!resumed) {
+    // NetR starts as the identity (its output conv adds a zero residual to the input), so restoration
+    // improves on the input from the first step instead of first unlearning a random residual.
+    assignData(model.netR.tail.weight, new Float32Array(model.netR.tail.weight.size));
+    assignData(model.netR.tail.bias, new Float32Array(model.netR.tail.bias.size));
+  }
+  if (resumed) {
+    model.loadStateDict(resumed.model, files.checkpoint);
+    position = resumed.meta.position;
+    trainMs = resumed.meta.trainMs;
+    await trimLog(files.log, position);
+    say(`resuming stage ${position.stage} after step ${position.step}`);
+  }
+  await Deno.mkdir(files.previews, { recursive: true });
+
+  let stopRequested = false;
+  const onSignal = () => (stopRequested = true);
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const started = performance.now();
+  let stepsThisRun = 0;
+  try {
+    for (const stage of [1, 2] as const) {
+      if (stage < position.stage) continue;
+      const steps = stage === 1 ? config.stepsL : config.stepsR;
+      if (stage === 1 && (skipL || steps === 0)) continue;
+      const net = stage === 1 ? model.netL : model.netR;
+      const optimizer = new Adam(net.parameters(), { lr: config.lr });
+      let firstStep = 1;
+      if (resumed && resumed.meta.position.stage === stage) {
+        firstStep = resumed.meta.position.step + 1;
+        if (resumed.meta.optimizer) {
+          const tensors: Record<string, Tensor> = {};
+          for (const [k, t] of Object.entries(resumed.optim)) tensors[k] = tensor(t.data, t.shape);
+          optimizer.loadStateDict({ meta: resumed.meta.optimizer, tensors });
+          for (const t of Object.values(tensors)) t.dispose();
+        }
+      }
+      const stageStart = performance.now();
+      let stageSteps = 0;
+      let next = firstStep <= steps ? sampleBatch(trainPairs, config, stage, firstStep) : null;
+      for (let step = firstStep; step <= steps; step++) {
+        const batch = next!;
+        const lr = learningRate(config, step, trainPairs.length);
+        optimizer.setLr(lr);
+        const shape = [batch.count, 3, batch.size, batch.size];
+        const loss = tidy(() => {
+          optimizer.zeroGrad();
+          const x = tensor(batch.input, shape);
+          let l: Tensor;
+          if (stage === 1) {
+            const out = model.netL.forward(x);
+            l = bceWithLogits(out.logits, tensor(batch.mask, [batch.count, 1, batch.size, batch.size]));
+          } else {
+            const guidance = skipL ? undefined : model.guidance(x);
+            const y = model.netR.forward(x, guidance);
+            l = l1Loss(y, tensor(batch.target, shape));
+            if (guidance) disposeGuidance(guidance);
+          }
+          backward(l);
+          optimizer.step();
+          return l;
+        });
+        engine().flush();
+        // Prepare the next batch on the CPU while the GPU runs this step.
+        next = step < steps ? sampleBatch(trainPairs, config, stage, step + 1) : null;
+        const value = await loss.item();
+        loss.dispose();
+        if (!Number.isFinite(value)) {
+          throw new TrainError(
+            `loss became ${value} at stage ${stage} step ${step}; stopped, last good checkpoint kept in ` +
+              `${files.checkpoint} (try a lower --lr)`,
+          );
+        }
+        stepsThisRun++;
+        stageSteps++;
+        position = { stage, step };
+        const elapsed = (performance.now() - stageStart) / 1000;
+        const imagesPerSecond = (stageSteps * batch.count) / elapsed;
+        const epoch = Math.floor((step - 1) / Math.ceil(trainPairs.length / config.batch)) + 1;
+        options.onProgress?.({
+          stage,
+          step,
+          steps,
+          epoch,
+          loss: value,
+          imagesPerSecond,
+          etaSeconds: ((steps - step) * batch.count) / imagesPerSecond,
+        });
+        if (step % config.logEvery === 0 || step === steps) {
+          await appendLog(files.log, { stage, step, epoch, loss: value, lr, imagesPerSecond });
+        }
+        const last = step === steps;
+        const limitReached = options.maxStepsThisRun !== undefined && stepsThisRun >= options.maxStepsThisRun;
+        if (step % config.checkpointEvery === 0 || last || stopRequested || limitReached) {
+          await saveCheckpoint(dir, model, optimizer, {
+            position,
+            optimizer: null,
+            trainMs: trainMs + performance.now() - started,
+          });
+        }
+        if (valPairs.length && stage === 2 && (step % config.validateEvery === 0 || last)) {
+          const v = await validate(
+            model,
+            config.task,
+            valPairs,
+            `${files.previews}/stage${stage}-step${String(step).padStart(6, "0")}.png`,
+          );
+          await appendLog(files.log, { stage, step, val: v });
+          say(
+            `validation at step ${step}: PSNR ${v.psnr.toFixed(2)} dB (input ${v.inputPsnr.toFixed(2)}), ` +
+              `SSIM ${v.ssim.toFixed(4)} (input ${v.inputSsim.toFixed(4)}), mask IoU ${v.maskIoU.toFixed(3)}`,
+          );
+        }
+        if (stopRequested || limitReached) {
+          optimizer.dispose();
+          return { finished: false, position, elapsedMs: performance.now() - started };
+        }
+      }
+      optimizer.dispose();
+      if (stage === 1 && valPairs.length) {
+        const v = await validate(model, config.task, valPairs);
+        await appendLog(files.log, { stage, step: steps, val: v });
+        say(`NetL trained: mask IoU ${v.maskIoU.toFixed(3)}, accuracy ${v.maskAccuracy.toFixed(4)}`);
+      }
+      resumed = null;
+    }
+    const totalMs = trainMs + performance.now() - started;
+    await saveModel(files.model, model, config, { trainSeconds: (totalMs / 1000).toFixed(0) });
+    return { finished: true, position, elapsedMs: performance.now() - started };
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    for (const p of model.parameters()) p.dispose();
+  }
+}
