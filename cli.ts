@@ -14,7 +14,14 @@ import { fitDemo } from "./train/demo.ts";
 import { runSynth, SynthUsageError } from "./train/synth_cli.ts";
 import { ImageError } from "./train/image_io.ts";
 import { DatasetError } from "./train/datasets.ts";
-import { createRun, defaultConfig, runFiles, train, type TrainConfig, TrainError } from "./train/train.ts";
+import {
+  defaultConfig,
+  runFiles,
+  train,
+  type TrainConfig,
+  TrainError,
+  validateConfig,
+} from "./train/train.ts";
 import { type Task, TASKS } from "./layers/restore.ts";
 
 /** An error whose message is meant for the user as-is (printed as one line). */
@@ -138,6 +145,7 @@ async function trainCommand(args: string[]): Promise<void> {
     },
   }) as { values: Record<string, string | undefined> };
   let dir = values.resume;
+  let newConfig: TrainConfig | undefined;
   if (!dir) {
     let fileConfig: Partial<TrainConfig> = {};
     if (values.config) {
@@ -162,13 +170,14 @@ async function trainCommand(args: string[]): Promise<void> {
     }
     dir = values.run ??
       `runs/${config.task}-${config.variant}-${new Date().toISOString().replace(/[:.]/g, "-")}`;
-    await createRun(dir, config);
+    newConfig = validateConfig(config);
   }
   await initEngine();
   const tty = Deno.stderr.isTerminal();
   const encoder = new TextEncoder();
   let lastPrinted = 0;
   const result = await train(dir, {
+    config: newConfig,
     maxStepsThisRun: values["max-steps"] ? Number(values["max-steps"]) : undefined,
     onMessage: (line) => console.error(`${tty ? "\r\x1b[K" : ""}${line}`),
     onProgress: (p) => {

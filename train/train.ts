@@ -289,6 +289,8 @@ export interface TrainProgress {
 
 /** Options of {@link train}. */
 export interface TrainOptions {
+  /** Starts a new run in the folder with this config (omit to resume the folder's run). */
+  config?: TrainConfig;
   onProgress?: (p: TrainProgress) => void;
   onMessage?: (line: string) => void;
   /** Stop (after a checkpoint) once this many steps ran in this process; tests use it. */
@@ -536,15 +538,19 @@ export async function saveModel(
   await writeFileAtomic(path, await model.saveSafetensors(metadata));
 }
 
+async function assertNoRun(dir: string): Promise<void> {
+  try {
+    await Deno.stat(runFiles(dir).config);
+  } catch {
+    return;
+  }
+  throw new TrainError(`${dir} already holds a run: pass --resume ${dir} to continue it, or another --run`);
+}
+
 /** Starts a new run in `dir` (which must not hold one already). */
 export async function createRun(dir: string, config: TrainConfig): Promise<void> {
   validateConfig(config);
-  try {
-    await Deno.stat(runFiles(dir).config);
-    throw new TrainError(`${dir} already holds a run: pass --resume ${dir} to continue it, or another --run`);
-  } catch (e) {
-    if (e instanceof TrainError) throw e;
-  }
+  await assertNoRun(dir);
   await Deno.mkdir(dir, { recursive: true });
   await writeFileAtomic(runFiles(dir).config, JSON.stringify(config, null, 2) + "\n");
 }
@@ -552,6 +558,11 @@ export async function createRun(dir: string, config: TrainConfig): Promise<void>
 /** Reads a run folder's config. */
 export async function readRunConfig(dir: string): Promise<TrainConfig> {
   const path = runFiles(dir).config;
+  try {
+    await Deno.stat(path);
+  } catch {
+    throw new TrainError(`${dir}: no training run to resume (no config.json there)`);
+  }
   try {
     return validateConfig(JSON.parse(await Deno.readTextFile(path)));
   } catch (e) {
@@ -562,15 +573,18 @@ export async function readRunConfig(dir: string): Promise<TrainConfig> {
 
 /** Runs (or resumes) the training run in `dir` to its end or until stopped by a signal. */
 export async function train(dir: string, options: TrainOptions = {}): Promise<TrainResult> {
-  const config = await readRunConfig(dir);
+  const config = options.config ? validateConfig(options.config) : await readRunConfig(dir);
   const files = runFiles(dir);
   const say = options.onMessage ?? (() => {});
+  if (options.config) await assertNoRun(dir);
+  // Data first: a bad file stops a new run before anything is written.
   const trainPairs = await loadPairs(config.data, config.layout, config.tau);
   const valPairs = config.val
     ? (await loadPairs(config.val, config.layout, config.tau, config.valCount)).map((p) =>
       centreCrop(p, config.valCrop)
     )
     : [];
+  if (options.config) await createRun(dir, config);
   say(`${trainPairs.length} training pairs from ${config.data}, ${valPairs.length} validation pairs`);
 
   const model = new SpairModel({ preset: config.preset, variant: config.variant }, config.seed);

@@ -1,0 +1,284 @@
+// Training loop: SIGKILL mid-run + resume reaches the uninterrupted run's parameters; batches depend only on
+// (seed, stage, step); bad inputs stop a run with one line and leave nothing behind.
+import assert from "node:assert/strict";
+import "./_setup.ts";
+import { decodeSafetensors, Rng } from "../mod.ts";
+import { writeImageAtomic } from "../train/image_io.ts";
+import {
+  defaultConfig,
+  learningRate,
+  type LoadedPair,
+  runFiles,
+  sampleBatch,
+  train,
+  type TrainConfig,
+  TrainError,
+} from "../train/train.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+/** Writes `count` small pairs (smooth clean image, bright streaks on the degraded one) in the pairs layout. */
+async function writePairs(dir: string, count: number, size = 24, seed = 1): Promise<void> {
+  const rng = new Rng(seed);
+  for (const sub of ["input", "target"]) await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
+  for (let k = 0; k < count; k++) {
+    const clean = new Float32Array(size * size * 3);
+    const phase = rng.uniform(0, 6);
+    for (let i = 0; i < size * size; i++) {
+      const x = i % size, y = Math.floor(i / size);
+      for (let c = 0; c < 3; c++) clean[i * 3 + c] = 0.4 + 0.3 * Math.sin(phase + 0.2 * x + 0.1 * y + c);
+    }
+    const degraded = clean.slice();
+    for (let s = 0; s < 6; s++) {
+      const x0 = rng.int(size), y0 = rng.int(size - 8);
+      for (let t = 0; t < 8; t++) {
+        const i = (y0 + t) * size + Math.min(size - 1, x0 + (t >> 2));
+        for (let c = 0; c < 3; c++) degraded[i * 3 + c] = Math.min(1, degraded[i * 3 + c] + 0.5);
+      }
+    }
+    const image = (data: Float32Array) => ({
+      width: size,
+      height: size,
+      channels: 3 as const,
+      bitDepth: 8 as const,
+      format: "png" as const,
+      data,
+    });
+    await writeImageAtomic(`${dir}/input/p${k}.png`, image(degraded));
+    await writeImageAtomic(`${dir}/target/p${k}.png`, image(clean));
+  }
+}
+
+function tinyConfig(data: string): TrainConfig {
+  return {
+    ...defaultConfig("rain"),
+    data,
+    layout: "pairs",
+    crop: 16,
+    batch: 2,
+    stepsL: 3,
+    stepsR: 5,
+    lr: 1e-3,
+    checkpointEvery: 1,
+    logEvery: 1,
+    seed: 5,
+  };
+}
+
+async function readWeights(path: string) {
+  return decodeSafetensors(await Deno.readFile(path)).tensors;
+}
+
+async function lsTree(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    out.push(e.name);
+    if (e.isDirectory) { for (const f of await lsTree(`${dir}/${e.name}`)) out.push(`${e.name}/${f}`); }
+  }
+  return out.sort();
+}
+
+Deno.test("a run killed with SIGKILL and resumed ends with the uninterrupted run's parameters", async () => {
+  const root = await Deno.makeTempDir({ prefix: "spair-train-" });
+  try {
+    await writePairs(`${root}/data`, 3);
+    const config = tinyConfig(`${root}/data`);
+    await Deno.writeTextFile(`${root}/config.json`, JSON.stringify(config));
+    // Run A in a child process, killed without warning once stage 2 has logged step 2.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", CLI, "train", "--config", `${root}/config.json`, "--run", `${root}/a`],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const log = runFiles(`${root}/a`).log;
+    const deadline = Date.now() + 240_000;
+    for (;;) {
+      const text = await Deno.readTextFile(log).catch(() => "");
+      if (text.includes('"stage":2,"step":2,')) break;
+      assert.ok(Date.now() < deadline, "run A never reached stage 2 step 2");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    child.kill("SIGKILL");
+    const status = await child.status;
+    assert.equal(status.signal, "SIGKILL");
+    const checkpoint = decodeSafetensors(await Deno.readFile(runFiles(`${root}/a`).checkpoint));
+    const killedAt = JSON.parse(checkpoint.metadata.checkpoint).position;
+    assert.equal(killedAt.stage, 2);
+    assert.ok(killedAt.step >= 1 && killedAt.step < 5, `killed at ${JSON.stringify(killedAt)}`);
+    await assert.rejects(Deno.stat(runFiles(`${root}/a`).model), "killed run must not have final weights");
+
+    const resumed = await train(`${root}/a`);
+    assert.ok(resumed.finished);
+    const uninterrupted = await train(`${root}/b`, { config });
+    assert.ok(uninterrupted.finished);
+
+    const a = await readWeights(runFiles(`${root}/a`).model);
+    const b = await readWeights(runFiles(`${root}/b`).model);
+    assert.deepEqual(Object.keys(a).sort(), Object.keys(b).sort());
+    let maxDiff = 0;
+    let changed = 0;
+    const fresh = await readWeights(runFiles(`${root}/b`).checkpoint);
+    for (const name of Object.keys(a)) {
+      for (let i = 0; i < a[name].data.length; i++) {
+        maxDiff = Math.max(maxDiff, Math.abs(a[name].data[i] - b[name].data[i]));
+      }
+      if (fresh[`model.${name}`] === undefined) throw new Error(`checkpoint lacks ${name}`);
+    }
+    for (const name of Object.keys(a)) {
+      if (a[name].data.some((v, i) => v !== fresh[`model.${name}`].data[i])) changed++;
+    }
+    assert.equal(changed, 0, "final checkpoint and final weights differ");
+    assert.ok(maxDiff <= 1e-5, `resumed run differs from the uninterrupted one by ${maxDiff}`);
+    // Training moved the weights: the test would notice a resume that restarted from scratch or skipped.
+    const lines = (await Deno.readTextFile(runFiles(`${root}/a`).log)).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    const steps = lines.filter((l) => l.loss !== undefined).map((l) => `${l.stage}.${l.step}`);
+    assert.deepEqual(
+      steps,
+      ["1.1", "1.2", "1.3", "2.1", "2.2", "2.3", "2.4", "2.5"],
+      "log has each step once",
+    );
+    const logB = (await Deno.readTextFile(runFiles(`${root}/b`).log)).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    assert.deepEqual(
+      lines.filter((l) => l.loss !== undefined).map((l) => l.loss),
+      logB.filter((l) => l.loss !== undefined).map((l) => l.loss),
+      "resumed losses equal the uninterrupted run's",
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("batches are a function of (seed, stage, step); crops and flips stay inside the image", () => {
+  const w = 10, h = 7;
+  const pairs: LoadedPair[] = [0, 1, 2].map((k) => {
+    const input = new Float32Array(3 * w * h).map((_, i) => k * 1000 + i);
+    return {
+      name: `p${k}`,
+      width: w,
+      height: h,
+      input,
+      target: input.map((v) => -v),
+      mask: new Float32Array(w * h),
+    };
+  });
+  const config = { seed: 3, batch: 2, crop: 4 };
+  const a = sampleBatch(pairs, config, 2, 7);
+  const b = sampleBatch(pairs, config, 2, 7);
+  assert.deepEqual(a.input, b.input);
+  assert.notDeepEqual(a.input, sampleBatch(pairs, config, 2, 8).input);
+  for (let i = 0; i < a.input.length; i++) assert.equal(a.target[i], -a.input[i]);
+  // Each crop row is a run of 4 consecutive pixels (forwards or mirrored) of one source row.
+  for (let r = 0; r < a.input.length / 4; r++) {
+    const row = a.input.slice(r * 4, r * 4 + 4);
+    const step = row[1] - row[0];
+    assert.ok(step === 1 || step === -1, `row ${row}`);
+    for (let k = 1; k < 4; k++) assert.equal(row[k] - row[k - 1], step);
+  }
+  // One epoch (2 steps of 2 over 3 pairs) visits every pair.
+  const seen = new Set<number>();
+  for (const step of [1, 2]) {
+    const batch = sampleBatch(pairs, config, 1, step);
+    for (let k = 0; k < 2; k++) seen.add(Math.floor(batch.input[k * 3 * 16] / 1000));
+  }
+  assert.deepEqual([...seen].sort(), [0, 1, 2]);
+});
+
+Deno.test("learning rate halves every lrHalveEpochs epochs", () => {
+  const config = { ...defaultConfig("rain"), batch: 4, lr: 2e-4, lrHalveEpochs: 2 };
+  // 8 pairs, batch 4: 2 steps per epoch, so steps 1-4 are epochs 0-1, steps 5-8 epochs 2-3.
+  assert.equal(learningRate(config, 1, 8), 2e-4);
+  assert.equal(learningRate(config, 4, 8), 2e-4);
+  assert.equal(learningRate(config, 5, 8), 1e-4);
+  assert.equal(learningRate(config, 9, 8), 5e-5);
+});
+
+async function cliTrain(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", CLI, "train", ...args] })
+    .output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("bad training inputs: one line naming the problem, nonzero exit, no run folder written", async () => {
+  const root = await Deno.makeTempDir({ prefix: "spair-train-bad-" });
+  try {
+    await writePairs(`${root}/good`, 2);
+    const cases: [string, () => Promise<void>, RegExp][] = [
+      ["corrupt", async () => {
+        await writePairs(`${root}/corrupt`, 2);
+        const bytes = await Deno.readFile(`${root}/corrupt/input/p1.png`);
+        bytes.fill(7, 40, 60);
+        await Deno.writeFile(`${root}/corrupt/input/p1.png`, bytes);
+      }, /corrupt\/input\/p1\.png: .*(corrupt|CRC|invalid)/i],
+      ["truncated", async () => {
+        await writePairs(`${root}/truncated`, 2);
+        const jpeg = new Uint8Array([
+          0xff,
+          0xd8,
+          0xff,
+          0xe0,
+          0,
+          16,
+          74,
+          70,
+          73,
+          70,
+          0,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          1,
+          0,
+          0,
+        ]);
+        await Deno.remove(`${root}/truncated/input/p0.png`);
+        await Deno.writeFile(`${root}/truncated/input/p0.jpg`, jpeg);
+      }, /truncated\/input\/p0\.jpg: .*(truncated|corrupt)/i],
+      ["mismatch", async () => {
+        await writePairs(`${root}/mismatch`, 2);
+        await writePairs(`${root}/other`, 1, 20);
+        await Deno.copyFile(`${root}/other/target/p0.png`, `${root}/mismatch/target/p0.png`);
+      }, /mismatch\/input\/p0\.png is 24x24 but .*mismatch\/target\/p0\.png is 20x20/],
+      ["empty", async () => {
+        await Deno.mkdir(`${root}/empty`);
+      }, /empty: (cannot detect the dataset layout|no image pairs)/],
+      ["unpaired", async () => {
+        await writePairs(`${root}/unpaired`, 2);
+        await Deno.remove(`${root}/unpaired/target/p1.png`);
+      }, /unpaired\/input\/p1\.png has no matching target/],
+    ];
+    for (const [name, make, pattern] of cases) {
+      await make();
+      const run = `${root}/run-${name}`;
+      const { code, stderr } = await cliTrain(["--data", `${root}/${name}`, "--run", run, "--crop", "16"]);
+      assert.notEqual(code, 0, name);
+      const lines = stderr.trim().split("\n");
+      assert.equal(lines.length, 1, `${name}: ${stderr}`);
+      assert.match(lines[0], pattern, name);
+      await assert.rejects(Deno.stat(run), `${name}: run folder must not exist`);
+    }
+    const missing = await cliTrain(["--resume", `${root}/nothing-here`]);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr.trim(), /^spair-gpu train: .*nothing-here: no training run to resume/);
+    const corruptCheckpoint = `${root}/corrupt-ckpt`;
+    await Deno.mkdir(corruptCheckpoint);
+    await Deno.writeTextFile(`${corruptCheckpoint}/config.json`, JSON.stringify(tinyConfig(`${root}/good`)));
+    await Deno.writeTextFile(`${corruptCheckpoint}/checkpoint.safetensors`, "not a checkpoint");
+    const bad = await cliTrain(["--resume", corruptCheckpoint]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr.trim(), /checkpoint\.safetensors: corrupt checkpoint/);
+    assert.deepEqual(await lsTree(corruptCheckpoint), ["checkpoint.safetensors", "config.json"]);
+    await assert.rejects(
+      train(`${root}/run-bad-crop`, { config: { ...tinyConfig(`${root}/good`), crop: 30 } }),
+      (e: Error) => e instanceof TrainError && /multiple of 4/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
