@@ -1,9 +1,10 @@
 /**
  * Command-line entry point: `deno run -A cli.ts <command>` (see `deno task`).
  *
- * Commands: `demo` (engine demo: fit a tiny conv net with a live progress line). `train`, `restore`, `eval`
- * and `synth` arrive with the training and restoration work. Errors are reported as one line, never a
- * stack trace.
+ * Commands: `restore` (restore images with the bundled or given weights), `train` (two-stage training with
+ * checkpoints and `--resume`), `eval` (PSNR/SSIM or Lab error on a paired dataset), `synth` (synthesize
+ * degraded/clean pairs), `demo` (engine demo), `doctor` (check for a WebGPU adapter). Errors are reported
+ * as one line, never a stack trace.
  *
  * @module
  */
@@ -12,6 +13,7 @@ import { parseArgs } from "node:util";
 import { engine, initEngine, NoAdapterError } from "./mod.ts";
 import { fitDemo } from "./train/demo.ts";
 import { runSynth, SynthUsageError } from "./train/synth_cli.ts";
+import { RestoreUsageError, runEval, runRestore } from "./train/restore_cli.ts";
 import { ImageError } from "./train/image_io.ts";
 import { DatasetError } from "./train/datasets.ts";
 import {
@@ -67,13 +69,31 @@ async function demo(args: string[]): Promise<void> {
   );
 }
 
+/** The browser test drives Debian's Chromium; install it when missing and we are root on Linux. */
+async function installChromium(): Promise<void> {
+  const path = Deno.env.get("SPAIR_CHROMIUM") ?? "/usr/bin/chromium";
+  if (await Deno.stat(path).then(() => true, () => false)) return;
+  if (Deno.build.os !== "linux" || Deno.uid?.() !== 0) return;
+  console.error("spair-gpu: installing Debian's Chromium for the browser test (apt-get install -y chromium)");
+  for (const cmd of [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]]) {
+    const status = await new Deno.Command(cmd[0], {
+      args: cmd.slice(1),
+      stdout: "null",
+      stderr: "inherit",
+      env: { DEBIAN_FRONTEND: "noninteractive" },
+    }).output().catch(() => null);
+    if (!status?.success) throw new UsageError(`\`${cmd.join(" ")}\` failed`);
+  }
+}
+
 /** Checks for a WebGPU adapter. With `--install`, installs Mesa's software Vulkan driver when none is
  * found on a Debian/Ubuntu machine where we are root (what the README's quick start relies on). */
 async function doctor(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { install: { type: "boolean" }, quiet: { type: "boolean" } },
+    options: { install: { type: "boolean" }, quiet: { type: "boolean" }, browser: { type: "boolean" } },
   });
+  if (values.browser && values.install) await installChromium();
   const describe = async () => (await navigator.gpu?.requestAdapter())?.info?.description ?? null;
   const adapter = await describe().catch(() => null);
   if (!adapter && values.install && Deno.build.os === "linux" && Deno.uid?.() === 0) {
@@ -207,11 +227,10 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   doctor,
   train: trainCommand,
   synth: runSynth,
+  restore: runRestore,
+  eval: runEval,
 };
-const LATER: Record<string, string> = {
-  restore: "restoration (`deno task restore`) is not implemented yet",
-  eval: "evaluation (`deno task eval`) is not implemented yet",
-};
+const LATER: Record<string, string> = {};
 
 /** Runs the CLI; returns the process exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -231,7 +250,8 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (e) {
     const known = e instanceof UsageError || e instanceof NoAdapterError || e instanceof TrainError ||
-      e instanceof SynthUsageError || e instanceof ImageError || e instanceof DatasetError ||
+      e instanceof SynthUsageError || e instanceof RestoreUsageError || e instanceof ImageError ||
+      e instanceof DatasetError ||
       (e as Error)?.name === "TypeError";
     const message = e instanceof Error ? e.message.split("\n")[0] : String(e);
     console.error(`spair-gpu ${command}: ${message}`);

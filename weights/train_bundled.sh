@@ -7,10 +7,10 @@ cd "$(dirname "$0")/.."
 DENO=${DENO:-deno}
 CLEAN=${CLEAN:-../shared/data/clean}
 ROOT=${ROOT:-runs/bundled}
-STEPS_L=${STEPS_L:-300}
-STEPS_R=${STEPS_R:-300}
+STEPS_L=${STEPS_L:-100}
+STEPS_R=${STEPS_R:-100}
 CROP=${CROP:-64}
-BATCH=${BATCH:-4}
+BATCH=${BATCH:-8}
 LR=${LR:-1e-3}
 declare -A SEED=([rain]=101 [raindrop]=102 [shadow]=103 [blur]=104)
 for task in "$@"; do
@@ -27,7 +27,7 @@ for task in "$@"; do
     else
       $DENO run -A cli.ts train --task "$task" --variant "$variant" --data "$data/train" --val "$data/val" \
         --run "$run" --crop "$CROP" --batch "$BATCH" --steps-l "$STEPS_L" --steps-r "$STEPS_R" --lr "$LR" \
-        --lr-halve-epochs 15 --checkpoint-every 10 --validate-every 50 --val-crop 128 --seed 1
+        --lr-halve-epochs 15 --checkpoint-every 10 --validate-every 25 --val-crop 128 --seed 1
     fi
   done
   mkdir -p weights/baselines
