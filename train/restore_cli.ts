@@ -98,6 +98,10 @@ async function expandInputs(inputs: string[]): Promise<{ path: string; name: str
   return out;
 }
 
+function dirOf(path: string): string {
+  return path.includes("/") ? path.replace(/\/[^/]*$/, "") || "/" : ".";
+}
+
 /** Where an output goes: `out` is a file path when it has an image extension and there is one input. */
 function outputPath(out: string, name: string, single: boolean, suffix = ""): string {
   if (single && IMAGE_EXTENSIONS.test(out)) return out;
@@ -146,12 +150,29 @@ export async function runRestore(args: string[]): Promise<void> {
     console.error(`warning: ${weightsPath} was trained for ${info.task}, not ${task}`);
   }
   const outIsFile = single && IMAGE_EXTENSIONS.test(values.out);
-  await Deno.mkdir(outIsFile ? values.out.replace(/\/[^/]*$/, "") || "." : values.out, { recursive: true })
+  await Deno.mkdir(outIsFile ? dirOf(values.out) : values.out, { recursive: true })
     .catch((e) => {
       throw new RestoreUsageError(`${values.out}: cannot create the output folder (${e.message})`);
     });
   const maskIsFile = values.mask !== undefined && single && IMAGE_EXTENSIONS.test(values.mask);
   if (values.mask !== undefined && !maskIsFile) await Deno.mkdir(values.mask, { recursive: true });
+  // Fail before minutes of work, not after: probe that the output folders take files.
+  for (
+    const dir of new Set([
+      outIsFile ? dirOf(values.out) : values.out,
+      ...(values.mask === undefined ? [] : [maskIsFile ? dirOf(values.mask) : values.mask]),
+    ])
+  ) {
+    const probe = `${dir}/.spair-write-test-${crypto.randomUUID().slice(0, 8)}`;
+    try {
+      await Deno.writeFile(probe, new Uint8Array());
+      await Deno.remove(probe);
+    } catch (e) {
+      throw new RestoreUsageError(
+        `${dir}: output folder is not writable (${(e as Error).message.split("\n")[0]})`,
+      );
+    }
+  }
   console.error(
     `restoring ${inputs.length} image${
       single ? "" : "s"

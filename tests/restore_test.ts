@@ -1,0 +1,199 @@
+// Restoration: tile layout and blending, formats kept through the CLI, and one-line errors for bad input.
+import assert from "node:assert/strict";
+import "./_setup.ts";
+import { loadModel, restorePlanar, Rng, SpairModel, tileStarts } from "../mod.ts";
+import { type Image, readImage, writeImageAtomic } from "../train/image_io.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+async function randomWeights(preset: "tiny" = "tiny", seed = 3): Promise<Uint8Array> {
+  const model = new SpairModel({ preset, variant: "SPAIR" }, seed);
+  const bytes = await model.saveSafetensors({ preset, variant: "SPAIR", task: "rain" });
+  for (const p of model.parameters()) p.dispose();
+  return bytes;
+}
+
+function smoothImage(w: number, h: number, channels: 1 | 2 | 3 | 4, bitDepth: 8 | 16 = 8): Image {
+  const data = new Float32Array(w * h * channels);
+  const levels = bitDepth === 16 ? 65535 : 255;
+  for (let i = 0; i < w * h; i++) {
+    for (let c = 0; c < channels; c++) {
+      const v = 0.5 + 0.4 * Math.sin(0.3 * (i % w) + 0.2 * Math.floor(i / w) + 1.7 * c);
+      data[i * channels + c] = Math.round(v * levels) / levels;
+    }
+  }
+  return { width: w, height: h, channels, bitDepth, format: "png", data };
+}
+
+async function cli(args: string[]): Promise<{ code: number; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", CLI, ...args] }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+Deno.test("tiles cover the axis with at least the requested overlap", () => {
+  assert.deepEqual(tileStarts(100, 128, 16), [0]);
+  for (const [size, tile, overlap] of [[1000, 256, 32], [513, 256, 32], [4000, 512, 32], [300, 100, 50]]) {
+    const starts = tileStarts(size, tile, overlap);
+    assert.equal(starts[0], 0);
+    assert.equal(starts.at(-1)! + tile, size, `last tile ends at the edge (${size})`);
+    for (let i = 1; i < starts.length; i++) {
+      assert.ok(
+        starts[i - 1] + tile - starts[i] >= overlap,
+        `overlap ${starts} for ${size}/${tile}/${overlap}`,
+      );
+      assert.ok(starts[i] > starts[i - 1]);
+    }
+  }
+});
+
+Deno.test("an identity model comes back unchanged through any tiling (tile copies, edge padding, blend weights)", async () => {
+  // An identity model (zero output conv) must come back unchanged through any tiling: checks the tile
+  // copies, the edge padding to a multiple of 4 and the blend weights.
+  const model = new SpairModel({ preset: "tiny", variant: "Net1" }, 1);
+  const zeros = (n: number) => new Float32Array(n);
+  const { assignData } = await import("../mod.ts");
+  assignData(model.netR.tail.weight, zeros(model.netR.tail.weight.size));
+  assignData(model.netR.tail.bias, zeros(model.netR.tail.bias.size));
+  const w = 70, h = 45;
+  const planar = new Rng(2).uniformArray(3 * w * h, 0, 1);
+  const whole = await restorePlanar(model, planar, w, h, { tile: 512 });
+  const tiled = await restorePlanar(model, planar, w, h, { tile: 32, overlap: 8 });
+  let maxWhole = 0, maxTiled = 0;
+  for (let i = 0; i < planar.length; i++) {
+    maxWhole = Math.max(maxWhole, Math.abs(whole.restored[i] - planar[i]));
+    maxTiled = Math.max(maxTiled, Math.abs(tiled.restored[i] - planar[i]));
+  }
+  assert.ok(maxWhole < 1e-6 && maxTiled < 1e-6, `identity changed the image: ${maxWhole}, ${maxTiled}`);
+  assert.equal(whole.mask.length, w * h);
+  for (const p of model.parameters()) p.dispose();
+});
+
+Deno.test("restore keeps format, channels, bit depth and alpha; writes the mask", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "spair-restore-" });
+  try {
+    await Deno.writeFile(`${dir}/w.safetensors`, await randomWeights());
+    const cases: [string, Image][] = [
+      ["gray.png", smoothImage(20, 12, 1)],
+      ["graya.png", smoothImage(20, 12, 2)],
+      ["rgba.png", smoothImage(21, 13, 4)],
+      ["deep.png", smoothImage(16, 16, 3, 16)],
+      ["photo.jpg", { ...smoothImage(24, 16, 3), format: "jpeg" }],
+    ];
+    await Deno.mkdir(`${dir}/in`);
+    for (const [name, img] of cases) await writeImageAtomic(`${dir}/in/${name}`, img);
+    const { code, stderr } = await cli([
+      "restore",
+      `${dir}/in`,
+      "-o",
+      `${dir}/out`,
+      "--weights",
+      `${dir}/w.safetensors`,
+      "--mask",
+      `${dir}/masks`,
+    ]);
+    assert.equal(code, 0, stderr);
+    for (const [name, img] of cases) {
+      const out = await readImage(`${dir}/out/${name}`);
+      assert.equal(out.format, img.format, name);
+      assert.equal(out.width, img.width, name);
+      assert.equal(out.height, img.height, name);
+      assert.equal(out.bitDepth, img.bitDepth, name);
+      if (img.format === "png") assert.equal(out.channels, img.channels, name);
+      if (img.channels === 2 || img.channels === 4) {
+        for (let i = 0; i < img.width * img.height; i++) {
+          const a: number = img.channels - 1;
+          assert.equal(out.data[i * img.channels + a], img.data[i * img.channels + a], `${name}: alpha kept`);
+        }
+      }
+      const mask = await readImage(`${dir}/masks/${name.replace(/\.\w+$/, "")}_mask.png`);
+      assert.equal(mask.channels, 1);
+      assert.ok(mask.data.every((v) => v === 0 || v === 1), `${name}: binary mask`);
+    }
+    const leftovers = [...Deno.readDirSync(`${dir}/out`)].filter((e) => e.name.includes(".tmp"));
+    assert.deepEqual(leftovers, []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore errors: one line, nonzero exit, nothing written", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "spair-restore-bad-" });
+  try {
+    await Deno.writeFile(`${dir}/w.safetensors`, await randomWeights());
+    await writeImageAtomic(`${dir}/ok.png`, smoothImage(16, 16, 3));
+    const corrupt = await Deno.readFile(`${dir}/ok.png`);
+    corrupt.fill(3, 40, 70);
+    await Deno.writeFile(`${dir}/corrupt.png`, corrupt);
+    await Deno.writeTextFile(`${dir}/junk.safetensors`, "definitely not weights");
+    // Metadata claims `small`, tensors are tiny: the file does not fit the model it names.
+    const tiny = loadModel(await Deno.readFile(`${dir}/w.safetensors`)).model;
+    await Deno.writeFile(
+      `${dir}/lying.safetensors`,
+      await tiny.saveSafetensors({ preset: "small", variant: "SPAIR" }),
+    );
+    for (const p of tiny.parameters()) p.dispose();
+    await Deno.writeTextFile(`${dir}/file`, "a file, not a folder");
+    const w = ["--weights", `${dir}/w.safetensors`];
+    const cases: [string, string[], RegExp][] = [
+      [
+        "unknown task",
+        ["restore", `${dir}/ok.png`, "--task", "snow", "-o", `${dir}/o1`],
+        /unknown task 'snow'/,
+      ],
+      ["missing weights", [
+        "restore",
+        `${dir}/ok.png`,
+        "--weights",
+        `${dir}/nope.safetensors`,
+        "-o",
+        `${dir}/o2`,
+      ], /nope\.safetensors: weights file not found/],
+      ["corrupt weights", [
+        "restore",
+        `${dir}/ok.png`,
+        "--weights",
+        `${dir}/junk.safetensors`,
+        "-o",
+        `${dir}/o3`,
+      ], /junk\.safetensors: not a safetensors weights file/],
+      [
+        "wrong preset",
+        ["restore", `${dir}/ok.png`, ...w, "--preset", "small", "-o", `${dir}/o4`],
+        /weights are for preset tiny, expected small/,
+      ],
+      ["weights not fitting", [
+        "restore",
+        `${dir}/ok.png`,
+        "--weights",
+        `${dir}/lying.safetensors`,
+        "-o",
+        `${dir}/o5`,
+      ], /lying\.safetensors does not fit this model/],
+      [
+        "corrupt input",
+        ["restore", `${dir}/corrupt.png`, ...w, "-o", `${dir}/o6`],
+        /corrupt\.png: corrupt PNG/,
+      ],
+      ["missing input", ["restore", `${dir}/none.png`, ...w, "-o", `${dir}/o7`], /none\.png: file not found/],
+      [
+        "unwritable output",
+        ["restore", `${dir}/ok.png`, ...w, "-o", `${dir}/file/sub`],
+        /file\/sub: cannot create the output folder/,
+      ],
+    ];
+    for (const [name, args, pattern] of cases) {
+      const { code, stderr } = await cli(args);
+      assert.notEqual(code, 0, name);
+      const lines = stderr.trim().split("\n").filter((l) => !l.startsWith("restoring "));
+      assert.equal(lines.length, 1, `${name}: ${stderr}`);
+      assert.match(lines[0], pattern, name);
+    }
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(
+      names.filter((n) => /^o\d$/.test(n) && [...Deno.readDirSync(`${dir}/${n}`)].length > 0),
+      [],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
