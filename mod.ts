@@ -16,6 +16,7 @@
  */
 
 export {
+  type BindingKind,
   Engine,
   engine,
   type EngineOptions,
@@ -24,7 +25,8 @@ export {
   NoAdapterError,
   setEngine,
 } from "./engine/device.ts";
-export type { MemoryStats } from "./engine/pool.ts";
+export type { BufferPool, MemoryStats } from "./engine/pool.ts";
+export type { KernelPlan, KernelSource, KernelStep } from "./wgsl/plan.ts";
 export {
   assignData,
   collectTensors,
@@ -106,10 +108,12 @@ export { Rng } from "./engine/random.ts";
 export { ActiveSites, binarizeMask, compactMask, maskPyramid } from "./layers/sparse/active.ts";
 export { sfm } from "./layers/sparse/sfm.ts";
 export { SCModule, sparseConv2d } from "./layers/sparse/sparse_conv.ts";
-export { DenseNonLocal, SNLModule, snlStep } from "./layers/sparse/snl.ts";
+export { DenseNonLocal, type SnlMode, SNLModule, snlStep } from "./layers/sparse/snl.ts";
 export { Conv2d, DenseBlock, Upsample2x } from "./layers/blocks.ts";
 export {
+  type DecoderJoin,
   disposeGuidance,
+  type Encoder,
   type Guidance,
   NetL,
   type NetLOutput,

@@ -20,7 +20,9 @@ export type BackwardRule = (grad: Tensor, saved: Tensor[]) => (Tensor | null)[];
 export interface GradNode {
   /** Op name (for error messages). */
   readonly name: string;
+  /** The op's inputs, in the order of the gradients the rule returns. */
   readonly inputs: Tensor[];
+  /** Maps the output gradient to the input gradients. */
   readonly rule: BackwardRule;
   /** Handles to tensors the rule needs, released after the rule runs. */
   saved: Tensor[];
@@ -112,6 +114,15 @@ function topologicalOrder(root: Tensor): Tensor[] {
 /**
  * Backpropagates from `root` (a scalar unless `grad` is given) and accumulates into the `.grad` of every
  * leaf that requires a gradient. The graph is consumed: saved activations are released.
+ *
+ * ```ts
+ * import { backward, initEngine, mul, sum, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const x = tensor([1, 2, 3]);
+ * x.requiresGrad = true;
+ * backward(sum(mul(x, x))); // d/dx sum(x²) = 2x
+ * console.log(await x.grad!.data()); // Float32Array [2, 4, 6]
+ * ```
  */
 export function backward(root: Tensor, grad?: Tensor): void {
   if (!root.gradFn) {

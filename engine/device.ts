@@ -14,6 +14,11 @@ import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
 
 /** Thrown when no WebGPU adapter exists; the message says how to get one. */
 export class NoAdapterError extends Error {
+  /**
+   * Builds the message, with installation advice.
+   *
+   * @param detail why no adapter was found (e.g. the runtime's error message), if known
+   */
   constructor(detail = "") {
     super(
       "no WebGPU adapter found" + (detail ? ` (${detail})` : "") +
@@ -26,6 +31,13 @@ export class NoAdapterError extends Error {
 
 /** A WebGPU validation or out-of-memory error, attributed to the engine op that caused it. */
 export class GpuOpError extends Error {
+  /**
+   * Builds the message `<op>: GPU <kind> error: <message>`.
+   *
+   * @param op name of the engine op that was recording when the error occurred
+   * @param kind WebGPU error kind: `validation`, `out-of-memory` or `uncaptured`
+   * @param message the WebGPU error message
+   */
   constructor(readonly op: string, readonly kind: string, message: string) {
     super(`${op}: GPU ${kind} error: ${message}`);
     this.name = "GpuOpError";
@@ -34,6 +46,7 @@ export class GpuOpError extends Error {
 
 /** Options for {@link Engine.create}. */
 export interface EngineOptions {
+  /** Adapter preference passed to `navigator.gpu.requestAdapter` (`high-performance` or `low-power`). */
   powerPreference?: GPUPowerPreference;
   /** Limits to request instead of the adapter's maxima (tests use small ones to exercise chunking). */
   limits?: Record<string, number>;
@@ -426,7 +439,16 @@ export class Engine {
 let defaultEngine: Engine | null = null;
 let pendingInit: Promise<Engine> | null = null;
 
-/** Creates (once) and returns the default engine used by all tensor ops. */
+/**
+ * Creates (once) and returns the default engine used by all tensor ops. Throws {@link NoAdapterError}
+ * when the runtime has no WebGPU adapter.
+ *
+ * ```ts
+ * import { initEngine } from "@spair/spair-gpu";
+ * const e = await initEngine({ powerPreference: "high-performance" });
+ * console.log(e.adapterDescription, e.limits.maxStorageBufferBindingSize);
+ * ```
+ */
 export function initEngine(options: EngineOptions = {}): Promise<Engine> {
   if (defaultEngine) return Promise.resolve(defaultEngine);
   pendingInit ??= Engine.create(options).then((e) => (defaultEngine = e)).finally(() => {

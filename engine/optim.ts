@@ -12,14 +12,19 @@ import { adamStep, sgdStep } from "../wgsl/optim.ts";
 
 /** A set of parameters sharing hyper-parameters. */
 export interface ParamGroup {
+  /** Parameters of the group (updated in place). */
   params: Tensor[];
+  /** Learning rate of the group; defaults to the optimizer's. */
   lr?: number;
+  /** Weight decay of the group; defaults to the optimizer's. */
   weightDecay?: number;
 }
 
 /** Serializable optimizer state: JSON-able metadata plus named state tensors. */
 export interface OptimizerState {
+  /** Optimizer class name (`Adam`, `SGD`), steps taken, and each group's current learning rate. */
   meta: { kind: string; step: number; lrs: number[]; [key: string]: unknown };
+  /** State tensors keyed `<slot>.<parameter name>`, e.g. `exp_avg.netL.tail.weight`. */
   tensors: Record<string, Tensor>;
 }
 
@@ -34,11 +39,20 @@ function paramName(p: Tensor, group: number, index: number): string {
 
 /** Shared machinery of the optimizers. */
 abstract class Optimizer {
+  /** Parameter groups, with `lr` and `weightDecay` resolved against the optimizer's defaults. */
   readonly groups: (ParamGroup & { lr: number; weightDecay: number })[];
   /** Steps taken so far. */
   stepCount = 0;
+  /** Per-parameter state tensors, one per entry of {@link slots}, created on first update. */
   protected state: Map<Tensor, Tensor[]> = new Map();
 
+  /**
+   * Resolves the parameter groups; state is created lazily on the first {@link step}.
+   *
+   * @param params parameters, or parameter groups with their own hyper-parameters
+   * @param lr default learning rate
+   * @param weightDecay default weight decay
+   */
   constructor(params: Tensor[] | ParamGroup[], lr: number, weightDecay: number) {
     this.groups = normalizeGroups(params).map((g) => ({
       ...g,
@@ -47,7 +61,7 @@ abstract class Optimizer {
     }));
   }
 
-  /** Number of state tensors per parameter. */
+  /** Names of the per-parameter state tensors (PyTorch's state keys, e.g. `exp_avg`). */
   protected abstract readonly slots: string[];
 
   /** Sets the learning rate of every group (or of group `index`). */
@@ -67,6 +81,7 @@ abstract class Optimizer {
     }
   }
 
+  /** The state tensors of `p`, created (zero-filled, kept out of tidy scopes) on first use. */
   protected slotsOf(p: Tensor): Tensor[] {
     let s = this.state.get(p);
     if (!s) {
@@ -91,6 +106,7 @@ abstract class Optimizer {
     });
   }
 
+  /** Records the in-place update of `p` from `grad` and its state `slots`, with the group's hyper-parameters. */
   protected abstract update(
     p: Tensor,
     grad: Tensor,
@@ -145,21 +161,53 @@ abstract class Optimizer {
 
 /** Options of {@link Adam}. */
 export interface AdamOptions {
+  /** Learning rate (default 1e-3). */
   lr?: number;
+  /** Decay rates of the first and second moment estimates (default `[0.9, 0.999]`). */
   betas?: [number, number];
+  /** Term added to the denominator for numerical stability (default 1e-8). */
   eps?: number;
+  /** Weight decay: an L2 term, or decoupled decay with `decoupled` (default 0). */
   weightDecay?: number;
   /** AdamW: decay weights directly instead of adding an L2 term to the gradient. */
   decoupled?: boolean;
 }
 
-/** Adam (Kingma & Ba), matching `torch.optim.Adam` / `AdamW`. */
+/**
+ * Adam (Kingma & Ba), matching `torch.optim.Adam` / `AdamW`.
+ *
+ * ```ts
+ * import { Adam, backward, initEngine, mean, square, sub, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const w = tensor(new Float32Array([0, 0]), [2]);
+ * w.requiresGrad = true;
+ * const target = tensor(new Float32Array([1, -1]), [2]);
+ * const opt = new Adam([w], { lr: 0.1 });
+ * for (let i = 0; i < 100; i++) {
+ *   opt.zeroGrad();
+ *   const loss = mean(square(sub(w, target)));
+ *   backward(loss);
+ *   loss.dispose();
+ *   opt.step();
+ * }
+ * console.log(await w.data()); // close to [1, -1]
+ * ```
+ */
 export class Adam extends Optimizer {
+  /** First and second moment estimates. */
   protected readonly slots = ["exp_avg", "exp_avg_sq"];
+  /** Decay rates of the first and second moment estimates. */
   readonly betas: [number, number];
+  /** Denominator term for numerical stability. */
   readonly eps: number;
+  /** Whether weight decay is decoupled (AdamW). */
   readonly decoupled: boolean;
 
+  /**
+   * Creates the optimizer (defaults: lr 1e-3, betas [0.9, 0.999], eps 1e-8, no weight decay).
+   *
+   * @param params parameters, or parameter groups with their own `lr` / `weightDecay`
+   */
   constructor(params: Tensor[] | ParamGroup[], options: AdamOptions = {}) {
     super(params, options.lr ?? 1e-3, options.weightDecay ?? 0);
     this.betas = options.betas ?? [0.9, 0.999];
@@ -167,6 +215,7 @@ export class Adam extends Optimizer {
     this.decoupled = options.decoupled ?? false;
   }
 
+  /** Records the fused Adam update of `p` and its moments `m`, `v`. */
   protected update(
     p: Tensor,
     grad: Tensor,
@@ -195,24 +244,37 @@ export class Adam extends Optimizer {
 
 /** Options of {@link SGD}. */
 export interface SgdOptions {
+  /** Learning rate (default 1e-2). */
   lr?: number;
+  /** Momentum factor (default 0: plain SGD). */
   momentum?: number;
+  /** L2 penalty added to the gradient (default 0). */
   weightDecay?: number;
+  /** Use Nesterov momentum (default false). */
   nesterov?: boolean;
 }
 
 /** Stochastic gradient descent with momentum, matching `torch.optim.SGD` (dampening 0). */
 export class SGD extends Optimizer {
+  /** The momentum buffer. */
   protected readonly slots = ["momentum_buffer"];
+  /** Momentum factor. */
   readonly momentum: number;
+  /** Whether Nesterov momentum is used. */
   readonly nesterov: boolean;
 
+  /**
+   * Creates the optimizer (defaults: lr 1e-2, no momentum, no weight decay).
+   *
+   * @param params parameters, or parameter groups with their own `lr` / `weightDecay`
+   */
   constructor(params: Tensor[] | ParamGroup[], options: SgdOptions = {}) {
     super(params, options.lr ?? 1e-2, options.weightDecay ?? 0);
     this.momentum = options.momentum ?? 0;
     this.nesterov = options.nesterov ?? false;
   }
 
+  /** Records the fused SGD update of `p` and its momentum buffer. */
   protected update(
     p: Tensor,
     grad: Tensor,

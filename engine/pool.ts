@@ -40,7 +40,11 @@ export class BufferPool {
   #sizes = new WeakMap<GPUBuffer, number>();
   #stats: MemoryStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, liveBuffers: 0, created: 0 };
 
-  /** @param device the device that owns the buffers */
+  /**
+   * Creates an empty pool.
+   *
+   * @param device the device that owns the buffers
+   */
   constructor(readonly device: GPUDevice) {}
 
   /** Returns a buffer of at least `bytes` bytes (contents undefined). */

@@ -8,7 +8,9 @@
 
 /** A CPU-side tensor: shape and float32 data. */
 export interface HostTensor {
+  /** Dimensions, outermost first. */
   shape: number[];
+  /** Row-major values; length is the product of `shape`. */
   data: Float32Array;
 }
 

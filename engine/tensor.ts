@@ -34,7 +34,14 @@ export function stridesOf(shape: Shape): number[] {
 
 /** Reference-counted GPU storage shared by tensor handles. */
 export class Storage {
+  /** Number of tensor handles sharing the buffer; it returns to the pool at 0. */
   refs = 1;
+  /**
+   * Wraps a buffer with one reference.
+   *
+   * @param buffer the pooled storage buffer (row-major float32)
+   * @param bytes bytes in use (the buffer may be larger: pool buckets round up)
+   */
   constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
 }
 
@@ -128,7 +135,17 @@ export class Tensor {
   }
 }
 
-/** Creates a tensor from CPU data. */
+/**
+ * Creates a tensor from CPU data (float32; `shape` defaults to 1-D).
+ *
+ * ```ts
+ * import { initEngine, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const x = tensor([1, 2, 3, 4, 5, 6], [2, 3]);
+ * console.log(x.shape, await x.data()); // [2, 3] Float32Array [1, 2, 3, 4, 5, 6]
+ * x.dispose();
+ * ```
+ */
 export function tensor(data: ArrayLike<number>, shape: Shape = [data.length]): Tensor {
   if (data.length !== sizeOf(shape)) {
     throw new Error(`tensor: ${data.length} values do not fill shape [${shape.join(", ")}]`);

@@ -14,7 +14,9 @@ import { concat } from "../engine/ops/shape.ts";
 
 /** A 2-D convolution layer with bias (parameters `weight` [Cout, Cin, k, k] and `bias` [Cout]). */
 export class Conv2d extends Module {
+  /** Kernel weights [outChannels, inChannels, kernel, kernel]. */
   readonly weight: Tensor;
+  /** Per-output-channel bias [outChannels]. */
   readonly bias: Tensor;
 
   /** PyTorch-default initialization from `rng`. */
@@ -39,9 +41,12 @@ export class Conv2d extends Module {
 
 /** A 2x2 stride-2 transposed convolution (U-Net upsampling), weight [Cin, Cout, 2, 2]. */
 export class Upsample2x extends Module {
+  /** Transposed-convolution weights [inChannels, outChannels, 2, 2]. */
   readonly weight: Tensor;
+  /** Per-output-channel bias [outChannels]. */
   readonly bias: Tensor;
 
+  /** PyTorch-default `ConvTranspose2d` initialization from `rng`. */
   constructor(inChannels: number, outChannels: number, rng: Rng) {
     super();
     // PyTorch's ConvTranspose2d fan-in is weight.size(1) * k * k.
@@ -59,9 +64,19 @@ export class Upsample2x extends Module {
 /** Dense block: `layers` conv3x3+ReLU of growth `growth`, each seeing all previous outputs, then a 1x1
  * back to `channels`, plus the input (local residual). */
 export class DenseBlock extends Module {
+  /** The 3x3 convolutions; conv `i` maps `channels + i * growth` channels to `growth`. */
   readonly convs: Conv2d[] = [];
+  /** The 1x1 convolution from all concatenated features back to `channels`. */
   readonly fuse: Conv2d;
 
+  /**
+   * Creates the convolutions with PyTorch-default initialization.
+   *
+   * @param channels input and output channels
+   * @param growth channels added by each 3x3 convolution
+   * @param rng initialization randomness
+   * @param layers number of 3x3 convolutions
+   */
   constructor(readonly channels: number, readonly growth: number, rng: Rng, layers = 4) {
     super();
     for (let i = 0; i < layers; i++) {

@@ -21,7 +21,9 @@ const VARIANTS: readonly Variant[] = ["Net1", "Net2", "Net3", "Net4", "SPAIR"];
 
 /** What a weights file says about itself (safetensors `__metadata__`). */
 export interface ModelInfo {
+  /** Model size. */
   preset: Preset;
+  /** Ablation variant. */
   variant: Variant;
   /** The task the weights were trained for, when known. */
   task?: Task;
@@ -29,11 +31,17 @@ export interface ModelInfo {
   metadata: Record<string, string>;
 }
 
-/** Builds a model from safetensors weights whose metadata names `preset` and `variant` (as written by
- * `deno task train`). `expected` rejects files of another preset or variant with one clear message.
+/**
+ * Builds a model from safetensors weights whose metadata names `preset` and `variant` (as written by
+ * `deno task train`). `source` names the bytes in error messages; `expected` rejects files of another
+ * preset or variant with one clear message.
  *
- * ```ts ignore
- * const { model, info } = loadModel(await Deno.readFile("weights/rain.safetensors"), "rain.safetensors");
+ * ```ts
+ * import { initEngine, loadModel } from "@spair/spair-gpu";
+ * await initEngine();
+ * const bytes = await Deno.readFile("rain.safetensors"); // or new Uint8Array(await (await fetch(url)).arrayBuffer())
+ * const { model, info } = loadModel(bytes, "rain.safetensors", { variant: "SPAIR" });
+ * console.log(info.preset, info.variant, info.task);
  * ```
  */
 export function loadModel(
@@ -107,8 +115,22 @@ function ramp(i: number, start: number, length: number, size: number, overlap: n
   return w;
 }
 
-/** Restores a planar RGB image [3, H, W] in [0, 1] with a model, tile by tile when it exceeds `tile`.
- * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice). */
+/**
+ * Restores a planar RGB image [3, H, W] in [0, 1] with a model, tile by tile when it exceeds `tile`.
+ * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice).
+ *
+ * ```ts
+ * import { initEngine, loadModel, restorePlanar } from "@spair/spair-gpu";
+ * await initEngine();
+ * const { model } = loadModel(await Deno.readFile("rain.safetensors"), "rain.safetensors");
+ * const [width, height] = [320, 240];
+ * const planar = new Float32Array(3 * width * height).fill(0.5); // R plane, then G, then B
+ * const { restored, mask } = await restorePlanar(model, planar, width, height, {
+ *   onTile: (done, total) => console.log(`tile ${done}/${total}`),
+ * });
+ * console.log(restored.length === planar.length, mask.length === width * height);
+ * ```
+ */
 export async function restorePlanar(
   model: SpairModel,
   planar: Float32Array,

@@ -40,7 +40,9 @@ export const PRESETS: Record<Preset, { width: number; growth: number }> = {
 
 /** Architecture of a SPAIR model. */
 export interface SpairConfig {
+  /** Model size (width and growth, see {@link PRESETS}). */
   preset: Preset;
+  /** Ablation variant; `SPAIR` is the full model. */
   variant: Variant;
 }
 
@@ -79,15 +81,29 @@ function dispose(...ts: Tensor[]): void {
   for (const t of ts) t.dispose();
 }
 
-/** Encoder of the 3-level U-Net: returns the level-0 and level-1 features and the bottleneck. */
-class Encoder extends Module {
+/** Encoder of the 3-level U-Net (widths c, 2c, 4c); its owner runs the layers in order, keeping the level-0
+ * and level-1 features for the skips. */
+export class Encoder extends Module {
+  /** 3x3 convolution from RGB to c channels. */
   readonly head: Conv2d;
+  /** Dense block at full resolution (c channels). */
   readonly block0: DenseBlock;
+  /** Stride-2 3x3 convolution to half resolution, c to 2c channels. */
   readonly down0: Conv2d;
+  /** Dense block at half resolution (2c channels). */
   readonly block1: DenseBlock;
+  /** Stride-2 3x3 convolution to quarter resolution, 2c to 4c channels. */
   readonly down1: Conv2d;
+  /** Dense block at the bottleneck (4c channels). */
   readonly block2: DenseBlock;
 
+  /**
+   * Creates the layers with PyTorch-default initialization.
+   *
+   * @param c width of the first level
+   * @param g dense-block growth
+   * @param rng initialization randomness
+   */
   constructor(c: number, g: number, rng: Rng) {
     super();
     this.head = this.child("head", new Conv2d(3, c, 3, rng));
@@ -100,16 +116,24 @@ class Encoder extends Module {
 }
 
 /** Upsampling + skip concatenation + 1x1 fusion of one decoder level. */
-class DecoderJoin extends Module {
+export class DecoderJoin extends Module {
+  /** 2x transposed-convolution upsampling, inChannels to outChannels. */
   readonly up: Upsample2x;
+  /** 1x1 convolution of the concatenation [upsampled, skip] (2 * outChannels) to outChannels. */
   readonly fuse: Conv2d;
 
+  /**
+   * Creates the upsampling and fusion layers.
+   *
+   * @param inChannels channels of the deeper level; the skip and the output have `outChannels`
+   */
   constructor(inChannels: number, outChannels: number, rng: Rng) {
     super();
     this.up = this.child("up", new Upsample2x(inChannels, outChannels, rng));
     this.fuse = this.child("fuse", new Conv2d(2 * outChannels, outChannels, 1, rng));
   }
 
+  /** Joins `deep` [N, inChannels, H/2, W/2] with `skip` [N, outChannels, H, W]; returns [N, outChannels, H, W]. */
   forward(deep: Tensor, skip: Tensor): Tensor {
     const up = this.up.forward(deep);
     const joined = concat([up, skip], 1);
@@ -129,13 +153,24 @@ export interface NetLOutput {
 
 /** The localization network NetL: a dense U-Net of width C/2 with one output logit. */
 export class NetL extends Module {
+  /** U-Net encoder of width C/2 (parameters `enc.*`). */
   readonly encoder: Encoder;
+  /** Decoder join from the bottleneck to half resolution. */
   readonly join1: DecoderJoin;
+  /** Dense block of the half-resolution decoder level (parameters `dec1.*`). */
   readonly block1: DenseBlock;
+  /** Decoder join from half to full resolution. */
   readonly join0: DecoderJoin;
+  /** Dense block of the full-resolution decoder level (parameters `dec0.*`). */
   readonly block0: DenseBlock;
+  /** 3x3 convolution to the single logit channel. */
   readonly tail: Conv2d;
 
+  /**
+   * Creates the layers with PyTorch-default initialization.
+   *
+   * @param preset model size; NetL uses half its width and growth
+   */
   constructor(readonly preset: Preset, rng: Rng) {
     super();
     const { width, growth } = PRESETS[preset];
@@ -181,18 +216,34 @@ export interface Guidance {
 
 /** The restoration network NetR (variant-dependent). */
 export class NetR extends Module {
+  /** U-Net encoder of width C. */
   readonly encoder: Encoder;
+  /** 1x1 projection P of NetL's full-resolution features (C/2 to C channels); null without SFM (Net1). */
   readonly guide0: Conv2d | null = null;
+  /** 1x1 projection P of NetL's half-resolution features (C to 2C channels); null without SFM (Net1). */
   readonly guide1: Conv2d | null = null;
+  /** Decoder join from the bottleneck to half resolution. */
   readonly join1: DecoderJoin;
+  /** Decoder join from half to full resolution. */
   readonly join0: DecoderJoin;
+  /** Half-resolution decoder block: an {@link SCModule} (Net3 and up) or a dense block. */
   readonly dec1: Module & { forward(x: Tensor, sites: ActiveSites): Tensor };
+  /** Full-resolution decoder block: an {@link SCModule} (Net3 and up) or a dense block. */
   readonly dec0: Module & { forward(x: Tensor, sites: ActiveSites): Tensor };
+  /** Non-local module after `dec1` (sparse for SPAIR, dense for Net4); null otherwise. */
   readonly nonLocal1: SNLModule | null = null;
+  /** Non-local module after `dec0` (sparse for SPAIR, dense for Net4); null otherwise. */
   readonly nonLocal0: SNLModule | null = null;
+  /** 3x3 convolution to the RGB residual added to the input. */
   readonly tail: Conv2d;
+  /** The modules this variant uses. */
   readonly features: ReturnType<typeof variantFeatures>;
 
+  /**
+   * Creates the layers the variant uses, with PyTorch-default initialization.
+   *
+   * @param config preset and variant
+   */
   constructor(readonly config: SpairConfig, rng: Rng) {
     super();
     const { width: c, growth: g } = PRESETS[config.preset];
@@ -271,11 +322,32 @@ class DenseLevel extends DenseBlock {
   }
 }
 
-/** NetL + NetR with the mask plumbing between them. */
+/**
+ * NetL + NetR with the mask plumbing between them.
+ *
+ * ```ts
+ * import { initEngine, noGrad, SpairModel, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const model = new SpairModel({ preset: "tiny", variant: "SPAIR" }, 42); // random weights
+ * const x = tensor(new Float32Array(1 * 3 * 64 * 64).fill(0.5), [1, 3, 64, 64]);
+ * const { restored, mask, logits } = noGrad(() => model.forward(x));
+ * console.log(restored.shape, mask.shape); // [1, 3, 64, 64] [1, 1, 64, 64]
+ * for (const t of [x, restored, mask, logits]) t.dispose();
+ * ```
+ */
 export class SpairModel extends Module {
+  /** The localization network (parameters `netL.*`). */
   readonly netL: NetL;
+  /** The restoration network (parameters `netR.*`). */
   readonly netR: NetR;
 
+  /**
+   * Creates both networks with randomly initialized parameters (load trained ones with `loadModel`
+   * or `loadStateDict`).
+   *
+   * @param config preset and variant
+   * @param seed seed of the parameter initialization
+   */
   constructor(readonly config: SpairConfig, seed = 0) {
     super();
     const rng = new Rng(seed);

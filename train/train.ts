@@ -11,7 +11,6 @@ import {
   Adam,
   assignData,
   backward,
-  bceWithLogits,
   decodeSafetensors,
   disposeGuidance,
   encodeSafetensors,
@@ -32,8 +31,9 @@ import {
 } from "../mod.ts";
 import { listPairs, type Pair } from "./datasets.ts";
 import { type Image, readImage, toPlanarRgb, writeImageAtomic } from "./image_io.ts";
-import { psnrRgb, psnrY, ssimRgb, ssimY } from "./metrics.ts";
+import { rgbToY, ssimRgb, ssimY } from "./metrics.ts";
 import { SYNTH_TAU } from "./synth.ts";
+import { balancedPosWeight, weightedBceWithLogits } from "./losses.ts";
 
 /** Everything that defines a training run (saved as `config.json` in the run folder). */
 export interface TrainConfig {
@@ -55,6 +55,8 @@ export interface TrainConfig {
   lrHalveEpochs: number;
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
+  /** NetL's BCE weight on degraded sites; 0 = balance the training masks' density (capped at 10). */
+  posWeight: number;
   seed: number;
   checkpointEvery: number;
   validateEvery: number;
@@ -81,6 +83,7 @@ export function defaultConfig(task: Task): TrainConfig {
     lr: 2e-4,
     lrHalveEpochs: 50,
     tau: SYNTH_TAU[task],
+    posWeight: 0,
     seed: 1,
     checkpointEvery: 50,
     validateEvery: 200,
@@ -115,6 +118,8 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.valCrop % 4 !== 0) throw new TrainError(`valCrop must be a multiple of 4, got ${c.valCrop}`);
   if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
+  c.posWeight ??= 0;
+  if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
   if (!TASKS.includes(c.task)) throw new TrainError(`unknown task ${c.task} (expected ${TASKS.join("|")})`);
   if (!(c.preset in PRESETS)) throw new TrainError(`unknown preset ${c.preset} (expected tiny|small|base)`);
   if (!["Net1", "Net2", "Net3", "Net4", "SPAIR"].includes(c.variant)) {
@@ -399,7 +404,8 @@ function centreCrop(p: LoadedPair, size: number): LoadedPair {
   };
 }
 
-/** Validation metrics of one evaluation (means over the validation pairs). */
+/** Validation metrics of one evaluation: PSNR pooled over all validation crops (one MSE, so a crop
+ * without degradation cannot make the mean infinite), SSIM averaged. */
 export interface Validation {
   psnr: number;
   ssim: number;
@@ -410,12 +416,18 @@ export interface Validation {
   maskAccuracy: number;
 }
 
-/** Metric of a task on planar RGB: Y channel for rain streaks, RGB otherwise (shadow uses RGB here; the
- * Lab RMSE of `deno task eval` needs masks at full size). */
-function taskMetrics(task: Task, a: Float32Array, b: Float32Array, w: number, h: number) {
-  return task === "rain"
-    ? { psnr: psnrY(a, b, w, h), ssim: ssimY(a, b, w, h) }
-    : { psnr: psnrRgb(a, b, w, h), ssim: ssimRgb(a, b, w, h) };
+/** Squared error summed over the task's channels (Y on [0, 255] for rain streaks, RGB on [0, 255] otherwise)
+ * and the number of values, for a pooled PSNR. */
+function squaredError(task: Task, a: Float32Array, b: Float32Array, w: number, h: number): [number, number] {
+  const [x, y] = task === "rain" ? [rgbToY(a, w, h), rgbToY(b, w, h)] : [a, b];
+  const k = task === "rain" ? 1 : 255;
+  let sum = 0;
+  for (let i = 0; i < x.length; i++) sum += (k * (x[i] - y[i])) ** 2;
+  return [sum, x.length];
+}
+
+function taskSsim(task: Task, a: Float32Array, b: Float32Array, w: number, h: number): number {
+  return task === "rain" ? ssimY(a, b, w, h) : ssimRgb(a, b, w, h);
 }
 
 /** Runs the model on the validation crops; writes a preview (input | mask | output | target) of the first. */
@@ -425,7 +437,17 @@ export async function validate(
   pairs: LoadedPair[],
   previewPath?: string,
 ): Promise<Validation> {
-  const sums = { psnr: 0, ssim: 0, inputPsnr: 0, inputSsim: 0, inter: 0, union: 0, correct: 0, total: 0 };
+  const sums = {
+    se: 0,
+    inputSe: 0,
+    count: 0,
+    ssim: 0,
+    inputSsim: 0,
+    inter: 0,
+    union: 0,
+    correct: 0,
+    total: 0,
+  };
   for (const [index, p] of pairs.entries()) {
     const { restored, mask } = noGrad(() =>
       tidy(() => {
@@ -439,12 +461,12 @@ export async function validate(
     restored.dispose();
     mask.dispose();
     for (let i = 0; i < out.length; i++) out[i] = Math.min(1, Math.max(0, out[i]));
-    const r = taskMetrics(task, out, p.target, p.width, p.height);
-    const base = taskMetrics(task, p.input, p.target, p.width, p.height);
-    sums.psnr += r.psnr;
-    sums.ssim += r.ssim;
-    sums.inputPsnr += base.psnr;
-    sums.inputSsim += base.ssim;
+    const [se, n] = squaredError(task, out, p.target, p.width, p.height);
+    sums.se += se;
+    sums.inputSe += squaredError(task, p.input, p.target, p.width, p.height)[0];
+    sums.count += n;
+    sums.ssim += taskSsim(task, out, p.target, p.width, p.height);
+    sums.inputSsim += taskSsim(task, p.input, p.target, p.width, p.height);
     for (let i = 0; i < m.length; i++) {
       const a = m[i] > 0.5, b = p.mask[i] > 0.5;
       if (a && b) sums.inter++;
@@ -454,12 +476,12 @@ export async function validate(
     sums.total += m.length;
     if (index === 0 && previewPath) await writePreview(previewPath, p, m, out);
   }
-  const n = pairs.length;
+  const psnr = (se: number) => 10 * Math.log10((255 * 255) / Math.max(se / sums.count, 1e-10));
   return {
-    psnr: sums.psnr / n,
-    ssim: sums.ssim / n,
-    inputPsnr: sums.inputPsnr / n,
-    inputSsim: sums.inputSsim / n,
+    psnr: psnr(sums.se),
+    ssim: sums.ssim / pairs.length,
+    inputPsnr: psnr(sums.inputSe),
+    inputSsim: sums.inputSsim / pairs.length,
     maskIoU: sums.union ? sums.inter / sums.union : 1,
     maskAccuracy: sums.correct / sums.total,
   };
@@ -626,6 +648,16 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
       if (stage === 1 && (skipL || steps === 0)) continue;
       const net = stage === 1 ? model.netL : model.netR;
       const optimizer = new Adam(net.parameters(), { lr: config.lr });
+      const density = trainPairs.reduce((a, p) => a + p.mask.reduce((x, y) => x + y, 0) / p.mask.length, 0) /
+        trainPairs.length;
+      const posWeight = config.posWeight || balancedPosWeight(density);
+      if (stage === 1) {
+        say(
+          `NetL: masks cover ${(100 * density).toFixed(1)}% of pixels; BCE positive weight ${
+            posWeight.toFixed(2)
+          }`,
+        );
+      }
       let firstStep = 1;
       if (resumed && resumed.meta.position.stage === stage) {
         firstStep = resumed.meta.position.step + 1;
@@ -650,7 +682,8 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
           let l: Tensor;
           if (stage === 1) {
             const out = model.netL.forward(x);
-            l = bceWithLogits(out.logits, tensor(batch.mask, [batch.count, 1, batch.size, batch.size]));
+            const target = tensor(batch.mask, [batch.count, 1, batch.size, batch.size]);
+            l = weightedBceWithLogits(out.logits, target, posWeight);
           } else {
             const guidance = skipL ? undefined : model.guidance(x);
             const y = model.netR.forward(x, guidance);

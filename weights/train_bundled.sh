@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DENO=${DENO:-deno}
 CLEAN=${CLEAN:-../shared/data/clean}
 ROOT=${ROOT:-runs/bundled}
-STEPS_L=${STEPS_L:-100}
+STEPS_L=${STEPS_L:-150}
 STEPS_R=${STEPS_R:-100}
 CROP=${CROP:-64}
 BATCH=${BATCH:-8}

@@ -15,12 +15,15 @@
 
 /** One compiled-once WGSL module; `key` must change whenever `code` does (pipelines are cached by key). */
 export interface KernelSource {
+  /** Cache key naming the kernel and its compile-time constants, e.g. `conv-pack-nhwc4-strided`. */
   key: string;
+  /** WGSL source with entry point `main`. */
   code: string;
 }
 
 /** One dispatch of a plan. */
 export interface KernelStep {
+  /** The WGSL module to dispatch. */
   kernel: KernelSource;
   /** Uniform block contents (at most 256 bytes). Shapes travel here so they never force a recompile. */
   uniforms: ArrayBuffer;
@@ -45,6 +48,7 @@ export interface KernelPlan {
   outSize: number;
   /** Scratch buffers (name -> f32 element count) that the engine allocates for the plan's duration. */
   scratch: Record<string, number>;
+  /** Dispatches, recorded in order. */
   steps: KernelStep[];
 }
 

@@ -24,13 +24,17 @@ export type Pair = number | readonly [number, number];
 
 /** Options of {@link conv2d}. */
 export interface Conv2dOptions {
+  /** Step between kernel applications, in pixels (default 1). */
   stride?: Pair;
+  /** Zero padding added to each side, in pixels (default 0). */
   padding?: Pair;
+  /** Spacing between kernel taps (default 1). */
   dilation?: Pair;
 }
 
 /** Options of {@link convTranspose2d}. */
 export interface ConvTranspose2dOptions extends Conv2dOptions {
+  /** Extra rows/columns added to the bottom/right of the output; smaller than `stride` (default 0). */
   outputPadding?: Pair;
 }
 
@@ -83,7 +87,19 @@ function convShape(
   return { N, Cin, H, W, Cout, kh, kw, strideH, strideW, padH, padW, dilH, dilW, Hout, Wout };
 }
 
-/** Convolution of x [N,Cin,H,W] with weight [Cout,Cin,kh,kw] and optional bias [Cout]. */
+/**
+ * Convolution of x [N,Cin,H,W] with weight [Cout,Cin,kh,kw] and optional bias [Cout]; returns
+ * [N,Cout,Hout,Wout] with PyTorch's `conv2d` output size.
+ *
+ * ```ts
+ * import { conv2d, initEngine, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const x = tensor(new Float32Array(1 * 3 * 16 * 16).fill(1), [1, 3, 16, 16]);
+ * const w = tensor(new Float32Array(8 * 3 * 3 * 3).fill(0.1), [8, 3, 3, 3]);
+ * const y = conv2d(x, w, null, { stride: 2, padding: 1 });
+ * console.log(y.shape); // [1, 8, 8, 8]
+ * ```
+ */
 export function conv2d(
   x: Tensor,
   w: Tensor,

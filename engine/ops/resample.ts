@@ -40,7 +40,9 @@ function resample1d(x: Tensor, axis: number, r: Omit<Resample1d, "outer" | "inne
 
 /** Target size: an integer `scale` factor or an explicit `[height, width]`. */
 export interface ResizeOptions {
+  /** Scale factor for both axes (default 2; output sizes are floored); ignored when `size` is given. */
   scale?: number;
+  /** Output `[height, width]` in pixels. */
   size?: readonly [number, number];
   /** Bilinear only: PyTorch's `align_corners` (default false). */
   alignCorners?: boolean;

@@ -29,8 +29,18 @@ function regionStats(f: Tensor, weight: Tensor, count: Tensor): { mean: Tensor; 
 }
 
 /**
- * Applies SFM to features `f` [N, C, H, W] with mask `mask` [N, 1, H, W] (1 = degraded).
- * Differentiable with respect to `f`; the mask gets no gradient.
+ * Applies SFM to features `f` [N, C, H, W] with mask `mask` [N, 1, H, W] (1 = degraded): per image and
+ * channel, degraded sites are renormalized to the clean region's mean and standard deviation; clean sites,
+ * and images without both regions, pass through unchanged. Differentiable with respect to `f`; the mask
+ * gets no gradient.
+ *
+ * ```ts
+ * import { initEngine, sfm, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const f = tensor(Array.from({ length: 2 * 4 * 4 }, (_, i) => i % 7), [1, 2, 4, 4]);
+ * const mask = tensor(Array.from({ length: 16 }, (_, i) => (i < 4 ? 1 : 0)), [1, 1, 4, 4]);
+ * const out = sfm(f, mask); // [1, 2, 4, 4]; row 0 now has rows 1-3's statistics
+ * ```
  */
 export function sfm(f: Tensor, mask: Tensor): Tensor {
   if (mask.rank !== 4 || mask.shape[1] !== 1 || mask.shape[0] !== f.shape[0]) {

@@ -74,6 +74,18 @@ function checkInputs(f: Tensor, e: Tensor, sites: ActiveSites | null, mode: SnlM
  * @param sites active (degraded) sites of the mask [N, 1, H, W]; unused (may be null) in dense mode
  * @param mode `"sparse"` (default) or `"dense"` (every site queries every other site of its row/column)
  * @returns [N, C, H, W]
+ *
+ * ```ts
+ * import { compactMask, initEngine, snlStep, tensor, zeros } from "@spair/spair-gpu";
+ * await initEngine();
+ * const f = tensor(Array.from({ length: 8 * 16 * 16 }, (_, i) => Math.sin(i)), [1, 8, 16, 16]);
+ * const maskData = new Float32Array(256);
+ * maskData.fill(1, 96, 160); // rows 6-9 degraded
+ * const sites = compactMask(tensor(maskData, [1, 1, 16, 16]));
+ * const fusionLogits = zeros([1, 4, 16, 16]); // equal weight for the four directions
+ * const out = snlStep(f, fusionLogits, sites); // rows 6-9 attend to clean sites; the rest equals f
+ * sites.dispose();
+ * ```
  */
 export function snlStep(
   f: Tensor,
@@ -149,14 +161,22 @@ export function snlStep(
  * 1x1 residual `F1 + W F1 + b` at every site; `sites` is then ignored.
  */
 export class SNLModule extends Module {
+  /** First fusion convolution `e1.weight` [4, C, 3, 3]: features to per-direction logits. */
   readonly e1Weight: Tensor;
+  /** First fusion convolution bias `e1.bias` [4]. */
   readonly e1Bias: Tensor;
+  /** Sparse 1x1 convolution between the steps, `mid.weight` [C, C, 1, 1]. */
   readonly midWeight: Tensor;
+  /** Bias of the 1x1 convolution, `mid.bias` [C]. */
   readonly midBias: Tensor;
+  /** Second fusion convolution `e2.weight` [4, C, 3, 3]. */
   readonly e2Weight: Tensor;
+  /** Second fusion convolution bias `e2.bias` [4]. */
   readonly e2Bias: Tensor;
 
   /**
+   * Creates the parameters with PyTorch's default conv initialization.
+   *
    * @param channels C, the feature width
    * @param rng parameter initialization
    * @param mode `"sparse"` (SPAIR) or `"dense"` (Net4)
@@ -173,6 +193,8 @@ export class SNLModule extends Module {
   }
 
   /**
+   * Applies the module: two SNL steps joined by the 1x1 residual.
+   *
    * @param f features [N, C, H, W]
    * @param sites active sites of the level's mask (ignored, may be null, in dense mode)
    * @returns [N, C, H, W]
@@ -197,7 +219,12 @@ export class SNLModule extends Module {
 
 /** Net4's dense non-local block: an {@link SNLModule} in dense (criss-cross) mode. */
 export class DenseNonLocal extends SNLModule {
-  /** @param channels feature width; @param rng parameter initialization */
+  /**
+   * Creates the parameters (same names and shapes as {@link SNLModule}).
+   *
+   * @param channels feature width C
+   * @param rng parameter initialization
+   */
   constructor(channels: number, rng: Rng) {
     super(channels, rng, "dense");
   }

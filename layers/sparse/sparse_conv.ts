@@ -143,6 +143,18 @@ function weightGrads(
  * @param weight [Cout, Cin, k, k] with k = 1 or 3 (padding (k - 1) / 2, stride 1, dilation 1)
  * @param bias [Cout] or null
  * @returns [N, Cout, H, W]
+ *
+ * ```ts
+ * import { compactMask, initEngine, sparseConv2d, tensor } from "@spair/spair-gpu";
+ * await initEngine();
+ * const x = tensor(new Float32Array(1 * 4 * 8 * 8).fill(1), [1, 4, 8, 8]);
+ * const maskData = new Float32Array(64);
+ * maskData.fill(1, 0, 16); // top two rows degraded
+ * const sites = compactMask(tensor(maskData, [1, 1, 8, 8]));
+ * const w = tensor(new Float32Array(6 * 4 * 3 * 3).fill(0.1), [6, 4, 3, 3]);
+ * const y = sparseConv2d(x, sites, w, null); // [1, 6, 8, 8], zero outside the top two rows
+ * sites.dispose();
+ * ```
  */
 export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias: Tensor | null): Tensor {
   checkSites("sparseConv2d", x, sites);
@@ -370,6 +382,8 @@ export class SCModule extends Module {
   readonly biases: Tensor[] = [];
 
   /**
+   * Creates the parameters with PyTorch's default `Conv2d` initialization.
+   *
    * @param channels input and output width C
    * @param growth channels added by each 3x3 layer
    * @param rng initialization stream
