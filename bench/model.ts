@@ -1,56 +1,275 @@
 /**
- * SPAIR forward latency per preset (NetL + mask compaction + NetR, inference mode) at a given size.
+ * The `model` and `train` suites: SPAIR's NetL and NetR (SPAIR variant) forward latency per preset and image
+ * size, and one training step of each (NetL: BCE on the mask; NetR: L1 on the image; Adam) per preset.
+ *
+ * NetR runs on synthetic guidance: NetL's real features with a fixed block mask of a given density (default
+ * 10%), because untrained NetL weights mark nearly every pixel degraded, which would time NetR's sparse
+ * modules at 100% density instead of the sparse regime they are built for.
+ *
+ * Cost grows about 4x per size step (2x side) and per preset step (2x width), so each case's run time is
+ * estimated from the previous one and cases over the {@link Budget} are skipped with the estimate recorded.
  *
  * @module
  */
 
 import * as ops from "../mod.ts";
-import { type Preset, SpairModel } from "../layers/spair.ts";
+import type { Guidance, Preset } from "../layers/spair.ts";
 import type { BenchRecord } from "./peers.ts";
+import { measuredRecord } from "./kernels.ts";
+import { Budget, type GpuTimer, measure } from "./timing.ts";
+import { mulberry32, randomUniform } from "./reference.ts";
 
-/** Median forward latency of each preset at `size` x `size` (after one warm-up run that compiles kernels). */
-export async function benchModel(
-  presets: Preset[] = ["tiny", "small", "base"],
-  size = 512,
-  repeats = 3,
-  log?: (r: BenchRecord) => void,
-): Promise<BenchRecord[]> {
-  const out: BenchRecord[] = [];
-  for (const preset of presets) {
-    const model = new SpairModel({ preset, variant: "SPAIR" }, 1);
-    const x = ops.tensor(new ops.Rng(2).uniformArray(3 * size * size), [1, 3, size, size]);
-    const times: number[] = [];
-    let density = 0;
-    for (let i = 0; i <= repeats; i++) {
-      const t0 = performance.now();
-      const r = ops.noGrad(() => model.forward(x));
-      await ops.engine().sync();
-      if (i > 0) times.push(performance.now() - t0);
-      else density = (await r.mask.data()).reduce((s, v) => s + v, 0) / (size * size);
-      ops.dispose([r.restored, r.mask, r.logits]);
+/** Options of {@link benchModel} and {@link benchTrain}. */
+export interface ModelBenchOptions {
+  presets?: Preset[];
+  /** Most timed samples per case. */
+  repeats?: number;
+  /** Stop sampling a case once its timed samples add up to this (ms). */
+  caseBudgetMs?: number;
+  /** Skip rule (per-run limit and suite deadline). */
+  budget?: Budget;
+  /** Degraded fraction of NetR's synthetic mask (default 0.1). */
+  density?: number;
+  timer?: GpuTimer | null;
+  log?: (r: BenchRecord) => void;
+}
+
+/** A [n, 1, h, w] mask of 8x8 blocks, each degraded with probability `density` (blob-like, as real masks
+ * are, so the half-resolution level keeps about the same density). */
+export function blockMask(n: number, h: number, w: number, density: number, seed = 31): Float32Array {
+  const rand = mulberry32(seed);
+  const bh = Math.ceil(h / 8), bw = Math.ceil(w / 8);
+  const blocks = new Float32Array(n * bh * bw).map(() => (rand() < density ? 1 : 0));
+  const out = new Float32Array(n * h * w);
+  for (let b = 0; b < n; b++) {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) out[(b * h + y) * w + x] = blocks[(b * bh + (y >> 3)) * bw + (x >> 3)];
     }
-    times.sort((a, b) => a - b);
-    const record: BenchRecord = {
-      suite: "model",
-      engine: "spair-gpu",
-      adapter: ops.engine().adapterDescription,
-      op: `spair_${preset}_forward`,
-      shape: `1x3x${size}x${size}`,
-      medianMs: +times[times.length >> 1].toFixed(1),
-      minMs: +times[0].toFixed(1),
-      maxMs: +times[times.length - 1].toFixed(1),
-      gflops: NaN,
-      correct: true,
-      maxRelError: 0,
-      note:
-        `untrained weights; mask density ${
-          (density * 100).toFixed(1)
-        }%; params NetL ${model.netL.parameterCount()} ` +
-        `NetR ${model.netR.parameterCount()}`,
-    };
-    log?.(record);
-    out.push(record);
-    ops.dispose([x, model.parameters()]);
+  }
+  return out;
+}
+
+/** NetR guidance from NetL's features on `x` and the given mask. Dispose with `disposeGuidance`. */
+function syntheticGuidance(model: ops.SpairModel, x: ops.Tensor, maskData: Float32Array): Guidance {
+  return ops.noGrad(() => {
+    const { logits, features } = model.netL.forward(x);
+    logits.dispose();
+    const [n, , h, w] = x.shape;
+    const mask = ops.tensor(maskData, [n, 1, h, w]);
+    const [m0, m1] = ops.maskPyramid(mask, 2);
+    mask.dispose();
+    return { masks: [m0, m1], sites: [ops.compactMask(m0), ops.compactMask(m1)], features };
+  });
+}
+
+/** Estimates of one run per case key, measured or extrapolated, for the skip rule. */
+class Estimates {
+  #ms = new Map<string, { ms: number; basis: string }>();
+  set(key: string, ms: number, basis: string): void {
+    this.#ms.set(key, { ms, basis });
+  }
+  /** 4x the first known predecessor's time (the cost ratio of one size or preset step). */
+  from(predecessors: [string, string][]): { ms: number; basis: string } | undefined {
+    for (const [key, label] of predecessors) {
+      const p = this.#ms.get(key);
+      if (p) return { ms: 4 * p.ms, basis: `4x ${(p.ms / 1000).toFixed(1)} s ${p.basis} at ${label}` };
+    }
+    return undefined;
+  }
+}
+
+function skippedRecord(suite: string, op: string, shape: string, reason: string): BenchRecord {
+  return {
+    suite,
+    engine: "spair-gpu",
+    adapter: ops.engine().adapterDescription,
+    op,
+    shape,
+    medianMs: NaN,
+    minMs: NaN,
+    maxMs: NaN,
+    gflops: NaN,
+    correct: false,
+    maxRelError: NaN,
+    skipped: reason,
+  };
+}
+
+const PRESET_ORDER: Preset[] = ["tiny", "small", "base"];
+
+/** Expected time of a case from its estimated run: the warm-up run plus the timed samples {@link measure}
+ * takes (up to `repeats`, stopping once they add up to `caseBudgetMs`). */
+function caseCost(runMs: number | undefined, opts: ModelBenchOptions): number | undefined {
+  if (runMs === undefined) return undefined;
+  const repeats = opts.repeats ?? 3;
+  const samples = Math.max(1, Math.min(repeats, Math.ceil((opts.caseBudgetMs ?? Infinity) / runMs)));
+  return runMs * (1 + samples);
+}
+
+function allFinite(data: Float32Array): boolean {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
+  return true;
+}
+
+/**
+ * NetL and NetR forward latency (inference, batch 1) per preset at each size, after a warm-up run whose
+ * time (with shader compilation) is reported as `firstRunMs`. `correct` means finite outputs (there is no
+ * reference for the whole model).
+ */
+export async function benchModel(sizes: number[], opts: ModelBenchOptions = {}): Promise<BenchRecord[]> {
+  const presets = opts.presets ?? PRESET_ORDER;
+  const budget = opts.budget ?? new Budget(Infinity);
+  const density = opts.density ?? 0.1;
+  const est = new Estimates();
+  const out: BenchRecord[] = [];
+  const emit = (r: BenchRecord) => {
+    out.push(r);
+    opts.log?.(r);
+  };
+  const models = new Map<Preset, ops.SpairModel>();
+  // Size-major order: when the time limit runs out, the largest images go first, not the largest preset.
+  for (const size of sizes) {
+    const shape = `1x3x${size}x${size}`;
+    const prevSize = sizes[sizes.indexOf(size) - 1];
+    const x = ops.keep(ops.tensor(randomUniform(2, 3 * size * size, 0, 1), [1, 3, size, size]));
+    for (const preset of presets) {
+      if (!models.has(preset)) models.set(preset, new ops.SpairModel({ preset, variant: "SPAIR" }, 1));
+      const model = models.get(preset)!;
+      const params = `params NetL ${model.netL.parameterCount()} NetR ${model.netR.parameterCount()}`;
+      const prevPreset = PRESET_ORDER[PRESET_ORDER.indexOf(preset) - 1];
+      for (const net of ["netl", "netr"] as const) {
+        const key = (p: string, s: number) => `${net}/${p}/${s}`;
+        const e = est.from([[key(preset, prevSize), `${prevSize} px`], [key(prevPreset, size), prevPreset]]);
+        const op = `${net}_${preset}_forward`;
+        const reason = budget.skipReason(e?.ms, e?.basis ?? "", caseCost(e?.ms, opts));
+        if (reason) {
+          if (e) est.set(key(preset, size), e.ms, "estimated");
+          emit(skippedRecord("model", op, shape, reason));
+          continue;
+        }
+        try {
+          let check: () => Promise<boolean>;
+          let release: () => void;
+          let m;
+          if (net === "netl") {
+            let r: ops.NetLOutput | null = null;
+            const drop = () => r && ops.dispose([r.logits, ...r.features]);
+            m = await measure(() => {
+              drop();
+              r = ops.noGrad(() => model.netL.forward(x));
+            }, { repeats: opts.repeats, budgetMs: opts.caseBudgetMs, timer: opts.timer, batchTargetMs: 0 });
+            check = async () => allFinite(await r!.logits.data());
+            release = drop;
+          } else {
+            const g = syntheticGuidance(model, x, blockMask(1, size, size, density));
+            let y: ops.Tensor | null = null;
+            m = await measure(() => {
+              y?.dispose();
+              y = ops.noGrad(() => model.netR.forward(x, g));
+            }, { repeats: opts.repeats, budgetMs: opts.caseBudgetMs, timer: opts.timer, batchTargetMs: 0 });
+            check = async () => allFinite(await y!.data());
+            release = () => {
+              y?.dispose();
+              ops.disposeGuidance(g);
+            };
+          }
+          const finite = await check();
+          release();
+          est.set(key(preset, size), m.medianMs, "measured");
+          const note = `untrained weights; ${params}` +
+            (net === "netr" ? `; synthetic ${density * 100}% block mask (8x8 blocks)` : "") +
+            "; correct = finite output";
+          emit(measuredRecord({ suite: "model", op, shape }, m, 0, finite ? 0 : Infinity, note));
+        } catch (err) {
+          emit(skippedRecord("model", op, shape, `failed: ${err instanceof Error ? err.message : err}`));
+        }
+      }
+    }
+    x.dispose();
+  }
+  for (const model of models.values()) ops.dispose(model.parameters());
+  return out;
+}
+
+/**
+ * One training step per preset at `size` x `size`, batch `batch`: NetL (BCE on a block mask) and NetR
+ * (L1 on a target image, synthetic guidance), each with its own Adam optimizer, as in `train/train.ts`.
+ * Records carry `imagesPerSecond`; `correct` means a finite loss.
+ */
+export async function benchTrain(
+  size: number,
+  batch: number,
+  opts: ModelBenchOptions = {},
+): Promise<BenchRecord[]> {
+  const presets = opts.presets ?? PRESET_ORDER;
+  const budget = opts.budget ?? new Budget(Infinity);
+  const density = opts.density ?? 0.1;
+  const est = new Estimates();
+  const out: BenchRecord[] = [];
+  const shape = `${batch}x3x${size}x${size}`;
+  const maskData = blockMask(batch, size, size, density);
+  for (const preset of presets) {
+    const model = new ops.SpairModel({ preset, variant: "SPAIR" }, 1);
+    const x = ops.keep(ops.tensor(randomUniform(3, batch * 3 * size * size, 0, 1), [batch, 3, size, size]));
+    const target = ops.keep(ops.tensor(randomUniform(4, batch * 3 * size * size, 0, 1), x.shape));
+    const maskT = ops.keep(ops.tensor(maskData, [batch, 1, size, size]));
+    const prevPreset = PRESET_ORDER[PRESET_ORDER.indexOf(preset) - 1];
+    for (const net of ["netl", "netr"] as const) {
+      const op = `${net}_${preset}_train_step`;
+      const e = est.from([[`${net}/${prevPreset}`, prevPreset]]);
+      const reason = budget.skipReason(e?.ms, e?.basis ?? "", caseCost(e?.ms, opts));
+      if (reason) {
+        if (e) est.set(`${net}/${preset}`, e.ms, "estimated");
+        const r = skippedRecord("train", op, shape, reason);
+        out.push(r);
+        opts.log?.(r);
+        continue;
+      }
+      const module = net === "netl" ? model.netL : model.netR;
+      const optimizer = new ops.Adam(module.parameters(), { lr: 1e-4 });
+      const g = net === "netr" ? syntheticGuidance(model, x, maskData) : null;
+      let loss: ops.Tensor | null = null;
+      try {
+        const m = await measure(() => {
+          loss?.dispose();
+          loss = ops.tidy(() => {
+            optimizer.zeroGrad();
+            const l = net === "netl"
+              ? ops.bceWithLogits(model.netL.forward(x).logits, maskT)
+              : ops.l1Loss(model.netR.forward(x, g!), target);
+            ops.backward(l);
+            optimizer.step();
+            return l;
+          });
+        }, { repeats: opts.repeats, budgetMs: opts.caseBudgetMs, timer: opts.timer, batchTargetMs: 0 });
+        const value = await loss!.item();
+        est.set(`${net}/${preset}`, m.medianMs, "measured");
+        const note = `Adam; ${net === "netl" ? "BCE on a" : "L1, synthetic guidance from a"} ${
+          density * 100
+        }% block mask; loss ${value.toPrecision(4)}; correct = finite loss`;
+        const r = measuredRecord(
+          { suite: "train", op, shape },
+          m,
+          0,
+          Number.isFinite(value) ? 0 : Infinity,
+          note,
+        );
+        r.imagesPerSecond = +(batch / (m.medianMs / 1000)).toFixed(3);
+        out.push(r);
+        opts.log?.(r);
+      } catch (err) {
+        const r = skippedRecord("train", op, shape, `failed: ${err instanceof Error ? err.message : err}`);
+        out.push(r);
+        opts.log?.(r);
+      } finally {
+        // Assigned in the closure above, which TypeScript's narrowing does not see.
+        (loss as ops.Tensor | null)?.dispose();
+        if (g) ops.disposeGuidance(g);
+        optimizer.zeroGrad();
+        optimizer.dispose();
+      }
+    }
+    ops.dispose([x, target, maskT, ...model.parameters()]);
   }
   return out;
 }

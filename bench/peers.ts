@@ -71,6 +71,24 @@ export interface BenchRecord {
   maxRelError: number;
   /** Details: run counts, per-output errors, method, or the error message when the case threw. */
   note?: string;
+  /** First quartile of the timed runs (ms), where recorded. */
+  q1Ms?: number;
+  /** Third quartile of the timed runs (ms), where recorded. */
+  q3Ms?: number;
+  /** Number of timed samples, where recorded. */
+  runs?: number;
+  /** Wall time of the first (warm-up) run, including pipeline compilation, where recorded. */
+  firstRunMs?: number;
+  /** GPU-timestamp median / min / max per run (ms), when the adapter supports timestamp queries. */
+  gpuMedianMs?: number;
+  /** Fastest run by GPU timestamps (ms). */
+  gpuMinMs?: number;
+  /** Slowest run by GPU timestamps (ms). */
+  gpuMaxMs?: number;
+  /** Training throughput (images per second at the median), for the train suite. */
+  imagesPerSecond?: number;
+  /** Why the case was not run (time budget); the timings are then NaN (null in JSON). */
+  skipped?: string;
 }
 
 /**

@@ -664,6 +664,16 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
         if (resumed.meta.optimizer) {
           const tensors: Record<string, Tensor> = {};
           for (const [k, t] of Object.entries(resumed.optim)) tensors[k] = tensor(t.data, t.shape);
+          // Optimizer state is keyed by parameter name; names are the model's full dotted names (as saved).
+          const names = [...model.namedParameters().keys()].filter((n) =>
+            n.startsWith(stage === 1 ? "netL." : "netR.")
+          );
+          const missing = names.filter((n) => !(`exp_avg.${n}` in tensors));
+          if (missing.length) {
+            throw new TrainError(
+              `${files.checkpoint}: optimizer state lacks ${missing[0]} (${missing.length} parameters)`,
+            );
+          }
           optimizer.loadStateDict({ meta: resumed.meta.optimizer, tensors });
           for (const t of Object.values(tensors)) t.dispose();
         }
