@@ -282,3 +282,29 @@ Deno.test("bad training inputs: one line naming the problem, nonzero exit, no ru
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("weighted BCE: equals plain BCE at weight 1 and the PyTorch pos_weight formula otherwise", async () => {
+  const { bceWithLogits, tensor } = await import("../mod.ts");
+  const { weightedBceWithLogits, balancedPosWeight } = await import("../train/losses.ts");
+  const rng = new Rng(9);
+  const n = 257;
+  const x = rng.uniformArray(n, -30, 30); // large logits check the stable softplus
+  const y = Float32Array.from({ length: n }, () => (rng.next() < 0.2 ? 1 : 0));
+  const [xt, yt] = [tensor(x, [n]), tensor(y, [n])];
+  const plain = await bceWithLogits(xt, yt).item();
+  const weighted1 = await weightedBceWithLogits(xt, yt, 1).item();
+  assert.ok(Math.abs(plain - weighted1) <= 1e-5 * Math.abs(plain), `${plain} vs ${weighted1}`);
+  // torch: loss = (1 - y) x + (1 + (w - 1) y) log(1 + exp(-x)), in float64 here.
+  let want = 0;
+  for (let i = 0; i < n; i++) {
+    const softplusNeg = Math.max(-x[i], 0) + Math.log1p(Math.exp(-Math.abs(x[i])));
+    want += (1 - y[i]) * x[i] + (1 + 2 * y[i]) * softplusNeg;
+  }
+  want /= n;
+  const got = await weightedBceWithLogits(xt, yt, 3).item();
+  assert.ok(Math.abs(got - want) <= 1e-5 * Math.abs(want), `${got} vs ${want}`);
+  assert.equal(balancedPosWeight(0.1), 9);
+  assert.equal(balancedPosWeight(0.01), 10);
+  assert.equal(balancedPosWeight(0.6), 1);
+  assert.equal(balancedPosWeight(0), 1);
+});
