@@ -143,6 +143,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   lr: ["lr", "number"],
   "lr-halve-epochs": ["lrHalveEpochs", "number"],
   tau: ["tau", "number"],
+  "pos-weight": ["posWeight", "number"],
   seed: ["seed", "number"],
   "checkpoint-every": ["checkpointEvery", "number"],
   "validate-every": ["validateEvery", "number"],

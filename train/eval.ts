@@ -25,11 +25,9 @@ import { join } from "node:path";
 import { type Pair, type PairImages, readPair as readPairFromDisk } from "./datasets.ts";
 import { type LabError, labRmse, psnrRgb, psnrY, quantize8, ssimRgb, ssimY } from "./metrics.ts";
 
-/** Benchmark family; selects the metrics. */
-export type Task = "rain" | "raindrop" | "shadow" | "blur";
+import { type Task, TASKS } from "../layers/restore.ts";
 
-/** All tasks, for CLI validation. */
-export const TASKS: readonly Task[] = ["rain", "raindrop", "shadow", "blur"];
+export { type Task, TASKS };
 
 /** PSNR values are capped here (dB); identical images report exactly this. */
 export const PSNR_CAP = 100;
