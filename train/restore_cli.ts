@@ -179,11 +179,27 @@ export async function runRestore(args: string[]): Promise<void> {
     } with ${weightsPath} (${info.preset} ${info.variant}` +
       `${info.task ? `, ${info.task}` : ""}) on ${engine().adapterDescription}`,
   );
+  const tty = Deno.stderr.isTerminal();
+  const encoder = new TextEncoder();
   for (const [index, input] of inputs.entries()) {
     const started = performance.now();
     const image = await readImage(input.path);
     const planar = toPlanarRgb(image);
-    const result = await restorePlanar(model, planar, image.width, image.height, { tile, overlap });
+    let lastReport = performance.now();
+    const result = await restorePlanar(model, planar, image.width, image.height, {
+      tile,
+      overlap,
+      onTile: (done, total) => {
+        // Large images take minutes on a CPU adapter: show that tiles are moving.
+        if (total > 1 && (tty || performance.now() - lastReport > 10_000 || done === total)) {
+          lastReport = performance.now();
+          const line = `  ${input.name}: tile ${done}/${total}`;
+          Deno.stderr.writeSync(
+            encoder.encode(tty ? `\r\x1b[K${line}${done === total ? "\n" : ""}` : `${line}\n`),
+          );
+        }
+      },
+    });
     const target = outputPath(values.out, input.name, single);
     await writeImageAtomic(target, fromPlanarRgb(result.restored, image));
     let maskNote = "";
