@@ -128,10 +128,11 @@ export {
 export {
   loadModel,
   type ModelInfo,
+  RECEPTIVE_RADIUS,
   type Restored,
   type RestoreOptions,
   restorePlanar,
   type Task,
   TASKS,
-  tileStarts,
+  tileSpans,
 } from "./layers/restore.ts";

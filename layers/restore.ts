@@ -84,7 +84,8 @@ export interface RestoreOptions {
   /** Largest tile side in pixels (rounded down to a multiple of 4); images within it run in one piece.
    * Default 512. */
   tile?: number;
-  /** Overlap between neighbouring tiles in pixels, blended with linear ramps. Default 32. */
+  /** Overlap between neighbouring tiles in pixels (default 96): each tile's outer {@link RECEPTIVE_RADIUS}
+   * px of it are dropped and the rest is blended with a linear ramp. */
   overlap?: number;
   /** Called after each tile. */
   onTile?: (done: number, total: number) => void;
@@ -98,26 +99,43 @@ export interface Restored {
   mask: Float32Array;
 }
 
-/** Tile starts along one axis: tiles of `tile` covering `size` with at least `overlap` shared. */
-export function tileStarts(size: number, tile: number, overlap: number): number[] {
-  if (size <= tile) return [0];
-  const count = Math.ceil((size - overlap) / (tile - overlap));
-  const stride = (size - tile) / (count - 1);
-  return Array.from({ length: count }, (_, i) => Math.round(i * stride));
+/** Pixels a tiny/small/base U-Net output depends on in each direction (measured: a one-pixel change moves
+ * outputs up to 40 px away). Tile borders inside the image are kept this far from the pixels a tile
+ * contributes, so a convolutional model gives the whole-image result there. */
+export const RECEPTIVE_RADIUS = 40;
+
+/** Tiles along one axis as [start, end) spans: starts on multiples of 4 (the U-Net's downsampling grid
+ * stays that of the whole image), at most `tile` long except the last (up to `tile` + 3, ending at
+ * `size`), neighbours sharing at least `overlap` pixels. */
+export function tileSpans(size: number, tile: number, overlap: number): [number, number][] {
+  if (size <= tile) return [[0, size]];
+  const last = Math.floor((size - tile) / 4) * 4;
+  const count = Math.ceil(last / Math.max(4, tile - overlap - 4)) + 1;
+  const starts = Array.from({ length: count }, (_, i) => Math.floor((i * last) / (count - 1) / 4) * 4);
+  return starts.map((s, i) => [s, i === count - 1 ? size : s + tile]);
 }
 
-/** Weight of position `i` in a tile of `length` starting at `start` of an axis of `size`: ramps over the
- * parts shared with a neighbour, 1 elsewhere (so weights sum to 1 after normalization). */
-function ramp(i: number, start: number, length: number, size: number, overlap: number): number {
-  let w = 1;
-  if (start > 0 && i < overlap) w = Math.min(w, (i + 0.5) / overlap);
-  if (start + length < size && i >= length - overlap) w = Math.min(w, (length - i - 0.5) / overlap);
-  return w;
+/** Weight of absolute position `p` in the tile [start, end) of an axis of `size`: 0 within `margin` of a
+ * tile edge inside the image, then a linear ramp over `ramp` pixels, 1 elsewhere. */
+function blendWeight(
+  p: number,
+  start: number,
+  end: number,
+  size: number,
+  margin: number,
+  ramp: number,
+): number {
+  const fromStart = start > 0 ? p - start : Infinity;
+  const fromEnd = end < size ? end - 1 - p : Infinity;
+  const d = Math.min(fromStart, fromEnd) - margin;
+  return d < 0 ? 0 : Math.min(1, (d + 1) / (ramp + 1));
 }
 
 /**
  * Restores a planar RGB image [3, H, W] in [0, 1] with a model, tile by tile when it exceeds `tile`.
- * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice).
+ * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice). Dense models
+ * (Net1) give the whole-image result to float rounding when `overlap` >= 2 x {@link RECEPTIVE_RADIUS} + 1;
+ * SPAIR's SFM statistics and SNL rows/columns are per tile, so its tiled output differs in degraded regions.
  *
  * ```ts
  * import { initEngine, loadModel, restorePlanar } from "@spair/spair-gpu";
@@ -142,19 +160,22 @@ export async function restorePlanar(
     throw new Error(`restore: expected ${3 * width * height} values for a ${width}x${height} RGB image`);
   }
   const tile = Math.max(16, Math.floor((options.tile ?? 512) / 4) * 4);
-  const overlap = Math.min(options.overlap ?? 32, Math.floor(tile / 2));
+  const overlap = Math.min(options.overlap ?? 96, Math.floor(tile / 2));
+  // Contributions start RECEPTIVE_RADIUS px inside a tile (when the overlap allows) and ramp in after.
+  const margin = Math.min(RECEPTIVE_RADIUS, Math.floor(overlap / 3));
+  const rampWidth = overlap - 2 * margin;
   const plane = width * height;
-  const ys = tileStarts(height, tile, overlap);
-  const xs = tileStarts(width, tile, overlap);
+  const ySpans = tileSpans(height, tile, overlap);
+  const xSpans = tileSpans(width, tile, overlap);
   const accum = new Float32Array(3 * plane);
   const maskAccum = new Float32Array(plane);
   const weights = new Float32Array(plane);
-  const total = ys.length * xs.length;
+  const total = ySpans.length * xSpans.length;
   let done = 0;
-  for (const y0 of ys) {
-    for (const x0 of xs) {
-      const th = Math.min(tile, height - y0);
-      const tw = Math.min(tile, width - x0);
+  for (const [y0, y1] of ySpans) {
+    for (const [x0, x1] of xSpans) {
+      const th = y1 - y0;
+      const tw = x1 - x0;
       const ph = Math.ceil(th / 4) * 4;
       const pw = Math.ceil(tw / 4) * 4;
       const input = new Float32Array(3 * ph * pw);
@@ -177,9 +198,11 @@ export async function restorePlanar(
       restored.dispose();
       mask.dispose();
       for (let y = 0; y < th; y++) {
-        const wy = ramp(y, y0, th, height, overlap);
+        const wy = blendWeight(y0 + y, y0, y1, height, margin, rampWidth);
+        if (wy === 0) continue;
         for (let x = 0; x < tw; x++) {
-          const w = wy * ramp(x, x0, tw, width, overlap);
+          const w = wy * blendWeight(x0 + x, x0, x1, width, margin, rampWidth);
+          if (w === 0) continue;
           const o = (y0 + y) * width + x0 + x;
           weights[o] += w;
           maskAccum[o] += w * mData[y * pw + x];

@@ -1,7 +1,7 @@
 // Restoration: tile layout and blending, formats kept through the CLI, and one-line errors for bad input.
 import assert from "node:assert/strict";
 import "./_setup.ts";
-import { loadModel, restorePlanar, Rng, SpairModel, tileStarts } from "../mod.ts";
+import { loadModel, RECEPTIVE_RADIUS, restorePlanar, Rng, SpairModel, tileSpans } from "../mod.ts";
 import { type Image, readImage, writeImageAtomic } from "../train/image_io.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -30,20 +30,45 @@ async function cli(args: string[]): Promise<{ code: number; stderr: string }> {
   return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
 }
 
-Deno.test("tiles cover the axis with at least the requested overlap", () => {
-  assert.deepEqual(tileStarts(100, 128, 16), [0]);
-  for (const [size, tile, overlap] of [[1000, 256, 32], [513, 256, 32], [4000, 512, 32], [300, 100, 50]]) {
-    const starts = tileStarts(size, tile, overlap);
-    assert.equal(starts[0], 0);
-    assert.equal(starts.at(-1)! + tile, size, `last tile ends at the edge (${size})`);
-    for (let i = 1; i < starts.length; i++) {
-      assert.ok(
-        starts[i - 1] + tile - starts[i] >= overlap,
-        `overlap ${starts} for ${size}/${tile}/${overlap}`,
-      );
-      assert.ok(starts[i] > starts[i - 1]);
+Deno.test("tile spans: aligned to 4, cover the axis, overlap as asked", () => {
+  assert.deepEqual(tileSpans(100, 128, 16), [[0, 100]]);
+  for (
+    const [size, tile, overlap] of [[1000, 256, 32], [513, 256, 96], [4000, 512, 96], [300, 100, 50], [
+      3000,
+      512,
+      96,
+    ]]
+  ) {
+    const spans = tileSpans(size, tile, overlap);
+    assert.equal(spans[0][0], 0);
+    assert.equal(spans.at(-1)![1], size, `last tile ends at the edge (${size})`);
+    for (const [i, [s, e]] of spans.entries()) {
+      assert.equal(s % 4, 0, `start ${s} on the 4-pixel grid`);
+      assert.ok(e - s <= tile + 3, `tile ${s}-${e} too long`);
+      if (i > 0) {
+        assert.ok(
+          spans[i - 1][1] - s >= overlap,
+          `overlap ${JSON.stringify(spans)} for ${size}/${tile}/${overlap}`,
+        );
+      }
     }
   }
+});
+
+Deno.test("tiled restoration of a dense model (Net1) equals the whole-image result", async () => {
+  const model = new SpairModel({ preset: "tiny", variant: "Net1" }, 4);
+  const w = 200, h = 136;
+  const planar = new Rng(5).uniformArray(3 * w * h, 0.2, 0.8);
+  const whole = await restorePlanar(model, planar, w, h, { tile: 512 });
+  const tiled = await restorePlanar(model, planar, w, h, { tile: 128, overlap: 2 * RECEPTIVE_RADIUS + 8 });
+  let maxDiff = 0, maxChange = 0;
+  for (let i = 0; i < planar.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(whole.restored[i] - tiled.restored[i]));
+    maxChange = Math.max(maxChange, Math.abs(whole.restored[i] - planar[i]));
+  }
+  assert.ok(maxChange > 0.01, "the random model must change the image for the comparison to mean anything");
+  assert.ok(maxDiff <= 1e-4, `tiled differs from whole by ${maxDiff}`);
+  for (const p of model.parameters()) p.dispose();
 });
 
 Deno.test("an identity model comes back unchanged through any tiling (tile copies, edge padding, blend weights)", async () => {

@@ -137,7 +137,7 @@ export async function runRestore(args: string[]): Promise<void> {
   }
   const task = parseTask(values.task);
   const tile = positiveInt("tile", values.tile, 512);
-  const overlap = positiveInt("overlap", values.overlap, 32);
+  const overlap = positiveInt("overlap", values.overlap, 96);
   const inputs = await expandInputs(positionals);
   const single = inputs.length === 1;
   const weightsPath = values.weights ?? bundledWeights(task ?? "rain");
