@@ -222,3 +222,26 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("tiled SPAIR: same mask as the whole image, outputs close (SFM/SNL see one tile)", async () => {
+  const { readImage: read, toPlanarRgb } = await import("../train/image_io.ts");
+  const image = await read(new URL("../samples/rain.png", import.meta.url).pathname);
+  const planar = toPlanarRgb(image);
+  const { width: w, height: h } = image;
+  const { model } = loadModel(await Deno.readFile(new URL("../weights/rain.safetensors", import.meta.url)));
+  const whole = await restorePlanar(model, planar, w, h, { tile: 512 });
+  const tiled = await restorePlanar(model, planar, w, h, { tile: 256, overlap: 128 });
+  let max = 0, sum = 0;
+  for (let i = 0; i < planar.length; i++) {
+    const d = Math.abs(whole.restored[i] - tiled.restored[i]);
+    max = Math.max(max, d);
+    sum += d;
+  }
+  const differentMask = whole.mask.filter((v, i) => v !== tiled.mask[i]).length;
+  console.log(`tiled vs whole: max ${max.toFixed(5)}, mean ${(sum / planar.length).toExponential(2)}`);
+  // NetL is convolutional: with the receptive margin its tiled mask is the whole-image mask.
+  assert.equal(differentMask, 0, `${differentMask} mask pixels differ`);
+  assert.ok(sum / planar.length <= 1e-3, `mean difference ${sum / planar.length}`);
+  assert.ok(max <= 0.05, `max difference ${max}`);
+  for (const p of model.parameters()) p.dispose();
+});
