@@ -3,9 +3,11 @@
  * and SPAIR on pairs synthesized from `../shared/data/clean/val` with a fixed seed, measured as the paper
  * does (PSNR/SSIM on Y for rain streaks, RGB for raindrops and blur, Lab error for shadows).
  *
- * Usage: deno run -A bench/quality.ts [--data runs/bundled/eval] [--json FILE] [--tasks rain,raindrop,...]
+ * Usage: deno run -A bench/quality.ts [--data runs/bundled/eval] [--out bench/results/quality]
+ *   [--tasks rain,raindrop,...] [--variants Net1,SPAIR] [--summary-only]
  * Pairs come from `deno task synth --task T --in ../shared/data/clean/val --out DIR/T --seed 70x --crop 384x256`
- * (see weights/train_bundled.sh). Prints a markdown table; `--json` keeps every per-image number.
+ * (see weights/train_bundled.sh). Writes one report per task and model (`--out/<task>-<variant>.json`, every
+ * per-image number) and prints a markdown table of all reports present.
  *
  * @module
  */
@@ -20,53 +22,69 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     data: { type: "string", default: "runs/bundled/eval" },
-    json: { type: "string" },
+    out: { type: "string", default: "bench/results/quality" },
     tasks: { type: "string", default: TASKS.join(",") },
+    variants: { type: "string", default: "Net1,SPAIR" },
+    "summary-only": { type: "boolean" },
   },
 });
 
-await initEngine();
 const models: Record<string, (t: Task) => string> = {
   Net1: (t) => `weights/baselines/${t}-net1.safetensors`,
   SPAIR: (t) => `weights/${t}.safetensors`,
 };
-const results: Record<string, Record<string, EvalReport>> = {};
-const lines: string[] = [];
-for (const task of values.tasks.split(",") as Task[]) {
-  const pairs = await listPairs(`${values.data}/${task}`, "pairs");
-  results[task] = {};
-  for (const [variant, path] of Object.entries(models)) {
-    const { model } = await loadWeightsFile(path(task));
-    const started = performance.now();
-    results[task][variant] = await evaluate({
-      task,
-      pairs,
-      restore: async (planar, w, h) => (await restorePlanar(model, planar, w, h)).restored,
-    });
-    for (const p of model.parameters()) p.dispose();
-    console.error(`${task} ${variant}: ${((performance.now() - started) / 1000).toFixed(0)} s`);
+await Deno.mkdir(values.out, { recursive: true });
+const tasks = values.tasks.split(",") as Task[];
+if (!values["summary-only"]) {
+  await initEngine();
+  for (const task of tasks) {
+    const pairs = await listPairs(`${values.data}/${task}`, "pairs");
+    for (const variant of values.variants.split(",")) {
+      const { model } = await loadWeightsFile(models[variant](task));
+      const started = performance.now();
+      const report = await evaluate({
+        task,
+        pairs,
+        restore: async (planar, w, h) => (await restorePlanar(model, planar, w, h)).restored,
+      });
+      for (const p of model.parameters()) p.dispose();
+      const seconds = (performance.now() - started) / 1000;
+      console.error(`${task} ${variant}: ${seconds.toFixed(0)} s`);
+      const record = {
+        adapter: engine().adapterDescription,
+        date: new Date().toISOString(),
+        variant,
+        report,
+      };
+      await Deno.writeTextFile(
+        `${values.out}/${task}-${variant}.json`,
+        JSON.stringify(record, null, 1) + "\n",
+      );
+    }
   }
-  const first = results[task].SPAIR;
+}
+
+// The summary: every task with every report present in --out.
+const lines: string[] = [];
+for (const task of tasks) {
+  const reports: Record<string, EvalReport> = {};
+  for (const variant of Object.keys(models)) {
+    try {
+      reports[variant] = JSON.parse(await Deno.readTextFile(`${values.out}/${task}-${variant}.json`)).report;
+    } catch {
+      // not measured (yet)
+    }
+  }
+  const first = Object.values(reports)[0];
+  if (!first) continue;
   const fmt = (v: number | null | undefined, name: string) =>
     v === null || v === undefined ? "n/a" : name.startsWith("ssim") ? v.toFixed(4) : v.toFixed(2);
-  const header = `| ${task} (${pairs.length} pairs) | ${first.labels.join(" | ")} |`;
-  lines.push(header, `| --- | ${first.labels.map(() => "---:").join(" | ")} |`);
+  lines.push(`| ${task} (${first.count} pairs) | ${first.labels.join(" | ")} |`);
+  lines.push(`| --- | ${first.labels.map(() => "---:").join(" | ")} |`);
   const row = (label: string, m: Record<string, number | null>) =>
     `| ${label} | ${first.metrics.map((k) => fmt(m[k], k)).join(" | ")} |`;
   lines.push(row("input", first.mean.input));
-  for (const variant of Object.keys(models)) lines.push(row(variant, results[task][variant].mean.restored));
+  for (const [variant, r] of Object.entries(reports)) lines.push(row(variant, r.mean.restored));
   lines.push("");
 }
-const summary = lines.join("\n");
-console.log(summary);
-if (values.json) {
-  await Deno.writeTextFile(
-    values.json,
-    JSON.stringify(
-      { adapter: engine().adapterDescription, date: new Date().toISOString(), results },
-      null,
-      1,
-    ) +
-      "\n",
-  );
-}
+console.log(lines.join("\n"));
