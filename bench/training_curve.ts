@@ -22,12 +22,15 @@ const { values, positionals } = parseArgs({
   options: { out: { type: "string" }, title: { type: "string", default: "validation PSNR" } },
 });
 
-const series: { label: string; points: Point[]; loss: { step: number; loss: number }[] }[] = [];
+const series: { label: string; net1: boolean; points: Point[]; loss: { step: number; loss: number }[] }[] =
+  [];
 for (const arg of positionals) {
   const [dir, label] = arg.split("=");
   const lines = (await Deno.readTextFile(`${dir}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   series.push({
     label: label ?? dir.split("/").pop()!,
+    net1: config.variant === "Net1",
     points: lines.filter((l) => l.stage === 2 && l.val).map((l) => ({ step: l.step, ...l.val })),
     loss: lines.filter((l) => l.stage === 2 && l.loss !== undefined).map((l) => ({
       step: l.step,
@@ -85,7 +88,7 @@ for (const s of series) {
   for (const p of s.points) {
     table.push(
       `| ${s.label} | ${p.step} | ${p.psnr.toFixed(2)} | ${p.inputPsnr.toFixed(2)} | ${p.ssim.toFixed(4)} | ${
-        p.maskIoU.toFixed(3)
+        s.net1 ? "-" : p.maskIoU.toFixed(3)
       } |`,
     );
   }
