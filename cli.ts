@@ -75,14 +75,19 @@ async function installChromium(): Promise<void> {
   if (await Deno.stat(path).then(() => true, () => false)) return;
   if (Deno.build.os !== "linux" || Deno.uid?.() !== 0) return;
   console.error("spair-gpu: installing Debian's Chromium for the browser test (apt-get install -y chromium)");
-  for (const cmd of [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]]) {
+  await aptInstall(["chromium"], (m) => new UsageError(m));
+}
+
+/** `apt-get update` then `apt-get install -y` of `packages`; a failure throws `fail(message)`. */
+async function aptInstall(packages: string[], fail: (message: string) => Error): Promise<void> {
+  for (const cmd of [["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", ...packages]]) {
     const status = await new Deno.Command(cmd[0], {
       args: cmd.slice(1),
       stdout: "null",
       stderr: "inherit",
       env: { DEBIAN_FRONTEND: "noninteractive" },
     }).output().catch(() => null);
-    if (!status?.success) throw new UsageError(`\`${cmd.join(" ")}\` failed`);
+    if (!status?.success) throw fail(`\`${cmd.join(" ")}\` failed`);
   }
 }
 
@@ -100,24 +105,7 @@ async function doctor(args: string[]): Promise<void> {
     console.error(
       "spair-gpu: no GPU adapter; installing Mesa's software Vulkan driver (apt-get install -y mesa-vulkan-drivers libvulkan1)",
     );
-    for (
-      const cmd of [["apt-get", "update", "-qq"], [
-        "apt-get",
-        "install",
-        "-y",
-        "-qq",
-        "mesa-vulkan-drivers",
-        "libvulkan1",
-      ]]
-    ) {
-      const status = await new Deno.Command(cmd[0], {
-        args: cmd.slice(1),
-        stdout: "null",
-        stderr: "inherit",
-        env: { DEBIAN_FRONTEND: "noninteractive" },
-      }).output().catch(() => null);
-      if (!status?.success) throw new NoAdapterError(`\`${cmd.join(" ")}\` failed`);
-    }
+    await aptInstall(["mesa-vulkan-drivers", "libvulkan1"], (m) => new NoAdapterError(m));
     // The adapter list is fixed per process: check again in a fresh one.
     const check = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", new URL(import.meta.url).pathname, "doctor", "--quiet"],

@@ -26,6 +26,7 @@ import { type Pair, type PairImages, readPair as readPairFromDisk } from "./data
 import { type LabError, labRmse, psnrRgb, psnrY, quantize8, ssimRgb, ssimY } from "./metrics.ts";
 
 import { type Task, TASKS } from "../layers/restore.ts";
+import { diffMask } from "./synth.ts";
 
 export { type Task, TASKS };
 
@@ -107,14 +108,7 @@ export function deriveShadowMask(
   w: number,
   h: number,
 ): Float32Array {
-  const n = w * h;
-  const mask = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const d = Math.abs(input[i] - target[i]) + Math.abs(input[n + i] - target[n + i]) +
-      Math.abs(input[2 * n + i] - target[2 * n + i]);
-    mask[i] = d / 3 > SHADOW_THRESHOLD ? 1 : 0;
-  }
-  return mask;
+  return diffMask(input, target, w * h, SHADOW_THRESHOLD);
 }
 
 function measure(

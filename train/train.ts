@@ -32,7 +32,7 @@ import {
 import { listPairs, type Pair } from "./datasets.ts";
 import { type Image, readImage, toPlanarRgb, writeImageAtomic } from "./image_io.ts";
 import { rgbToY, ssimRgb, ssimY } from "./metrics.ts";
-import { SYNTH_TAU } from "./synth.ts";
+import { diffMask, SYNTH_TAU } from "./synth.ts";
 import { balancedPosWeight, weightedBceWithLogits } from "./losses.ts";
 
 /** Everything that defines a training run (saved as `config.json` in the run folder). */
@@ -140,20 +140,12 @@ export interface LoadedPair {
 }
 
 /** Ground-truth mask per SPAIR.md section 2: mean over RGB of |degraded - clean| > tau. */
-export function thresholdMask(
+export const thresholdMask = (
   input: Float32Array,
   target: Float32Array,
   plane: number,
   tau: number,
-): Float32Array {
-  const mask = new Float32Array(plane);
-  for (let i = 0; i < plane; i++) {
-    let d = 0;
-    for (let c = 0; c < 3; c++) d += Math.abs(input[c * plane + i] - target[c * plane + i]);
-    mask[i] = d / 3 > tau ? 1 : 0;
-  }
-  return mask;
-}
+): Float32Array => diffMask(input, target, plane, tau);
 
 /** Reads a pair (and its mask file, when the dataset ships one), checking that sizes agree. */
 export async function loadPair(pair: Pair, tau: number): Promise<LoadedPair> {
