@@ -1,6 +1,7 @@
 // The package as a JSR user sees it: imported by its name, restoring through the public API only, with the
 // same result as `deno task restore`.
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { PNG } from "pngjs";
 import { initEngine, loadModel, restorePlanar, TASKS } from "@spair/spair-gpu";
 
@@ -10,7 +11,7 @@ Deno.test("public API: bundled rain weights restore the sample like the CLI does
   await initEngine();
   assert.deepEqual([...TASKS], ["rain", "raindrop", "shadow", "blur"]);
   // A user decodes pixels their own way (here pngjs) and hands planar RGB in [0, 1] to the model.
-  const png = PNG.sync.read(await Deno.readFile(`${root}samples/rain.png`));
+  const png = PNG.sync.read(Buffer.from(await Deno.readFile(`${root}samples/rain.png`)));
   const { width, height, data } = png;
   const plane = width * height;
   const planar = new Float32Array(3 * plane);
@@ -33,7 +34,7 @@ Deno.test("public API: bundled rain weights restore the sample like the CLI does
       args: ["run", "-A", `${root}cli.ts`, "restore", `${root}samples/rain.png`, "-o", `${out}/rain.png`],
     }).output();
     assert.equal(cli.code, 0, new TextDecoder().decode(cli.stderr));
-    const viaCli = PNG.sync.read(await Deno.readFile(`${out}/rain.png`));
+    const viaCli = PNG.sync.read(Buffer.from(await Deno.readFile(`${out}/rain.png`)));
     let maxDiff = 0;
     let changed = 0;
     for (let i = 0; i < plane; i++) {
