@@ -7,7 +7,9 @@ function assert(cond: unknown, msg?: string): asserts cond {
   nodeAssert.ok(cond, msg);
 }
 
-const VAL = new URL("../../shared/data/clean/val/", import.meta.url).pathname;
+// The six validation photos of ../shared/data/clean/val at 480 px wide (the size the bands were set at),
+// copied into the repository so CI needs nothing outside it (licences: tests/fixtures/photos/SOURCES.md).
+const VAL = new URL("./fixtures/photos/", import.meta.url).pathname;
 
 /**
  * Plausible mean mask densities over the six validation photos at half resolution (docs/synth.md gives the
