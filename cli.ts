@@ -125,6 +125,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   preset: ["preset", "string"],
   variant: ["variant", "string"],
   crop: ["crop", "number"],
+  "crop-focus": ["cropFocus", "number"],
   batch: ["batch", "number"],
   "steps-l": ["stepsL", "number"],
   "steps-r": ["stepsR", "number"],

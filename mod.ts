@@ -106,7 +106,7 @@ export { Module, uniformInit } from "./engine/module.ts";
 export { decodeSafetensors, encodeSafetensors, type HostTensor } from "./engine/safetensors.ts";
 export { Rng } from "./engine/random.ts";
 export { ActiveSites, binarizeMask, compactMask, maskPyramid } from "./layers/sparse/active.ts";
-export { sfm } from "./layers/sparse/sfm.ts";
+export { sfm, type SfmStatistics, sfmWithStatistics } from "./layers/sparse/sfm.ts";
 export { SCModule, sparseConv2d } from "./layers/sparse/sparse_conv.ts";
 export { DenseNonLocal, type SnlMode, SNLModule, snlStep } from "./layers/sparse/snl.ts";
 export { Conv2d, DenseBlock, Upsample2x } from "./layers/blocks.ts";
@@ -114,6 +114,7 @@ export {
   type DecoderJoin,
   disposeGuidance,
   type Encoder,
+  type GlobalLayerHooks,
   type Guidance,
   NetL,
   type NetLOutput,
@@ -126,6 +127,7 @@ export {
   variantFeatures,
 } from "./layers/spair.ts";
 export {
+  EXACT_GLOBAL_BYTES,
   loadModel,
   type ModelInfo,
   RECEPTIVE_RADIUS,

@@ -8,8 +8,17 @@
 
 import { noGrad } from "../engine/autograd.ts";
 import { decodeSafetensors } from "../engine/safetensors.ts";
-import { tensor, tidy } from "../engine/tensor.ts";
-import { type Preset, PRESETS, type SpairConfig, SpairModel, type Variant } from "./spair.ts";
+import { keep, type Tensor, tensor, tidy } from "../engine/tensor.ts";
+import { compactMask } from "./sparse/active.ts";
+import { SFM_EPS, sfmWithStatistics } from "./sparse/sfm.ts";
+import {
+  type GlobalLayerHooks,
+  type Preset,
+  PRESETS,
+  type SpairConfig,
+  SpairModel,
+  type Variant,
+} from "./spair.ts";
 
 /** The four degradations SPAIR restores. */
 export type Task = "rain" | "raindrop" | "shadow" | "blur";
@@ -87,7 +96,15 @@ export interface RestoreOptions {
   /** Overlap between neighbouring tiles in pixels (default 96): each tile's outer {@link RECEPTIVE_RADIUS}
    * px of it are dropped and the rest is blended with a linear ramp. */
   overlap?: number;
-  /** Called after each tile. */
+  /**
+   * How a tiled run computes SPAIR's image-wide layers (SFM statistics, SNL rows and columns):
+   * `"exact"` measures them over the whole image in extra passes over the tiles (one per image-wide
+   * layer, at most four), so the result equals the untiled one to float rounding; `"per-tile"` computes
+   * them inside each tile (one pass, small differences in degraded regions); `"auto"` (default) is exact
+   * while the whole image's non-local feature map fits in {@link EXACT_GLOBAL_BYTES}.
+   */
+  globalLayers?: "auto" | "exact" | "per-tile";
+  /** Called after each tile of each pass (`total` counts all passes). */
   onTile?: (done: number, total: number) => void;
 }
 
@@ -97,7 +114,14 @@ export interface Restored {
   restored: Float32Array;
   /** [H, W] predicted mask, 1 where NetL found a degradation. */
   mask: Float32Array;
+  /** Whether a tiled run computed the image-wide layers over the whole image (always true untiled). */
+  exactGlobalLayers: boolean;
 }
+
+/** Largest whole-image feature map (bytes, full resolution, float32) that `globalLayers: "auto"` computes
+ * SPAIR's non-local modules on: 256 MiB, e.g. 4 megapixels for the tiny preset (16 channels). The map
+ * lives in host memory and, during its module, on the device with a few times its size. */
+export const EXACT_GLOBAL_BYTES = 256 * 1024 * 1024;
 
 /** Pixels a tiny/small/base U-Net output depends on in each direction (measured: a one-pixel change moves
  * outputs up to 40 px away). Tile borders inside the image are kept this far from the pixels a tile
@@ -131,11 +155,146 @@ function blendWeight(
   return d < 0 ? 0 : Math.min(1, (d + 1) / (ramp + 1));
 }
 
+/** Thrown by a hook to end a forward pass once it holds the input of the layer it measures. */
+class StopForward extends Error {}
+
+/** One tile: its span in the image, its padded size, and the part of the padded image it owns (`core`;
+ * the cores partition the padded image, each at least {@link RECEPTIVE_RADIUS} px from inner tile edges
+ * when the overlap allows). */
+interface TileRegion {
+  y0: number;
+  y1: number;
+  x0: number;
+  x1: number;
+  ph: number;
+  pw: number;
+  core: [number, number, number, number];
+}
+
+/** Cores along one axis: boundaries halfway through each overlap, on the 4-pixel grid. */
+function coreBounds(spans: [number, number][], padded: number): number[] {
+  const bounds = [0];
+  for (let i = 1; i < spans.length; i++) bounds.push(Math.floor((spans[i][0] + spans[i - 1][1]) / 8) * 4);
+  bounds.push(padded);
+  return bounds;
+}
+
+/** Image-wide layers of a model in forward order. */
+function globalLayers(model: SpairModel): { kind: "sfm" | "nonLocal"; level: 0 | 1 }[] {
+  const f = model.netR.features;
+  const layers: { kind: "sfm" | "nonLocal"; level: 0 | 1 }[] = [];
+  if (f.sfm) layers.push({ kind: "sfm", level: 0 }, { kind: "sfm", level: 1 });
+  if (f.nonLocal !== "none") layers.push({ kind: "nonLocal", level: 1 }, { kind: "nonLocal", level: 0 });
+  return layers;
+}
+
+/** Running sums of one SFM layer's statistics over the tiles (float64). */
+class SfmAccumulator {
+  readonly sums: Float64Array;
+  readonly counts = new Float64Array(2);
+  constructor(readonly channels: number) {
+    // Per channel: degraded sum, degraded sum of squares, clean sum, clean sum of squares.
+    this.sums = new Float64Array(4 * channels);
+  }
+
+  /** Adds the sites of rows [r0, r1) and columns [c0, c1) of a [1, C, h, w] map and its [h, w] mask. */
+  add(f: Float32Array, mask: Float32Array, h: number, w: number, rows: number[], cols: number[]): void {
+    const [r0, r1] = rows;
+    const [c0, c1] = cols;
+    for (let y = r0; y < r1; y++) {
+      for (let x = c0; x < c1; x++) this.counts[mask[y * w + x] > 0.5 ? 0 : 1]++;
+    }
+    for (let c = 0; c < this.channels; c++) {
+      let [ds, dq, cs, cq] = [0, 0, 0, 0];
+      for (let y = r0; y < r1; y++) {
+        for (let x = c0; x < c1; x++) {
+          const v = f[(c * h + y) * w + x];
+          if (mask[y * w + x] > 0.5) [ds, dq] = [ds + v, dq + v * v];
+          else [cs, cq] = [cs + v, cq + v * v];
+        }
+      }
+      this.sums[4 * c] += ds;
+      this.sums[4 * c + 1] += dq;
+      this.sums[4 * c + 2] += cs;
+      this.sums[4 * c + 3] += cq;
+    }
+  }
+
+  /** Host statistics in the layout of {@link SfmStatistics}: per region mean and std, and validity. */
+  finish(): {
+    degradedMean: Float32Array;
+    degradedStd: Float32Array;
+    cleanMean: Float32Array;
+    cleanStd: Float32Array;
+    valid: number;
+  } {
+    const C = this.channels;
+    const out = {
+      degradedMean: new Float32Array(C),
+      degradedStd: new Float32Array(C),
+      cleanMean: new Float32Array(C),
+      cleanStd: new Float32Array(C),
+      valid: this.counts[0] > 0.5 && this.counts[1] > 0.5 ? 1 : 0,
+    };
+    const [nd, nc] = [Math.max(this.counts[0], 1), Math.max(this.counts[1], 1)];
+    for (let c = 0; c < C; c++) {
+      const dm = this.sums[4 * c] / nd;
+      const cm = this.sums[4 * c + 2] / nc;
+      out.degradedMean[c] = dm;
+      out.cleanMean[c] = cm;
+      out.degradedStd[c] = Math.sqrt(Math.max(this.sums[4 * c + 1] / nd - dm * dm, 0) + SFM_EPS);
+      out.cleanStd[c] = Math.sqrt(Math.max(this.sums[4 * c + 3] / nc - cm * cm, 0) + SFM_EPS);
+    }
+    return out;
+  }
+}
+
+/** A whole-image [C, H, W] host map at one level, filled from tile cores. */
+interface HostMap {
+  data: Float32Array;
+  channels: number;
+  height: number;
+  width: number;
+}
+
+/** Copies rows/columns of a [C, h, w] tile map at offset (oy, ox) in `map` (or the reverse: a window of
+ * `map` into a new [C, h, w] array when `into` is omitted). */
+function copyWindow(
+  map: HostMap,
+  oy: number,
+  ox: number,
+  h: number,
+  w: number,
+  rows: [number, number],
+  cols: [number, number],
+  tile: Float32Array,
+): void {
+  for (let c = 0; c < map.channels; c++) {
+    for (let y = rows[0]; y < rows[1]; y++) {
+      const src = (c * h + y) * w;
+      const dst = (c * map.height + oy + y) * map.width + ox;
+      map.data.set(tile.subarray(src + cols[0], src + cols[1]), dst + cols[0]);
+    }
+  }
+}
+
+function readWindow(map: HostMap, oy: number, ox: number, h: number, w: number): Float32Array {
+  const out = new Float32Array(map.channels * h * w);
+  for (let c = 0; c < map.channels; c++) {
+    for (let y = 0; y < h; y++) {
+      const src = (c * map.height + oy + y) * map.width + ox;
+      out.set(map.data.subarray(src, src + w), (c * h + y) * w);
+    }
+  }
+  return out;
+}
+
 /**
  * Restores a planar RGB image [3, H, W] in [0, 1] with a model, tile by tile when it exceeds `tile`.
- * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice). Dense models
- * (Net1) give the whole-image result to float rounding when `overlap` >= 2 x {@link RECEPTIVE_RADIUS} + 1;
- * SPAIR's SFM statistics and SNL rows/columns are per tile, so its tiled output differs in degraded regions.
+ * Each tile is padded by edge replication to a multiple of 4 (NetR halves the size twice). Convolutions
+ * see the whole-image context because tiles overlap by more than the receptive radius; SPAIR's image-wide
+ * layers (SFM statistics, SNL rows and columns) are computed over the whole image in extra passes (see
+ * {@link RestoreOptions.globalLayers}), so the tiled result equals the untiled one to float rounding.
  *
  * ```ts
  * import { initEngine, loadModel, restorePlanar } from "@spair/spair-gpu";
@@ -165,52 +324,173 @@ export async function restorePlanar(
   const margin = Math.min(RECEPTIVE_RADIUS, Math.floor(overlap / 3));
   const rampWidth = overlap - 2 * margin;
   const plane = width * height;
+  const [PH, PW] = [Math.ceil(height / 4) * 4, Math.ceil(width / 4) * 4];
   const ySpans = tileSpans(height, tile, overlap);
   const xSpans = tileSpans(width, tile, overlap);
+  const [yCores, xCores] = [coreBounds(ySpans, PH), coreBounds(xSpans, PW)];
+  const tiles: TileRegion[] = [];
+  ySpans.forEach(([y0, y1], i) =>
+    xSpans.forEach(([x0, x1], j) =>
+      tiles.push({
+        y0,
+        y1,
+        x0,
+        x1,
+        ph: Math.ceil((y1 - y0) / 4) * 4,
+        pw: Math.ceil((x1 - x0) / 4) * 4,
+        core: [yCores[i], yCores[i + 1], xCores[j], xCores[j + 1]],
+      })
+    )
+  );
+  const width0 = PRESETS[model.config.preset].width;
+  const mode = options.globalLayers ?? "auto";
+  const exact = tiles.length === 1 || mode === "exact" ||
+    (mode === "auto" && width0 * PH * PW * 4 <= EXACT_GLOBAL_BYTES);
+  const passes = tiles.length > 1 && exact ? globalLayers(model) : [];
+  const total = tiles.length * (passes.length + 1);
+  let done = 0;
+
+  const sfmStats = new Map<number, ReturnType<SfmAccumulator["finish"]>>();
+  const nonLocalOut = new Map<number, HostMap>();
+  /** Hooks of a pass over `region`: earlier image-wide layers use the whole-image results; the pass's own
+   * layer hands its input to `capture` and stops the forward pass. */
+  const hooksFor = (
+    region: TileRegion,
+    target: { kind: "sfm" | "nonLocal"; level: 0 | 1 } | undefined,
+    capture: (features: Tensor, mask: Tensor) => void,
+  ): GlobalLayerHooks | undefined => {
+    if (passes.length === 0) return undefined;
+    const stop = (kind: "sfm" | "nonLocal", level: 0 | 1, features: Tensor, mask: Tensor) => {
+      if (target?.kind !== kind || target.level !== level) return false;
+      capture(keep(features), keep(mask));
+      throw new StopForward();
+    };
+    return {
+      sfm(level, features, mask) {
+        stop("sfm", level, features, mask);
+        const s = sfmStats.get(level)!;
+        const C = s.degradedMean.length;
+        const stat = (v: Float32Array) => tensor(v, [1, C, 1, 1]);
+        return sfmWithStatistics(features, mask, {
+          degradedMean: stat(s.degradedMean),
+          degradedStd: stat(s.degradedStd),
+          cleanMean: stat(s.cleanMean),
+          cleanStd: stat(s.cleanStd),
+          valid: tensor([s.valid], [1, 1, 1, 1]),
+        });
+      },
+      nonLocal(level, features, mask) {
+        stop("nonLocal", level, features, mask);
+        const map = nonLocalOut.get(level)!;
+        const [h, w] = [region.ph >> level, region.pw >> level];
+        const window = readWindow(map, region.y0 >> level, region.x0 >> level, h, w);
+        return tensor(window, [1, map.channels, h, w]);
+      },
+    };
+  };
+
+  const tileInput = (r: TileRegion) => {
+    const [th, tw] = [r.y1 - r.y0, r.x1 - r.x0];
+    const input = new Float32Array(3 * r.ph * r.pw);
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < r.ph; y++) {
+        const sy = r.y0 + Math.min(y, th - 1);
+        for (let x = 0; x < r.pw; x++) {
+          input[(c * r.ph + y) * r.pw + x] = planar[c * plane + sy * width + r.x0 + Math.min(x, tw - 1)];
+        }
+      }
+    }
+    return input;
+  };
+
+  // Measuring passes: one per image-wide layer, each ending at that layer.
+  for (const target of passes) {
+    const level = target.level;
+    const [LH, LW] = [PH >> level, PW >> level];
+    let accumulator: SfmAccumulator | undefined;
+    let features: HostMap | undefined;
+    let maskMap: HostMap | undefined;
+    for (const r of tiles) {
+      let captured: [Tensor, Tensor] | undefined;
+      try {
+        noGrad(() =>
+          tidy(() => {
+            const hooks = hooksFor(r, target, (f, m) => (captured = [f, m]));
+            model.forward(tensor(tileInput(r), [1, 3, r.ph, r.pw]), hooks);
+          })
+        );
+      } catch (e) {
+        if (!(e instanceof StopForward)) throw e;
+      }
+      if (!captured) throw new Error(`restore: the ${target.kind} layer at level ${level} was not reached`);
+      const [f, m] = captured;
+      const [fData, mData] = await Promise.all([f.data(), m.data()]);
+      const C = f.shape[1];
+      const [h, w] = [r.ph >> level, r.pw >> level];
+      const rows: [number, number] = [(r.core[0] - r.y0) >> level, (r.core[1] - r.y0) >> level];
+      const cols: [number, number] = [(r.core[2] - r.x0) >> level, (r.core[3] - r.x0) >> level];
+      if (target.kind === "sfm") {
+        accumulator ??= new SfmAccumulator(C);
+        accumulator.add(fData, mData, h, w, rows, cols);
+      } else {
+        features ??= { data: new Float32Array(C * LH * LW), channels: C, height: LH, width: LW };
+        maskMap ??= { data: new Float32Array(LH * LW), channels: 1, height: LH, width: LW };
+        copyWindow(features, r.y0 >> level, r.x0 >> level, h, w, rows, cols, fData);
+        copyWindow(maskMap, r.y0 >> level, r.x0 >> level, h, w, rows, cols, mData);
+      }
+      f.dispose();
+      m.dispose();
+      options.onTile?.(++done, total);
+    }
+    if (target.kind === "sfm") {
+      sfmStats.set(level, accumulator!.finish());
+    } else {
+      const module = level === 0 ? model.netR.nonLocal0! : model.netR.nonLocal1!;
+      const out = noGrad(() =>
+        tidy(() => {
+          const mask = tensor(maskMap!.data, [1, 1, LH, LW]);
+          const sites = module.mode === "sparse" ? compactMask(mask) : null;
+          const result = module.forward(tensor(features!.data, [1, features!.channels, LH, LW]), sites);
+          sites?.dispose();
+          return result;
+        })
+      );
+      const data = await out.data();
+      out.dispose();
+      nonLocalOut.set(level, { data, channels: features!.channels, height: LH, width: LW });
+    }
+  }
+
+  // Final pass: every tile end to end, blended.
   const accum = new Float32Array(3 * plane);
   const maskAccum = new Float32Array(plane);
   const weights = new Float32Array(plane);
-  const total = ySpans.length * xSpans.length;
-  let done = 0;
-  for (const [y0, y1] of ySpans) {
-    for (const [x0, x1] of xSpans) {
-      const th = y1 - y0;
-      const tw = x1 - x0;
-      const ph = Math.ceil(th / 4) * 4;
-      const pw = Math.ceil(tw / 4) * 4;
-      const input = new Float32Array(3 * ph * pw);
-      for (let c = 0; c < 3; c++) {
-        for (let y = 0; y < ph; y++) {
-          const sy = y0 + Math.min(y, th - 1);
-          for (let x = 0; x < pw; x++) {
-            input[(c * ph + y) * pw + x] = planar[c * plane + sy * width + x0 + Math.min(x, tw - 1)];
-          }
-        }
+  for (const r of tiles) {
+    const { y0, y1, x0, x1, ph, pw } = r;
+    const [th, tw] = [y1 - y0, x1 - x0];
+    const { restored, mask } = noGrad(() =>
+      tidy(() => {
+        const out = model.forward(tensor(tileInput(r), [1, 3, ph, pw]), hooksFor(r, undefined, () => {}));
+        out.logits.dispose();
+        return { restored: out.restored, mask: out.mask };
+      })
+    );
+    const [rData, mData] = await Promise.all([restored.data(), mask.data()]);
+    restored.dispose();
+    mask.dispose();
+    for (let y = 0; y < th; y++) {
+      const wy = blendWeight(y0 + y, y0, y1, height, margin, rampWidth);
+      if (wy === 0) continue;
+      for (let x = 0; x < tw; x++) {
+        const w = wy * blendWeight(x0 + x, x0, x1, width, margin, rampWidth);
+        if (w === 0) continue;
+        const o = (y0 + y) * width + x0 + x;
+        weights[o] += w;
+        maskAccum[o] += w * mData[y * pw + x];
+        for (let c = 0; c < 3; c++) accum[c * plane + o] += w * rData[(c * ph + y) * pw + x];
       }
-      const { restored, mask } = noGrad(() =>
-        tidy(() => {
-          const out = model.forward(tensor(input, [1, 3, ph, pw]));
-          out.logits.dispose();
-          return { restored: out.restored, mask: out.mask };
-        })
-      );
-      const [rData, mData] = await Promise.all([restored.data(), mask.data()]);
-      restored.dispose();
-      mask.dispose();
-      for (let y = 0; y < th; y++) {
-        const wy = blendWeight(y0 + y, y0, y1, height, margin, rampWidth);
-        if (wy === 0) continue;
-        for (let x = 0; x < tw; x++) {
-          const w = wy * blendWeight(x0 + x, x0, x1, width, margin, rampWidth);
-          if (w === 0) continue;
-          const o = (y0 + y) * width + x0 + x;
-          weights[o] += w;
-          maskAccum[o] += w * mData[y * pw + x];
-          for (let c = 0; c < 3; c++) accum[c * plane + o] += w * rData[(c * ph + y) * pw + x];
-        }
-      }
-      options.onTile?.(++done, total);
     }
+    options.onTile?.(++done, total);
   }
   for (let i = 0; i < plane; i++) {
     const w = weights[i];
@@ -220,5 +500,5 @@ export async function restorePlanar(
       accum[c * plane + i] = v < 0 ? 0 : v > 1 ? 1 : v;
     }
   }
-  return { restored: accum, mask: maskAccum };
+  return { restored: accum, mask: maskAccum, exactGlobalLayers: exact };
 }

@@ -214,6 +214,18 @@ export interface Guidance {
   features: [Tensor, Tensor];
 }
 
+/**
+ * Replacements for NetR's image-wide layers, SFM (per-image statistics) and the non-local modules (whole
+ * rows and columns). Tiled restoration uses them to give every tile the whole image's statistics and
+ * attention; a hook may also throw to stop the forward pass once it has seen the layer's input.
+ */
+export interface GlobalLayerHooks {
+  /** Replaces `sfm(features, mask)` at `level` (0 full resolution, 1 half). */
+  sfm?(level: 0 | 1, features: Tensor, mask: Tensor): Tensor;
+  /** Replaces `module.forward(features, sites)` at `level`; `mask` is the level's mask. */
+  nonLocal?(level: 0 | 1, features: Tensor, mask: Tensor, module: SNLModule): Tensor;
+}
+
 /** The restoration network NetR (variant-dependent). */
 export class NetR extends Module {
   /** U-Net encoder of width C. */
@@ -272,39 +284,59 @@ export class NetR extends Module {
   }
 
   /** SFM on F_R + P(F_L) before a strided convolution (Net2 and up); F_R alone for Net1. */
-  #guided(fr: Tensor, proj: Conv2d | null, fl: Tensor | undefined, mask: Tensor | undefined): Tensor {
-    if (!proj || !fl || !mask) return fr.view(fr.shape);
-    const p = proj.forward(fl);
+  #guided(
+    level: 0 | 1,
+    fr: Tensor,
+    proj: Conv2d | null,
+    guidance: Guidance | undefined,
+    hooks: GlobalLayerHooks | undefined,
+  ): Tensor {
+    if (!proj || !guidance) return fr.view(fr.shape);
+    const p = proj.forward(guidance.features[level]);
     const sum = add(fr, p);
-    const out = sfm(sum, mask);
+    const mask = guidance.masks[level];
+    const out = hooks?.sfm ? hooks.sfm(level, sum, mask) : sfm(sum, mask);
     dispose(p, sum);
     return out;
   }
 
-  /** Restores a batch (values in [0, 1]); `guidance` is required for every variant but Net1. */
-  forward(x: Tensor, guidance?: Guidance): Tensor {
+  /** Applies non-local module `module` at `level`, or the hook that replaces it. */
+  #nonLocal(
+    level: 0 | 1,
+    module: SNLModule,
+    u: Tensor,
+    guidance: Guidance,
+    hooks: GlobalLayerHooks | undefined,
+  ): Tensor {
+    if (hooks?.nonLocal) return hooks.nonLocal(level, u, guidance.masks[level], module);
+    return module.forward(u, guidance.sites[level]);
+  }
+
+  /** Restores a batch (values in [0, 1]); `guidance` is required for every variant but Net1. `hooks`
+   * replace the image-wide layers (see {@link GlobalLayerHooks}). */
+  forward(x: Tensor, guidance?: Guidance, hooks?: GlobalLayerHooks): Tensor {
     checkInput(x, "NetR");
     if (this.features.sfm && !guidance) throw new Error(`NetR ${this.config.variant} needs NetL's guidance`);
     const e = this.encoder;
     const h = e.head.forward(x);
     const e0 = e.block0.forward(h);
-    const s0 = this.#guided(e0, this.guide0, guidance?.features[0], guidance?.masks[0]);
+    const s0 = this.#guided(0, e0, this.guide0, guidance, hooks);
     const d0 = e.down0.forward(s0);
     const e1 = e.block1.forward(d0);
-    const s1 = this.#guided(e1, this.guide1, guidance?.features[1], guidance?.masks[1]);
+    const s1 = this.#guided(1, e1, this.guide1, guidance, hooks);
     const d1 = e.down1.forward(s1);
     const b = e.block2.forward(d1);
     const j1 = this.join1.forward(b, e1);
     let u1 = this.dec1.forward(j1, guidance?.sites[1] as ActiveSites);
     if (this.nonLocal1) {
-      const n1 = this.nonLocal1.forward(u1, guidance!.sites[1]);
+      const n1 = this.#nonLocal(1, this.nonLocal1, u1, guidance!, hooks);
       u1.dispose();
       u1 = n1;
     }
     const j0 = this.join0.forward(u1, e0);
     let u0 = this.dec0.forward(j0, guidance?.sites[0] as ActiveSites);
     if (this.nonLocal0) {
-      const n0 = this.nonLocal0.forward(u0, guidance!.sites[0]);
+      const n0 = this.#nonLocal(0, this.nonLocal0, u0, guidance!, hooks);
       u0.dispose();
       u0 = n0;
     }
@@ -373,9 +405,9 @@ export class SpairModel extends Module {
   }
 
   /** Restores `x` [N, 3, H, W] in [0, 1]; returns the restored batch and the full-resolution mask. */
-  forward(x: Tensor): { restored: Tensor; mask: Tensor; logits: Tensor } {
+  forward(x: Tensor, hooks?: GlobalLayerHooks): { restored: Tensor; mask: Tensor; logits: Tensor } {
     const g = this.guidance(x);
-    const restored = this.netR.forward(x, g);
+    const restored = this.netR.forward(x, g, hooks);
     const mask = g.masks[0].view(g.masks[0].shape);
     const logits = g.logits;
     disposeGuidance(g, false);

@@ -223,25 +223,40 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
   }
 });
 
-Deno.test("tiled SPAIR: same mask as the whole image, outputs close (SFM/SNL see one tile)", async () => {
+Deno.test("tiled SPAIR equals the whole-image result on 512x512 (image-wide layers over the whole image)", async () => {
   const { readImage: read, toPlanarRgb } = await import("../train/image_io.ts");
+  // 512x512 from the 384x256 rain sample, mirrored at its right and bottom edges.
   const image = await read(new URL("../samples/rain.png", import.meta.url).pathname);
-  const planar = toPlanarRgb(image);
-  const { width: w, height: h } = image;
+  const small = toPlanarRgb(image);
+  const [w, h] = [512, 512];
+  const mirror = (i: number, n: number) => (i < n ? i : 2 * n - 1 - i);
+  const planar = new Float32Array(3 * w * h);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const sy = mirror(y, image.height), sx = mirror(x, image.width);
+        planar[(c * h + y) * w + x] = small[(c * image.height + sy) * image.width + sx];
+      }
+    }
+  }
   const { model } = loadModel(await Deno.readFile(new URL("../weights/rain.safetensors", import.meta.url)));
   const whole = await restorePlanar(model, planar, w, h, { tile: 512 });
-  const tiled = await restorePlanar(model, planar, w, h, { tile: 256, overlap: 128 });
-  let max = 0, sum = 0;
+  let passes = 0;
+  const tiled = await restorePlanar(model, planar, w, h, {
+    tile: 320,
+    overlap: 96,
+    onTile: (_, total) => (passes = total / 4),
+  });
+  assert.equal(tiled.exactGlobalLayers, true);
+  assert.equal(passes, 5, "SPAIR: 2 SFM + 2 SNL measuring passes and the final pass over 4 tiles");
+  let max = 0;
   for (let i = 0; i < planar.length; i++) {
-    const d = Math.abs(whole.restored[i] - tiled.restored[i]);
-    max = Math.max(max, d);
-    sum += d;
+    max = Math.max(max, Math.abs(whole.restored[i] - tiled.restored[i]));
   }
-  const differentMask = whole.mask.filter((v, i) => v !== tiled.mask[i]).length;
-  console.log(`tiled vs whole: max ${max.toFixed(5)}, mean ${(sum / planar.length).toExponential(2)}`);
-  // NetL is convolutional: with the receptive margin its tiled mask is the whole-image mask.
-  assert.equal(differentMask, 0, `${differentMask} mask pixels differ`);
-  assert.ok(sum / planar.length <= 1e-3, `mean difference ${sum / planar.length}`);
-  assert.ok(max <= 0.05, `max difference ${max}`);
+  const degraded = whole.mask.reduce((a, b) => a + b, 0) / whole.mask.length;
+  console.log(`tiled vs whole: max ${max.toExponential(2)}, ${(100 * degraded).toFixed(1)}% degraded`);
+  assert.ok(degraded > 0.02, "the image has degraded sites, so SFM and SNL act");
+  assert.deepEqual(tiled.mask, whole.mask);
+  assert.ok(max <= 1e-3, `max difference ${max}`);
   for (const p of model.parameters()) p.dispose();
 });

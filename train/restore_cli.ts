@@ -12,6 +12,7 @@ import {
   loadModel,
   type ModelInfo,
   type Preset,
+  type RestoreOptions,
   restorePlanar,
   type SpairModel,
   type Task,
@@ -110,7 +111,8 @@ function outputPath(out: string, name: string, single: boolean, suffix = ""): st
   return `${out.replace(/\/$/, "")}/${stem}${suffix}${ext}`;
 }
 
-/** `restore INPUT... [-o OUT] [--task T] [--weights FILE] [--mask FILE_OR_DIR] [--tile N] [--overlap N]`. */
+/** `restore INPUT... [-o OUT] [--task T] [--weights FILE] [--mask FILE_OR_DIR] [--tile N] [--overlap N]
+ * [--global-layers auto|exact|per-tile]`. */
 export async function runRestore(args: string[]): Promise<void> {
   let parsed;
   try {
@@ -124,6 +126,7 @@ export async function runRestore(args: string[]): Promise<void> {
         mask: { type: "string" },
         tile: { type: "string" },
         overlap: { type: "string" },
+        "global-layers": { type: "string", default: "auto" },
         preset: { type: "string" },
         variant: { type: "string" },
       },
@@ -138,6 +141,10 @@ export async function runRestore(args: string[]): Promise<void> {
   const task = parseTask(values.task);
   const tile = positiveInt("tile", values.tile, 512);
   const overlap = positiveInt("overlap", values.overlap, 96);
+  const globalLayers = values["global-layers"] as RestoreOptions["globalLayers"];
+  if (!["auto", "exact", "per-tile"].includes(globalLayers!)) {
+    throw new RestoreUsageError(`--global-layers must be auto, exact or per-tile, got ${globalLayers}`);
+  }
   const inputs = await expandInputs(positionals);
   const single = inputs.length === 1;
   const weightsPath = values.weights ?? bundledWeights(task ?? "rain");
@@ -189,6 +196,7 @@ export async function runRestore(args: string[]): Promise<void> {
     const result = await restorePlanar(model, planar, image.width, image.height, {
       tile,
       overlap,
+      globalLayers,
       onTile: (done, total) => {
         // Large images take minutes on a CPU adapter: show that tiles are moving.
         if (total > 1 && (tty || performance.now() - lastReport > 10_000 || done === total)) {
@@ -200,6 +208,12 @@ export async function runRestore(args: string[]): Promise<void> {
         }
       },
     });
+    if (!result.exactGlobalLayers && info.variant !== "Net1") {
+      console.error(
+        `  ${input.name}: large image, SFM statistics and SNL rows/columns computed per tile ` +
+          `(--global-layers exact computes them over the whole image, in more time and memory)`,
+      );
+    }
     const target = outputPath(values.out, input.name, single);
     await writeImageAtomic(target, fromPlanarRgb(result.restored, image));
     let maskNote = "";

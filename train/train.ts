@@ -46,6 +46,10 @@ export interface TrainConfig {
   preset: Preset;
   variant: Variant;
   crop: number;
+  /** Candidate crop positions drawn per sample; the one whose mask is closest to half degraded wins
+   * (1 = uniform random crops). Small crops of large photos otherwise often hold no degradation, or
+   * only degradation, and give NetR and SFM nothing to learn from. */
+  cropFocus: number;
   batch: number;
   /** Steps of stage 1 (NetL) and stage 2 (NetR). Net1 skips stage 1: it uses no mask. */
   stepsL: number;
@@ -77,6 +81,7 @@ export function defaultConfig(task: Task): TrainConfig {
     preset: "tiny",
     variant: "SPAIR",
     crop: 256,
+    cropFocus: 1,
     batch: 8,
     stepsL: 1000,
     stepsR: 4000,
@@ -98,8 +103,10 @@ export class TrainError extends Error {}
 
 /** Checks a config and returns it, or throws a one-line {@link TrainError}. */
 export function validateConfig(c: TrainConfig): TrainConfig {
+  c.cropFocus ??= 1;
   const positive = [
     "crop",
+    "cropFocus",
     "batch",
     "checkpointEvery",
     "validateEvery",
@@ -197,7 +204,7 @@ export interface HostBatch {
  * flips, all derived from (seed, stage, step) alone. */
 export function sampleBatch(
   pairs: LoadedPair[],
-  config: Pick<TrainConfig, "seed" | "batch" | "crop">,
+  config: Pick<TrainConfig, "seed" | "batch" | "crop"> & { cropFocus?: number },
   stage: number,
   step: number,
 ): HostBatch {
@@ -215,8 +222,15 @@ export function sampleBatch(
     if (p.width < s || p.height < s) {
       throw new TrainError(`${p.name} is ${p.width}x${p.height}, smaller than the ${s}x${s} crop`);
     }
-    const y0 = rng.int(p.height - s + 1);
-    const x0 = rng.int(p.width - s + 1);
+    let [y0, x0] = [rng.int(p.height - s + 1), rng.int(p.width - s + 1)];
+    if ((config.cropFocus ?? 1) > 1) {
+      let best = balance(p, x0, y0, s);
+      for (let k = 1; k < config.cropFocus!; k++) {
+        const [y, x] = [rng.int(p.height - s + 1), rng.int(p.width - s + 1)];
+        const score = balance(p, x, y, s);
+        if (score > best) [best, y0, x0] = [score, y, x];
+      }
+    }
     const flipX = rng.next() < 0.5;
     const flipY = rng.next() < 0.5;
     const plane = p.width * p.height;
@@ -234,6 +248,16 @@ export function sampleBatch(
     }
   }
   return { input, target, mask, size: s, count: batch };
+}
+
+/** min(d, 1 - d) for the mask density d of a crop: 0.5 when half of it is degraded, 0 when none or all. */
+function balance(p: LoadedPair, x0: number, y0: number, s: number): number {
+  let sum = 0;
+  for (let y = y0; y < y0 + s; y++) {
+    for (let x = x0; x < x0 + s; x++) sum += p.mask[y * p.width + x];
+  }
+  const d = sum / (s * s);
+  return Math.min(d, 1 - d);
 }
 
 /** Learning rate at `step` of a stage: `lr` halved every `lrHalveEpochs` epochs. */

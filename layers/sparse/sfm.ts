@@ -61,7 +61,46 @@ export function sfm(f: Tensor, mask: Tensor): Tensor {
     });
     const d = regionStats(f, mask, degradedCount);
     const c = regionStats(f, clean, cleanCount);
-    const modulated = add(div(mul(sub(f, d.mean), c.std), d.std), c.mean);
-    return where(gate, modulated, f);
+    return modulate(f, gate, d, c);
+  });
+}
+
+function modulate(
+  f: Tensor,
+  gate: Tensor,
+  degraded: { mean: Tensor; std: Tensor },
+  clean: { mean: Tensor; std: Tensor },
+): Tensor {
+  const modulated = add(div(mul(sub(f, degraded.mean), clean.std), degraded.std), clean.mean);
+  return where(gate, modulated, f);
+}
+
+/** SFM statistics of a batch, [N, C, 1, 1] each, and `valid` [N, 1, 1, 1]: 1 where the image has both
+ * regions. */
+export interface SfmStatistics {
+  /** Mean of the degraded region. */
+  degradedMean: Tensor;
+  /** sqrt(biased variance + {@link SFM_EPS}) of the degraded region. */
+  degradedStd: Tensor;
+  /** Mean of the clean region. */
+  cleanMean: Tensor;
+  /** sqrt(biased variance + {@link SFM_EPS}) of the clean region. */
+  cleanStd: Tensor;
+  /** 1 for images with degraded and clean sites, 0 for the others (SFM is the identity there). */
+  valid: Tensor;
+}
+
+/**
+ * SFM with statistics given by the caller instead of measured on `f`: tiled restoration measures them
+ * over the whole image, then modulates each tile with them. `sfm(f, mask)` equals
+ * `sfmWithStatistics(f, mask, s)` for `s` measured on `f`.
+ */
+export function sfmWithStatistics(f: Tensor, mask: Tensor, s: SfmStatistics): Tensor {
+  return tidy(() => {
+    const gate = noGrad(() => mul(mask, s.valid));
+    return modulate(f, gate, { mean: s.degradedMean, std: s.degradedStd }, {
+      mean: s.cleanMean,
+      std: s.cleanStd,
+    });
   });
 }
