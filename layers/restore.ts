@@ -403,6 +403,43 @@ export async function restorePlanar(
     return input;
   };
 
+  // NetL's outputs per tile, kept on the host after the first pass: later passes skip NetL.
+  const netLOutputs = new Map<TileRegion, { logits: Float32Array; f0: Float32Array; f1: Float32Array }>();
+  /** Runs the model on a tile up to the end or to a hook's StopForward; returns the restored tile and
+   * its mask in the first case. */
+  const runTile = async (r: TileRegion, hooks: GlobalLayerHooks | undefined) => {
+    const saved = netLOutputs.get(r);
+    let fresh: Tensor[] | undefined;
+    let result: { restored: Tensor; mask: Tensor } | undefined;
+    try {
+      result = noGrad(() =>
+        tidy(() => {
+          const x = tensor(tileInput(r), [1, 3, r.ph, r.pw]);
+          let g;
+          if (saved) {
+            const f0 = tensor(saved.f0, [1, saved.f0.length / (r.ph * r.pw), r.ph, r.pw]);
+            const hw = (r.ph >> 1) * (r.pw >> 1);
+            const f1 = tensor(saved.f1, [1, saved.f1.length / hw, r.ph >> 1, r.pw >> 1]);
+            g = model.guidanceFrom(tensor(saved.logits, [1, 1, r.ph, r.pw]), [f0, f1]);
+          } else {
+            g = model.guidance(x);
+            if (passes.length > 0) fresh = keep([g.logits, ...g.features]);
+          }
+          return { restored: model.netR.forward(x, g, hooks), mask: g.masks[0] };
+        })
+      );
+    } catch (e) {
+      if (!(e instanceof StopForward)) throw e;
+    } finally {
+      if (fresh) {
+        const [logits, f0, f1] = await Promise.all(fresh.map((t) => t.data()));
+        netLOutputs.set(r, { logits, f0, f1 });
+        for (const t of fresh) t.dispose();
+      }
+    }
+    return result;
+  };
+
   // Measuring passes: one per image-wide layer, each ending at that layer.
   for (const target of passes) {
     const level = target.level;
@@ -412,16 +449,7 @@ export async function restorePlanar(
     let maskMap: HostMap | undefined;
     for (const r of tiles) {
       let captured: [Tensor, Tensor] | undefined;
-      try {
-        noGrad(() =>
-          tidy(() => {
-            const hooks = hooksFor(r, target, (f, m) => (captured = [f, m]));
-            model.forward(tensor(tileInput(r), [1, 3, r.ph, r.pw]), hooks);
-          })
-        );
-      } catch (e) {
-        if (!(e instanceof StopForward)) throw e;
-      }
+      await runTile(r, hooksFor(r, target, (f, m) => (captured = [f, m])));
       if (!captured) throw new Error(`restore: the ${target.kind} layer at level ${level} was not reached`);
       const [f, m] = captured;
       const [fData, mData] = await Promise.all([f.data(), m.data()]);
@@ -468,13 +496,7 @@ export async function restorePlanar(
   for (const r of tiles) {
     const { y0, y1, x0, x1, ph, pw } = r;
     const [th, tw] = [y1 - y0, x1 - x0];
-    const { restored, mask } = noGrad(() =>
-      tidy(() => {
-        const out = model.forward(tensor(tileInput(r), [1, 3, ph, pw]), hooksFor(r, undefined, () => {}));
-        out.logits.dispose();
-        return { restored: out.restored, mask: out.mask };
-      })
-    );
+    const { restored, mask } = (await runTile(r, hooksFor(r, undefined, () => {})))!;
     const [rData, mData] = await Promise.all([restored.data(), mask.data()]);
     restored.dispose();
     mask.dispose();

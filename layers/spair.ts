@@ -392,6 +392,14 @@ export class SpairModel extends Module {
   guidance(x: Tensor): Guidance & { logits: Tensor } {
     return noGrad(() => {
       const { logits, features } = this.netL.forward(x);
+      return this.guidanceFrom(logits, features);
+    });
+  }
+
+  /** NetR's guidance from NetL's outputs (mask logits, encoder features at full and half resolution),
+   * for example ones kept from an earlier run on the same input. Takes ownership of the tensors. */
+  guidanceFrom(logits: Tensor, features: [Tensor, Tensor]): Guidance & { logits: Tensor } {
+    return noGrad(() => {
       const mask = binarizeMask(logits);
       const [m0, m1] = maskPyramid(mask, 2);
       mask.dispose();

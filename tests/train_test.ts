@@ -187,6 +187,32 @@ Deno.test("batches are a function of (seed, stage, step); crops and flips stay i
   assert.deepEqual([...seen].sort(), [0, 1, 2]);
 });
 
+Deno.test("focused crops: the most evenly degraded of cropFocus candidates wins; 1 = uniform crops", () => {
+  // A 64x64 pair whose only degradation is a 12x12 square: uniform 16x16 crops mostly miss it.
+  const w = 64, h = 64;
+  const mask = new Float32Array(w * h);
+  for (let y = 40; y < 52; y++) for (let x = 8; x < 20; x++) mask[y * w + x] = 1;
+  const input = new Float32Array(3 * w * h);
+  const pairs: LoadedPair[] = [{ name: "p", width: w, height: h, input, target: input, mask }];
+  const meanBalance = (cropFocus: number) => {
+    let total = 0;
+    for (let step = 1; step <= 40; step++) {
+      const b = sampleBatch(pairs, { seed: 5, batch: 1, crop: 16, cropFocus }, 2, step);
+      const d = b.mask.reduce((a, v) => a + v, 0) / b.mask.length;
+      total += Math.min(d, 1 - d);
+    }
+    return total / 40;
+  };
+  const uniform = meanBalance(1);
+  const focused = meanBalance(8);
+  console.log(`mean min(d, 1-d): uniform ${uniform.toFixed(3)}, focused ${focused.toFixed(3)}`);
+  assert.ok(uniform < 0.05, `uniform crops hit the square rarely (${uniform})`);
+  assert.ok(focused > 3 * uniform && focused > 0.1, `focused crops find it (${focused})`);
+  // Still a pure function of (seed, stage, step).
+  const config = { seed: 5, batch: 1, crop: 16, cropFocus: 8 };
+  assert.deepEqual(sampleBatch(pairs, config, 2, 3).mask, sampleBatch(pairs, config, 2, 3).mask);
+});
+
 Deno.test("learning rate halves every lrHalveEpochs epochs", () => {
   const config = { ...defaultConfig("rain"), batch: 4, lr: 2e-4, lrHalveEpochs: 2 };
   // 8 pairs, batch 4: 2 steps per epoch, so steps 1-4 are epochs 0-1, steps 5-8 epochs 2-3.
