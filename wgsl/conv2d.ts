@@ -1,7 +1,10 @@
 /**
  * 2-D convolution (NCHW, weights [Cout, Cin, kh, kw], groups = 1) as implicit GEMM.
  *
- * Main path (texture GEMM of `gemm.ts`): activations are first repacked into zero-padded NHWC scratch
+ * Stride-1 forward over rows of whole texels (W % 4 == 0): a texture GEMM that reads the NCHW activations
+ * directly (see directConvPlan), with only the small weight repack.
+ *
+ * Main path otherwise (texture GEMM of `gemm.ts`): activations are first repacked into zero-padded NHWC scratch
  * (channels rounded up to 4, so one rgba32f texel = 4 channels of one pixel and the GEMM needs no bounds
  * checks), weights into [out, tap, in4]; both are then read as textures, 4 useful floats per fetch:
  * - forward: rows = output pixels, columns = Cout, k = (tap, ci)
@@ -34,6 +37,7 @@ import {
   texGemmCode,
   type TexGemmSpec,
   texSchedule,
+  type TexTile,
   texWorkgroups,
   tileKey,
 } from "./gemm.ts";
@@ -232,7 +236,7 @@ function convGemmPlan(
 // then read 4 useful floats per texel fetch (see texGemmCode).
 
 /** Register block of the conv texture GEMMs; B (weights / dy) is the lane-uniform side. */
-export const CONV_TEX_TILE = { tm: 16, tn: 32, wg: 64 };
+export const CONV_TEX_TILE: TexTile = { tm: 16, tn: 32, wg: 64 };
 
 const ceil4 = (n: number) => Math.ceil(n / 4) * 4;
 
@@ -362,8 +366,14 @@ interface CoreGeom {
 }
 
 /** Texture GEMM of the conv core: rows = output pixels (per lane), columns = output channels (uniform). */
-function convCoreStep(g: CoreGeom, bias: boolean, split: boolean, sched: ReturnType<typeof texSchedule>) {
-  const { tm, tn, wg } = CONV_TEX_TILE;
+function convCoreStep(
+  g: CoreGeom,
+  bias: boolean,
+  split: boolean,
+  sched: ReturnType<typeof texSchedule>,
+  tile: TexTile,
+) {
+  const { tm, tn, wg } = tile;
   const C4 = ceil4(g.C) / 4;
   const setup: string[] = ["  let HWout = u.Hout * u.Wout;", "  let wRow = u.taps * u.C4;"];
   for (let i = 0; i < tm; i++) {
@@ -435,9 +445,10 @@ function convCorePlan(
   packX: KernelStep | null,
   packW: KernelStep,
   hasBias: boolean,
+  tile: TexTile,
 ): KernelPlan | null {
   if (!packX) return null;
-  const { tm, tn } = CONV_TEX_TILE;
+  const { tm, tn } = tile;
   const taps = g.kh * g.kw, Cp = ceil4(g.C);
   const xFloats = g.N * g.Hp * g.Wp * Cp, wFloats = g.O * taps * Cp;
   if (xFloats > MAX_TEXTURE_FLOATS || wFloats > MAX_TEXTURE_FLOATS) return null;
@@ -445,7 +456,7 @@ function convCorePlan(
   const outSize = rows * g.O;
   const sched = texSchedule(rows, g.O, taps * Cp / 4, 1, tm, tn);
   const split = sched.splits > 1;
-  const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched)];
+  const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched, tile)];
   const scratch: Record<string, number> = { xp: xFloats, wp: wFloats };
   if (split) {
     scratch.partials = sched.splits * outSize;
@@ -460,10 +471,187 @@ function convCorePlan(
   return { outSize, scratch, steps };
 }
 
+/** Register block of the direct (NCHW) conv GEMM: `tm` neighbouring output pixels of one row per invocation. */
+export const CONV_DIRECT_TILE: TexTile = { tm: 16, tn: 16, wg: 64 };
+
+/** Geometry of a stride-1 convolution read straight from NCHW: out[n][o][oh][ow] = sum_{c, r, q}
+ * src[n][c][oh + r * dH - P0][ow + q * dW - Q0] * wp[o][r * kw + q][c], zero outside src. */
+interface DirectGeom {
+  N: number;
+  C: number;
+  Hs: number;
+  Ws: number;
+  O: number;
+  Hout: number;
+  Wout: number;
+  kh: number;
+  kw: number;
+  P0: number;
+  Q0: number;
+  dH: number;
+  dW: number;
+}
+
+/**
+ * Stride-1 convolution as a texture GEMM reading the NCHW source directly (no repack): one texel is 4
+ * neighbouring pixels of one channel row, so an invocation owning `tm` neighbouring output pixels loads the
+ * row window they share once per (4 channels, kernel row) and takes all `kw` taps from it in registers
+ * (4 * kw k values per iteration). Needs source rows of whole texels (Ws % 4 == 0); the caller checks it.
+ */
+function directConvPlan(
+  g: DirectGeom,
+  src: string,
+  packW: KernelStep,
+  hasBias: boolean,
+  tile: TexTile,
+): KernelPlan | null {
+  const { tm, tn, wg } = tile;
+  const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
+  const srcFloats = g.N * g.C * g.Hs * g.Ws, wFloats = g.O * taps * C4 * 4;
+  if (g.Ws % 4 !== 0 || tm % 4 !== 0 || srcFloats > MAX_TEXTURE_FLOATS || wFloats > MAX_TEXTURE_FLOATS) {
+    return null;
+  }
+  // Window of the block's first pixel: texel shift and offset inside the texel (compile-time: the kernel
+  // is keyed on Q0 mod 4 and dW).
+  const off = ((-g.Q0 % 4) + 4) % 4;
+  const texels = Math.ceil((off + tm + (g.kw - 1) * g.dW) / 4);
+  const rowBlocksPerLine = Math.ceil(g.Wout / tm);
+  const rows = g.N * g.Hout * rowBlocksPerLine * tm;
+  const outSize = g.N * g.O * g.Hout * g.Wout;
+  const steps = C4 * g.kh;
+  const sched = texSchedule(rows, g.O, steps, 1, tm, tn);
+  const split = sched.splits > 1;
+  const bias = hasBias && !split;
+  const setup: string[] = [`  let lineBlock = rowBlock % u.lineBlocks;
+  let nh = rowBlock / u.lineBlocks;
+  let oh = nh % u.Hout;
+  let n = nh / u.Hout;
+  let ow0 = lineBlock * ${tm};
+  let W4 = u.Ws >> 2u;
+  let t0 = (ow0 - ${off} - u.Q0) >> 2u;`];
+  for (let t = 0; t < texels; t++) setup.push(`  let colOk_${t} = u32(t0 + ${t}) < u32(W4);`);
+  for (let j = 0; j < tn; j++) setup.push(`  let wb_${j} = colc_${j} * ${taps} * u.C4;`);
+  // k = (c4, kernel row r), r fastest, walked with counters.
+  setup.push(`  var c4 = stepBegin / ${g.kh};
+  var r = stepBegin % ${g.kh};`);
+  const preStep = [`    let ih = oh + r * u.dH - u.P0;
+    let rowOk = u32(ih) < u32(u.Hs);
+    let wOff = r * ${g.kw} * u.C4 + c4;`];
+  for (let cs = 0; cs < 4; cs++) {
+    preStep.push(`    let ok_${cs} = rowOk && c4 * 4 + ${cs} < u.C;
+    let aRow_${cs} = ((n * u.C + c4 * 4 + ${cs}) * u.Hs + ih) * W4 + t0;`);
+  }
+  const aLoads = [], bLoads = [];
+  for (let cs = 0; cs < 4; cs++) {
+    for (let t = 0; t < texels; t++) {
+      aLoads.push({ name: `ta_${cs}_${t}`, texel: `aRow_${cs} + ${t}`, mask: `ok_${cs} && colOk_${t}` });
+    }
+  }
+  for (let j = 0; j < tn; j++) {
+    for (let q = 0; q < g.kw; q++) {
+      bLoads.push({ name: `tb_${j}_${q}`, texel: `wb_${j} + wOff + ${q} * u.C4` });
+    }
+  }
+  const comp = ["x", "y", "z", "w"];
+  // k sub-step s = q * 4 + channel: pixel i of tap q is window position off + i + q * dW.
+  const aValue = (i: number, s: number) => {
+    const p = off + i + (s >> 2) * g.dW;
+    return `ta_${s & 3}_${p >> 2}.${comp[p & 3]}`;
+  };
+  const spec: TexGemmSpec = {
+    tm,
+    tn,
+    wg,
+    kSub: 4 * g.kw,
+    a: { layout: "custom", loads: aLoads, value: aValue },
+    b: { layout: "custom", loads: bLoads, value: (j, s) => `tb_${j}_${s >> 2}.${comp[s & 3]}` },
+    params: ["C", "C4", "Hs", "Ws", "Hout", "Wout", "P0", "Q0", "dH", "lineBlocks"],
+    inputs: [
+      { name: src, texture: true },
+      { name: "wp", texture: true },
+      ...(bias ? [{ name: "bias" }] : []),
+    ],
+    setup: setup.join("\n"),
+    preStep: preStep.join("\n"),
+    postStep: `    r++;
+    if (r == ${g.kh}) {
+      r = 0;
+      c4++;
+    }`,
+    outIndex: (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
+    outGuard: (i) => `ow0 + ${i} < u.Wout`,
+    epilogue: bias ? (v, _i, j) => `${v} + bias[colc_${j}]` : undefined,
+  };
+  const inputs = spec.inputs.map((b) => b.name);
+  const gemm: KernelStep = {
+    kernel: {
+      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${bias ? "-bias" : ""}${
+        split ? "-split" : ""
+      }`,
+      code: texGemmCode(spec, split),
+    },
+    uniforms: packI32([
+      ...texBaseUniforms(rows, g.O, steps, 1, sched, outSize),
+      g.C,
+      C4,
+      g.Hs,
+      g.Ws,
+      g.Hout,
+      g.Wout,
+      g.P0,
+      g.Q0,
+      g.dH,
+      rowBlocksPerLine,
+    ]),
+    buffers: [...inputs, split ? "partials" : "out"],
+    textures: [src, "wp"],
+    writes: [split ? "partials" : "out"],
+    workgroups: texWorkgroups(sched, wg),
+  };
+  const scratch: Record<string, number> = { wp: wFloats };
+  const stepsOut = [packW, gemm];
+  if (split) {
+    scratch.partials = sched.splits * outSize;
+    const biasSum = hasBias ? { name: "bias", inner: g.Hout * g.Wout, len: g.O } : undefined;
+    stepsOut.push(reduceSplitsStep(outSize, sched.splits, biasSum));
+  }
+  return { outSize, scratch, steps: stepsOut };
+}
+
 /** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
 const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;
 
-function forwardTexPlan(s: Conv2dShape, hasBias: boolean): KernelPlan | null {
+function forwardTexPlan(
+  s: Conv2dShape,
+  hasBias: boolean,
+  tile: TexTile,
+  directTile: TexTile | null,
+): KernelPlan | null {
+  const taps = s.kh * s.kw;
+  if (directTile && s.strideH === 1 && s.strideW === 1) {
+    const direct = directConvPlan(
+      {
+        N: s.N,
+        C: s.Cin,
+        Hs: s.H,
+        Ws: s.W,
+        O: s.Cout,
+        Hout: s.Hout,
+        Wout: s.Wout,
+        kh: s.kh,
+        kw: s.kw,
+        P0: s.padH,
+        Q0: s.padW,
+        dH: s.dilH,
+        dW: s.dilW,
+      },
+      "x",
+      packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
+      hasBias,
+      directTile,
+    );
+    if (direct) return direct;
+  }
   const Hp = span(s.Hout, s.strideH, s.kh, s.dilH), Wp = span(s.Wout, s.strideW, s.kw, s.dilW);
   const g: CoreGeom = {
     N: s.N,
@@ -480,12 +668,12 @@ function forwardTexPlan(s: Conv2dShape, hasBias: boolean): KernelPlan | null {
     kh: s.kh,
     kw: s.kw,
   };
-  const taps = s.kh * s.kw;
   return convCorePlan(
     g,
     packNhwcStep("x", "xp", s.N, s.Cin, s.H, s.W, Hp, Wp, s.padH, s.padW, 1, 1),
     packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
     hasBias,
+    tile,
   );
 }
 
@@ -493,7 +681,7 @@ function forwardTexPlan(s: Conv2dShape, hasBias: boolean): KernelPlan | null {
  * Input gradient as a stride-1 convolution of zero-inserted, padded dy with the flipped, transposed kernel:
  * dx[ih] = sum_r' P[ih + r' * dil] * w[kh - 1 - r'] with P[h] = dy[(h - P0) / stride], P0 = (kh-1)*dil - pad.
  */
-function inputGradTexPlan(s: Conv2dShape): KernelPlan | null {
+function inputGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
   const Hp = span(s.H, 1, s.kh, s.dilH), Wp = span(s.W, 1, s.kw, s.dilW);
   const g: CoreGeom = {
     N: s.N,
@@ -517,6 +705,7 @@ function inputGradTexPlan(s: Conv2dShape): KernelPlan | null {
     packNhwcStep("dy", "xp", s.N, s.Cout, s.Hout, s.Wout, Hp, Wp, P0, Q0, s.strideH, s.strideW),
     packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
     false,
+    tile,
   );
 }
 
@@ -524,8 +713,8 @@ function inputGradTexPlan(s: Conv2dShape): KernelPlan | null {
  * Weight gradient: rows = (tap, ci) with ci padded to 4, columns = Cout, k = output pixels (4 per loop
  * iteration, split across invocations). Both operands are NHWC texels (4 channels at one pixel).
  */
-function weightGradTexPlan(s: Conv2dShape): KernelPlan | null {
-  const { tm, tn, wg } = CONV_TEX_TILE;
+function weightGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
+  const { tm, tn, wg } = tile;
   const taps = s.kh * s.kw;
   const Cin4 = ceil4(s.Cin) / 4, Cout4 = ceil4(s.Cout) / 4;
   const Wq = ceil4(s.Wout);
@@ -623,9 +812,15 @@ function weightGradTexPlan(s: Conv2dShape): KernelPlan | null {
 }
 
 /** Forward convolution: inputs `x` [N,Cin,H,W], `w` [Cout,Cin,kh,kw], optional `bias` [Cout]. */
-export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean, tileOverride?: GemmTile): KernelPlan {
+export function conv2dForwardPlan(
+  s: Conv2dShape,
+  hasBias: boolean,
+  tileOverride?: GemmTile,
+  texTile: TexTile = CONV_TEX_TILE,
+  directTile: TexTile | null = CONV_DIRECT_TILE,
+): KernelPlan {
   if (!tileOverride && s.N * s.Cout * s.Hout * s.Wout > 0) {
-    const tex = forwardTexPlan(s, hasBias);
+    const tex = forwardTexPlan(s, hasBias, texTile, directTile);
     if (tex) return tex;
   }
   const taps = s.kh * s.kw;
@@ -638,9 +833,9 @@ export function conv2dForwardPlan(s: Conv2dShape, hasBias: boolean, tileOverride
 }
 
 /** Input gradient (also transposed convolution): inputs `dy` [N,Cout,Hout,Wout], `w`; out [N,Cin,H,W]. */
-export function conv2dInputGradPlan(s: Conv2dShape): KernelPlan {
+export function conv2dInputGradPlan(s: Conv2dShape, texTile: TexTile = CONV_TEX_TILE): KernelPlan {
   if (s.N * s.Cin * s.H * s.W > 0) {
-    const tex = inputGradTexPlan(s);
+    const tex = inputGradTexPlan(s, texTile);
     if (tex) return tex;
   }
   const taps = s.kh * s.kw;
@@ -650,14 +845,14 @@ export function conv2dInputGradPlan(s: Conv2dShape): KernelPlan {
 }
 
 /** Weight gradient: inputs `x` [N,Cin,H,W], `dy` [N,Cout,Hout,Wout]; out [Cout,Cin,kh,kw]. */
-export function conv2dWeightGradPlan(s: Conv2dShape): KernelPlan {
+export function conv2dWeightGradPlan(s: Conv2dShape, texTile: TexTile = CONV_TEX_TILE): KernelPlan {
   const taps = s.kh * s.kw;
   const tile = { ...convTile(s.Cout, 4) };
   const extent = { rows: s.Cin * taps, cols: s.Cout, kLen: s.N * s.Hout * s.Wout, batches: 1 };
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
   if (outSize > 0) {
-    const tex = weightGradTexPlan(s);
+    const tex = weightGradTexPlan(s, texTile);
     if (tex) return tex;
   }
   return convGemmPlan("dw", s, extent, tile, weightGradHooks(s, tile), outSize);

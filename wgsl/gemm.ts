@@ -271,14 +271,31 @@ export const TEXTURE_ROW_TEXELS = 2048;
  * bucket can be 25% larger than the tensor, when a plan's float counts are not passed to runPlan. */
 export const MAX_TEXTURE_FLOATS = TEXTURE_ROW_TEXELS * 4 * 6144;
 
-/** How a texture operand packs 4 floats into one texel. */
-export interface TexOperand {
-  /** "k": 4 consecutive k values of one row (column); "free": 4 consecutive rows (columns) at one k. */
-  layout: "k" | "free";
-  /** i32 WGSL texel index. For "k": block row (column) `idx`; for "free": group `idx` (rows 4*idx..+3) at
-   * k sub-step `s` of the iteration. */
-  texel: (idx: number, s: number) => string;
+/** Register block of a texture GEMM (rows x columns per invocation) and invocations per workgroup. */
+export interface TexTile {
+  tm: number;
+  tn: number;
+  wg: number;
 }
+
+/** How a texture operand packs 4 floats into one texel. */
+export type TexOperand =
+  | {
+    /** "k": 4 consecutive k values of one row (column); "free": 4 consecutive rows (columns) at one k. */
+    layout: "k" | "free";
+    /** i32 WGSL texel index. For "k": block row (column) `idx`; for "free": group `idx` (rows 4*idx..+3) at
+     * k sub-step `s` of the iteration. */
+    texel: (idx: number, s: number) => string;
+  }
+  | {
+    /** Any other arrangement: the operand lists its texel loads and says where each value lies. */
+    layout: "custom";
+    /** The loads of one iteration: `name` (declared with `let`) = texel `texel`, or zero where the bool WGSL
+     * expression `mask` is false. */
+    loads: { name: string; texel: string; mask?: string }[];
+    /** f32 WGSL expression (over the loaded names) for block row (column) `idx` at k sub-step `s`. */
+    value: (idx: number, s: number) => string;
+  };
 
 /** A texture-operand GEMM kernel: bindings are `inputs` (textures or storage) followed by `out`. */
 export interface TexGemmSpec {
@@ -286,8 +303,9 @@ export interface TexGemmSpec {
   tn: number;
   /** Invocations per workgroup. */
   wg: number;
-  /** k values per loop iteration: 4 (a "k" operand needs it), or 1 when both operands are "free". */
-  kSub: 1 | 4;
+  /** k values per loop iteration: 4 (a "k" operand needs it), 1 when both operands are "free", or whatever
+   * custom operands take. */
+  kSub: number;
   a: TexOperand;
   b: TexOperand;
   /** Extra uniform i32 fields after the base ones. */
@@ -406,7 +424,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   const comp = ["x", "y", "z", "w"];
   // Texel loads of one iteration, then the FMAs that consume them.
   const loads = (op: TexOperand, tex: string, p: string, n: number) => {
-    if (op.layout === "k") {
+    if (op.layout === "custom") {
+      for (const l of op.loads) {
+        const v = `ld_${tex}(${l.texel})`;
+        lines.push(`    let ${l.name} = ${l.mask ? `select(vec4f(0.0), ${v}, ${l.mask})` : v};`);
+      }
+    } else if (op.layout === "k") {
       for (const i of range(n)) lines.push(`    let ${p}_${i} = ld_${tex}(${op.texel(i, 0)});`);
     } else {
       for (const s of range(kSub)) {
@@ -415,7 +438,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
   };
   const value = (op: TexOperand, p: string, i: number, s: number) =>
-    op.layout === "k" ? `${p}_${i}.${comp[s]}` : `${p}_${s}_${i >> 2}.${comp[i & 3]}`;
+    op.layout === "custom"
+      ? op.value(i, s)
+      : op.layout === "k"
+      ? `${p}_${i}.${comp[s]}`
+      : `${p}_${s}_${i >> 2}.${comp[i & 3]}`;
   loads(t.a, texA, "ta", tm);
   loads(t.b, texB, "tb", tn);
   // Each accumulator takes its kSub FMAs back to back: with register blocks larger than the register file

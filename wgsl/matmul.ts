@@ -1,6 +1,6 @@
 /**
  * Batched matrix multiply: out[b] = op(A[b]) x op(B[b]). Main path: the texture-operand GEMM of `gemm.ts`
- * (operands read as rgba32f texels, 16x32 register block per invocation), after repacking operands whose
+ * (operands read as rgba32f texels, 32x32 register block per invocation), after repacking operands whose
  * rows are not texel-aligned. Operands too large for a texture use the storage-load register-blocked body.
  *
  * @module
@@ -19,6 +19,7 @@ import {
   texGemmCode,
   type TexOperand,
   texSchedule,
+  type TexTile,
   texWorkgroups,
   tileKey,
 } from "./gemm.ts";
@@ -61,7 +62,7 @@ function matmulHooks(transA: boolean, transB: boolean, tm: number, tn: number): 
 }
 
 /** Register block of the texture GEMM (rows x columns per invocation) and invocations per workgroup. */
-export const MATMUL_TEX_TILE = { tm: 16, tn: 32, wg: 64 };
+export const MATMUL_TEX_TILE: TexTile = { tm: 32, tn: 32, wg: 16 };
 
 /**
  * Copies a [batches, R, K] operand (element (b, r, k) at b * bs + r * rs + k * ks) into a dense
@@ -107,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Texture path: A is read as "k" texels (A[row][k..k+3]) or, when transposed and aligned, as "free" texels
  * (A^T[k][row..row+3]); likewise B. Operands whose rows are not texel-aligned are repacked first.
  */
-function matmulTexPlan(p: MatmulShape): KernelPlan | null {
+function matmulTexPlan(p: MatmulShape, texTile = MATMUL_TEX_TILE): KernelPlan | null {
   const { batch, M, N, K } = p;
   const transA = !!p.transA, transB = !!p.transB;
   const outSize = batch * M * N;
@@ -119,7 +120,7 @@ function matmulTexPlan(p: MatmulShape): KernelPlan | null {
   const K4 = Math.ceil(K / 4);
   const aFloats = aBatches * M * (packA ? K4 * 4 : K), bFloats = bBatches * N * (packB ? K4 * 4 : K);
   if (aFloats > MAX_TEXTURE_FLOATS || bFloats > MAX_TEXTURE_FLOATS) return null;
-  const { tm, tn, wg } = MATMUL_TEX_TILE;
+  const { tm, tn, wg } = texTile;
   const aLayout = packA || !transA ? "k" : "free";
   const bLayout = packB || transB ? "k" : "free";
   const setup: string[] = [
@@ -189,13 +190,17 @@ function matmulTexPlan(p: MatmulShape): KernelPlan | null {
 }
 
 /** Plan for out[b] = op(A[b]) x op(B[b]); inputs `a`, `b`, output `out` [batch, M, N]. */
-export function matmulPlan(p: MatmulShape, tile: GemmTile = MATMUL_TILE): KernelPlan {
+export function matmulPlan(
+  p: MatmulShape,
+  tile: GemmTile = MATMUL_TILE,
+  texTile = MATMUL_TEX_TILE,
+): KernelPlan {
   const { batch, M, N, K } = p;
   const transA = !!p.transA, transB = !!p.transB;
   const outSize = batch * M * N;
   if (outSize === 0) return { outSize, scratch: {}, steps: [] };
   if (K === 0) return { outSize, scratch: {}, steps: [fillZeroStep(outSize)] };
-  const tex = matmulTexPlan(p);
+  const tex = matmulTexPlan(p, texTile);
   if (tex) return tex;
   // Operands too large for a texture: storage-load kernel.
   const extent = { rows: M, cols: N, kLen: K, batches: batch };

@@ -24,7 +24,18 @@
  * pass), exits at once. The work is therefore (queries x clean keys in their lines) x C / T loads plus
  * O(queries x C) per pass, and a 100%-degraded mask costs next to nothing.
  *
- * Passes (R = row lines, C = column lines), each one dispatch:
+ * Lines with few queries. At low density most lines hold a handful of queries (about 2.5 per 256-site
+ * line at 1%), so the blocked layout would run one active invocation per line, walking every key of the
+ * line on one SIMD lane with T query slots of math per key: each line cost about as much as a line of T
+ * queries, and a 1% mask cost half as much as a 10% one. The query passes therefore also run a `few`
+ * variant for the lines with at most 2T queries (the blocked one skips them), one workgroup per T queries
+ * of such a line: every invocation holds the same T queries, the invocations split the keys (key i
+ * to invocation i mod 8), so each vector instruction serves 8 keys, and a workgroup-memory reduction
+ * merges the 8 partial results per query (WG * T * C floats at most, within WebGPU's guaranteed
+ * 16 KiB). The key pass already has its lanes busy at low density (T keys each, walking the few queries).
+ *
+ * Passes (R = row lines, C = column lines), each one dispatch (the query passes `stats`, `accum`, `dgdot`,
+ * `dq` two: blocked lines, then few-query lines, which touch disjoint queries):
  * - forward: `stats` R, C (per query and direction: streaming max and sum of exp over the keys), `finalize`
  *   per query (logsumexp per direction and the fusion softmax over the non-empty directions), `accum` R, C
  *   (`out_p += sum_q w_d a_pq f_q`; `out` starts as a copy of F and a query without keys is not written,
@@ -44,8 +55,9 @@
  * count of active sites stays on the GPU): 14 words per site against the input's C.
  *
  * llvmpipe loop cap (65,535 iterations per invocation in total): the attention kernels' only loops walk a
- * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops, so an
- * invocation runs at most max(H, W) + 2T iterations; the list builder walks a line twice (2 max(H, W)).
+ * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops (and, in the
+ * `few` variant, 8-iteration reduction loops), so an invocation runs at most max(H, W) + 2T + 8
+ * iterations; the list builder walks a line twice (2 max(H, W)).
  * Lines are therefore limited to {@link SNL_MAX_LINE} = 7,996 sites, which keeps every invocation under
  * 16,000 iterations.
  *
@@ -178,24 +190,14 @@ export function snlListsPlan(N: number, H: number, W: number): KernelPlan {
 
 type Pass = "stats" | "accum" | "dgdot" | "dq" | "dk";
 
+const read = (name: string, type: "f32" | "u32" = "f32"): Binding => [name, type, false];
+const written = (name: string): Binding => [name, "f32", true];
 const PASS_BINDINGS: Record<Pass, Binding[]> = {
-  stats: [["F", "f32", false], ["lists", "u32", false], ["stats", "f32", true]],
-  accum: [["F", "f32", false], ["stats", "f32", false], ["lists", "u32", false], ["out", "f32", true]],
-  dgdot: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["lists", "u32", false], [
-    "D",
-    "f32",
-    true,
-  ]],
-  dq: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["D", "f32", false], [
-    "lists",
-    "u32",
-    false,
-  ], ["dF", "f32", true]],
-  dk: [["F", "f32", false], ["dOut", "f32", false], ["stats", "f32", false], ["D", "f32", false], [
-    "lists",
-    "u32",
-    false,
-  ], ["dF", "f32", true]],
+  stats: [read("F"), read("lists", "u32"), written("stats")],
+  accum: [read("F"), read("stats"), read("lists", "u32"), written("out")],
+  dgdot: [read("F"), read("dOut"), read("stats"), read("lists", "u32"), written("D")],
+  dq: [read("F"), read("dOut"), read("stats"), read("D"), read("lists", "u32"), written("dF")],
+  dk: [read("F"), read("dOut"), read("stats"), read("D"), read("lists", "u32"), written("dF")],
 };
 
 /**
@@ -298,17 +300,51 @@ function dotExpr(C: number, a: (c: number) => string, b: (c: number) => string):
   return chunks.join("\n      + ");
 }
 
-function lineKernel(pass: Pass, C: number, T: number): KernelSource {
+/**
+ * Whether the query passes (all but `dk`) of this width get a {@link lineKernel} `few` variant: its
+ * cross-lane reduction keeps WG * T * C partial sums in workgroup memory, which WebGPU guarantees up to
+ * 16 KiB.
+ */
+/**
+ * Lines with at most FEW_GROUPS * T queries take the `few` variant, one workgroup per T of them. Measured at
+ * 256x256, C = 32: it halves the query passes at 1% (about 2.5 queries per line) and helps at 5% (about
+ * 13); at 10% (about 26) it is no faster than the blocked layout, whose lanes are then mostly busy.
+ */
+const FEW_GROUPS = 2;
+function hasFewVariant(C: number, T: number): boolean {
+  return WG * T * C * 4 <= 16384;
+}
+
+/**
+ * WGSL of one line pass. `few` selects the variant for lines with at most FEW_GROUPS * T queries (query
+ * passes only):
+ * there the blocked layout would leave one invocation of the workgroup to walk every key of the line for a
+ * handful of queries, paying the whole line's loads and T query slots of math per key on one SIMD lane, so
+ * a sparse mask costs nearly as much per line as a dense one. The `few` workgroup takes T queries of such a
+ * line: all its invocations hold the same queries and split the keys between them (key i to invocation
+ * i mod WG), so each vector instruction serves WG keys; a workgroup-memory reduction then merges the WG
+ * partial results per query (streaming max/sum for `stats`, plain sums otherwise), and invocation q writes
+ * query q. The blocked variant then skips those lines.
+ */
+function lineKernel(pass: Pass, C: number, T: number, few = false): KernelSource {
   const keysPass = pass === "dk";
+  const splitLines = !keysPass && hasFewVariant(C, T);
   const items = keysPass ? "nK" : "nQ";
   const ownAt = (i: string) => (keysPass ? `keyAt(listBase, ${i})` : `queryAt(listBase, nK, ${i})`);
   const otherAt = keysPass ? "queryAt(listBase, nK, i)" : "keyAt(listBase, i)";
   const others = keysPass ? "nQ" : "nK";
   // Own items: positions t_q, sites s_q, flat sites g_q (items past the end repeat the last one).
   // A line without keys (or, for dk, without queries) has no pair: nothing to do (stats start zeroed).
-  const own = `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u) { return; }
+  const own = `${
+    few
+      ? `  if (chunk * ${T}u >= nQ || nQ > ${FEW_GROUPS * T}u || nK == 0u) { return; }
+  let start = chunk * ${T}u;`
+      : `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u${
+        splitLines ? ` || nQ <= ${FEW_GROUPS * T}u` : ""
+      }) { return; }
   let start = chunk * ${WG * T}u + lid * ${T}u;
-  if (start >= ${items}) { return; }
+  if (start >= ${items}) { return; }`
+  }
 ${
     perQ(T, (q) =>
       `let t${q} = ${ownAt(`min(start + ${q}u, ${items} - 1u)`)};
@@ -319,7 +355,7 @@ let g${q} = b * u.HW + s${q};`, "  ")
   // kernel has C load sites per vector instead of T * C (llvmpipe expands each site into a per-lane loop).
   const loadOwn = (names: [string, string][]) =>
     `${perQ(T, (q) => names.map(([n]) => perC(C, (c) => `var ${n}${q}_${c} = 0.0;`)).join("\n"), "  ")}
-  for (var q = 0u; q < ${T}u; q++) {
+  for (var q = 0u; q < ${few ? `min(nQ - start, ${T}u)` : `${T}u`}; q++) {
     let o = fb + lineBase + ${ownAt(`min(start + q, ${items} - 1u)`)} * step;
 ${
       names.map(([n, src]) => "    " + perC(C, (c) => `let ${n}_${c} = ${src}[${ch("o", c)}];`, "\n    "))
@@ -366,9 +402,85 @@ ${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      
           : `stats[(g${q} * 4u + ${d}) * 2u${what === "w" ? " + 1u" : ""}]`;
       return `let ${what}B${q} = ${at("dBefore")};\nlet ${what}A${q} = ${at("dBefore + 1u")};`;
     }, "  ");
-  const loopHead = `  for (var i = 0u; i < ${others}; i++) {
+  const loopHead = `  for (var i = ${few ? "lid" : "0u"}; i < ${others}; i += ${few ? WG : 1}u) {
     let t = ${otherAt};
     let x0 = fb + lineBase + t * step;`;
+  // Partial results per query slot of a `few` invocation, as WGSL expressions of slot q.
+  const partials = (p: Pass, q: number): string[] =>
+    p === "stats"
+      ? [`mB${q}`, `lB${q}`, `mA${q}`, `lA${q}`]
+      : p === "dgdot"
+      ? [`DB${q}`, `DA${q}`]
+      : Array.from({ length: C }, (_, c) => `acc${q}_${c}`);
+  // Stores every invocation's partials (slots of real queries only), then invocation q merges slot q over
+  // the workgroup and writes query q.
+  const fewEpilogue = (p: Pass) => {
+    const K = partials(p, 0).length;
+    const ys = Array.from({ length: K }, (_, k) => `y${k}`);
+    let merge: string;
+    if (p === "stats") {
+      merge = `    var mB = -3.0e38;
+    var lB = 0.0;
+    var mA = -3.0e38;
+    var lA = 0.0;
+    for (var j = 0u; j < ${WG}u; j++) {
+      let at = (j * ${T}u + lid) * 4u;
+      let mB2 = part[at];
+      let mA2 = part[at + 2u];
+      let mBn = max(mB, mB2);
+      let mAn = max(mA, mA2);
+      lB = lB * exp(mB - mBn) + part[at + 1u] * exp(mB2 - mBn);
+      lA = lA * exp(mA - mAn) + part[at + 3u] * exp(mA2 - mAn);
+      mB = mBn;
+      mA = mAn;
+    }
+    stats[(gq * 4u + dBefore) * 2u] = mB;
+    stats[(gq * 4u + dBefore) * 2u + 1u] = lB;
+    stats[(gq * 4u + dBefore + 1u) * 2u] = mA;
+    stats[(gq * 4u + dBefore + 1u) * 2u + 1u] = lA;`;
+    } else {
+      const sums = `${ys.map((y) => `    var ${y} = 0.0;`).join("\n")}
+    for (var j = 0u; j < ${WG}u; j++) {
+      let at = (j * ${T}u + lid) * ${K}u;
+${ys.map((y, k) => `      ${y} += part[at + ${k}u];`).join("\n")}
+    }`;
+      if (p === "dgdot") {
+        merge = `${sums}
+    D[gq * 4u + dBefore] = y0;
+    D[gq * 4u + dBefore + 1u] = y1;`;
+      } else {
+        const dst = p === "accum" ? "out" : "dF";
+        merge = `    let wB = stats[(gq * 4u + dBefore) * 2u + 1u];
+    let wA = stats[(gq * 4u + dBefore + 1u) * 2u + 1u];
+    if (wB != 0.0 || wA != 0.0) {
+${sums.replace(/^/gm, "  ")}
+      let o = fb + sq;
+${ys.map((y, c) => `      ${dst}[${ch("o", c)}] += ${y};`).join("\n")}
+    }`;
+      }
+    }
+    return `  for (var q = 0u; q < min(nQ - start, ${T}u); q++) {
+${ys.map((y) => `    var ${y} = 0.0;`).join("\n")}
+    switch q {
+${
+      perQ(T, (q) =>
+        `${q === T - 1 ? "default" : `case ${q}u`}: { ${
+          partials(p, q).map((v, k) =>
+            `y${k} = ${v};`
+          ).join(" ")
+        } }`, "      ")
+    }
+    }
+    let at = (lid * ${T}u + q) * ${K}u;
+${ys.map((y, k) => `    part[at + ${k}u] = ${y};`).join("\n")}
+  }
+  workgroupBarrier();
+  if (start + lid < nQ) {
+    let sq = lineBase + queryAt(listBase, nK, start + lid) * step;
+    let gq = b * u.HW + sq;
+${merge}
+  }`;
+  };
   let body: string;
   switch (pass) {
     case "stats":
@@ -392,18 +504,21 @@ ${
 }`)
       }
   }
-  for (var q = 0u; q < ${T}u; q++) {
+${
+        few ? fewEpilogue("stats") : `  for (var q = 0u; q < ${T}u; q++) {
     if (start + q >= nQ) { break; }
     var st = vec4<f32>(0.0);
     switch q {
 ${
-        perQ(
-          T,
-          (q) =>
-            `${q === T - 1 ? "default" : `case ${q}u`}: { st = vec4<f32>(mB${q}, lB${q}, mA${q}, lA${q}); }`,
-          "      ",
-        )
-      }
+          perQ(
+            T,
+            (q) =>
+              `${
+                q === T - 1 ? "default" : `case ${q}u`
+              }: { st = vec4<f32>(mB${q}, lB${q}, mA${q}, lA${q}); }`,
+            "      ",
+          )
+        }
     }
     let s = lineBase + ${ownAt("start + q")} * step;
     let g = b * u.HW + s;
@@ -411,7 +526,8 @@ ${
     stats[(g * 4u + dBefore) * 2u + 1u] = st.y;
     stats[(g * 4u + dBefore + 1u) * 2u] = st.z;
     stats[(g * 4u + dBefore + 1u) * 2u + 1u] = st.w;
-  }`;
+  }`
+      }`;
       break;
     case "accum":
       body = `${loadOwn([["v", "F"]])}
@@ -430,7 +546,7 @@ ${
 }`)
       }
   }
-${storeOwn("out", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
+${few ? fewEpilogue("accum") : storeOwn("out", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
       break;
     case "dgdot":
       body = `${loadOwn([["v", "F"], ["h", "dOut"]])}
@@ -451,7 +567,7 @@ ${
       }
   }
 ${
-        perQ(
+        few ? fewEpilogue("dgdot") : perQ(
           T,
           (q) =>
             `if (start + ${q}u < nQ) {\n  D[g${q} * 4u + dBefore] = DB${q};\n  D[g${q} * 4u + dBefore + 1u] = DA${q};\n}`,
@@ -479,7 +595,7 @@ ${
 }`)
       }
   }
-${storeOwn("dF", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
+${few ? fewEpilogue("dq") : storeOwn("dF", (q) => `wB${q} != 0.0 || wA${q} != 0.0`)}`;
       break;
     case "dk":
       body = `${loadOwn([["v", "F"]])}
@@ -512,8 +628,10 @@ ${
 ${storeOwn("dF", () => "true")}`;
       break;
   }
+  const partCount = WG * T * (pass === "stats" ? 4 : pass === "dgdot" ? 2 : C);
   const code = `${PARAMS}
 ${bindings(PASS_BINDINGS[pass])}
+${few ? `var<workgroup> part: array<f32, ${partCount}>;` : ""}
 ${ENTRY_FN}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -522,30 +640,33 @@ ${own}
 ${body}
 }
 `;
-  return { key: `snl:${pass}:c${C}:t${T}`, code };
+  return { key: `snl:${pass}${few ? "-few" : ""}:c${C}:t${T}`, code };
 }
 
 const cache = new Map<string, KernelSource>();
-function kernel(pass: Pass, C: number, T: number): KernelSource {
-  const key = `${pass}:${C}:${T}`;
+function kernel(pass: Pass, C: number, T: number, few: boolean): KernelSource {
+  const key = `${pass}:${C}:${T}:${few}`;
   let k = cache.get(key);
-  if (!k) cache.set(key, k = lineKernel(pass, C, T));
+  if (!k) cache.set(key, k = lineKernel(pass, C, T, few));
   return k;
 }
 
-/** Steps of one line pass: rows, then columns. */
+/** Steps of one line pass: rows, then columns; for query passes each also as the `few` variant (a
+ * workgroup per T queries) for the lines with at most FEW_GROUPS * T queries, which the blocked one skips. */
 function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]): KernelStep[] {
   checkShape(s);
   const T = snlBlock(s.C);
-  return [true, false].map((row) => {
+  const withFew = pass !== "dk" && hasFewVariant(s.C, T);
+  return [true, false].flatMap((row) => {
     const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
-    return {
-      kernel: kernel(pass, s.C, T),
+    const step = (few: boolean): KernelStep => ({
+      kernel: kernel(pass, s.C, T, few),
       uniforms: uniforms(s, row),
       buffers,
       writes,
-      workgroups: [Math.ceil(len / (WG * T)), lines, s.N] as [number, number, number],
-    };
+      workgroups: [few ? FEW_GROUPS : Math.ceil(len / (WG * T)), lines, s.N],
+    });
+    return withFew ? [step(false), step(true)] : [step(false)];
   });
 }
 

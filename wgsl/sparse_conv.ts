@@ -1,10 +1,11 @@
 /**
  * Submanifold sparse convolution (SPAIR's SC, paper eq. 2) over the compacted active-site list of a mask:
  * `out_p = M_p * (b + sum_t K_t F_{p+d_t} M_{p+d_t})` for kernel 3x3 (padding 1, dilation 1, stride 1) or
- * 1x1. Tensors stay dense NCHW; only active sites are read, computed and written (the caller clears the
- * output densely first). Site lists come from `wgsl/compact.ts` (`counts`, `indices`). Counts stay on the
- * GPU: every kernel is dispatched over the list's capacity (N*H*W) and an invocation whose list range starts
- * at or past `counts[0]` returns at once, so the work done follows the number of active sites.
+ * 1x1. Feature maps are dense NCHW or compact (rows of list entries, see {@link ChannelSlice}); only
+ * active sites are read, computed and written (the caller clears a dense output first). Site lists come from
+ * `wgsl/compact.ts` (`counts`, `indices`). Counts stay on the GPU: every kernel is dispatched over the
+ * list's capacity (N*H*W) and an invocation whose list range starts at or past `counts[0]` returns at once,
+ * so the work done follows the number of active sites.
  *
  * Cost model (llvmpipe, Mesa 22.3, the adapter these kernels are tuned for): a storage-buffer load costs the
  * same per lane whether or not its address is uniform across the workgroup (no scalar fast path inside
@@ -17,7 +18,8 @@
  *
  * Kernels:
  * - {@link neighbourBitsStep}: per list entry, a u32 whose bit t says that tap t's neighbour is inside the
- *   image and active (one load instead of eight mask loads per site in the conv kernels).
+ *   image and active (one load instead of eight mask loads per site in the conv kernels);
+ *   {@link neighbourEntriesStep}: per list entry and tap, the neighbour's list entry (for compact sources).
  * - {@link siteGemmPlan}: forward and input gradient. An invocation owns 16 consecutive list entries and
  *   `tn` (4, 8 or 16) output channels; the loops run over taps (outer) and reduction channels (inner).
  * - {@link sparseWeightGradPlan}: weight and bias gradients, a reduction over the active list. The list is
@@ -27,8 +29,13 @@
  * - {@link reluGateStep}: in place `g = select(0, g, y > 0)` at active sites (ReLU backward inside the SC
  *   module's fused backward); {@link siteCopyStep}: channel-slice copies (or zeroing) at active sites.
  *
- * Channel ranges travel as (channels per image, channel offset) pairs, so kernels can read and write
- * channel slices of one dense-block buffer in place.
+ * Channel ranges travel as (channels per image, channel offset, layout) slices, so kernels can read and write
+ * channel slices of one dense-block buffer in place. The compact layout keeps the active sites' features
+ * together: at low density a dense map puts every active site in its own cache line, which made a site
+ * cost about 1.5 times more at 10% density than at 100%.
+ *
+ * Site kernels run on a grid whose workgroups are interleaved ({@link siteWorkgroups}), so the active
+ * prefix of the list is shared by all of a CPU driver's threads.
  *
  * Uniforms that bound loops go through `opaqueUniform` (lavapipe would otherwise specialize and recompile
  * the shader per bind).
@@ -36,7 +43,8 @@
  * Loop iterations per invocation (llvmpipe silently stops an invocation after 65,535):
  * - forward / input gradient: taps x (reduction channels + 1) <= {@link SPARSE_MAX_LOOP};
  * - weight gradient: {@link WGRAD_CHUNK} list entries; its reduce pass <= {@link WGRAD_MAX_SPLITS} chunks;
- * - neighbour bits: none; ReLU gate and site copies: their channel count (<= {@link SPARSE_MAX_LOOP}).
+ * - neighbour bits and entries: none; ReLU gate and site copies: their channel count
+ *   (<= {@link SPARSE_MAX_LOOP}).
  *
  * @module
  */
@@ -63,11 +71,35 @@ export interface SparseGeometry {
   k: 1 | 3;
 }
 
-/** A channel slice of a dense NCHW buffer: `channels` per image in the buffer, slice starts at `offset`. */
+/**
+ * A channel slice of a feature buffer: `channels` per image in the buffer, slice starts at `offset`. The
+ * buffer is dense NCHW, or with `compact`, rows of list entries: channel c of list entry e at
+ * `c * capacity + e` (capacity = N*H*W), so the features of active sites sit together whatever the density
+ * (the SC module's dense block); only the first `counts[0]` entries of a row are used.
+ */
 export interface ChannelSlice {
   channels: number;
   offset: number;
+  compact?: boolean;
 }
+
+/** WGSL index of channel 0 of `slice` in image `n` (dense) or of row `offset` (compact), from uniform
+ * fields `${prefix}C` and `${prefix}Off`; add {@link slicePos} and `c *` {@link sliceStride} for channel c. */
+function sliceBase(slice: ChannelSlice, prefix: string, n: string): string {
+  return slice.compact ? `u.${prefix}Off * u.cap` : `(${n} * u.${prefix}C + u.${prefix}Off) * u.HW`;
+}
+
+/** WGSL position of a site in a slice: its in-image index `hw` (dense) or its list entry `e` (compact). */
+function slicePos(slice: ChannelSlice, hw: string, e: string): string {
+  return slice.compact ? e : hw;
+}
+
+/** WGSL distance between consecutive channels of a slice. */
+function sliceStride(slice: ChannelSlice): string {
+  return slice.compact ? "u.cap" : "u.HW";
+}
+
+const layoutKey = (slice: ChannelSlice | null) => (slice?.compact ? "c" : "d");
 
 /** Register block of {@link siteGemmPlan}: list entries (`tm`) and output channels (`tn`) per invocation. */
 export interface SiteTile {
@@ -132,10 +164,35 @@ fn ld_${b.name}(t: i32) -> vec4f {
 const TEXTURE_ROW_TEXELS = 2048;
 const TEXTURE_ROW_SHIFT = 11;
 
+/**
+ * Workgroups a site kernel's grid is interleaved over (see {@link siteWorkgroups}): a multiple of any likely
+ * thread count of a CPU driver.
+ */
+const SPREAD = 64;
+
+/**
+ * Grid for `count` workgroups of a kernel whose work sits in its first workgroups (the active list's prefix):
+ * padded to a multiple of {@link SPREAD} and folded over x and y with x a multiple of SPREAD, so the grid
+ * size divides into SPREAD equal parts. llvmpipe hands each of its threads one contiguous part of the grid
+ * (Mesa's lp_cs_tpool splits the iterations statically), so without interleaving, a list shorter than half
+ * of its capacity would run on one thread; {@link ENTRY} maps grid part j, position i to logical workgroup
+ * i * SPREAD + j, so every thread gets an equal share of the active prefix.
+ */
+function siteWorkgroups(count: number): [number, number, number] {
+  const padded = Math.max(1, Math.ceil(count / SPREAD)) * SPREAD;
+  const maxX = Math.floor(65535 / SPREAD) * SPREAD;
+  const y = Math.ceil(padded / maxX);
+  if (y > 65535) throw new Error(`dispatch of ${count} workgroups is too large`);
+  return [Math.ceil(padded / y / SPREAD) * SPREAD, y, 1];
+}
+
+/** Entry of the site kernels (dispatched with {@link siteWorkgroups}): `inv` is the logical invocation. */
 const ENTRY = `@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lane: u32) {
-  let inv = i32((wid.x + wid.y * nwg.x) * ${WG}u + lane);`;
+  let gridPart = nwg.x * nwg.y / ${SPREAD}u;
+  let slot = wid.x + wid.y * nwg.x;
+  let inv = i32(((slot % gridPart) * ${SPREAD}u + slot / gridPart) * ${WG}u + lane);`;
 
 /**
  * Declares `name` = `value` (a uniform) in a way that lavapipe cannot constant-fold. Mesa's lavapipe inlines
@@ -198,7 +255,51 @@ ${taps.join("\n")}
     uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
     buffers: ["counts", "indices", "rank", "out"],
     writes: ["out"],
-    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
+  };
+}
+
+/**
+ * Neighbour entries of every list entry (k = 3), for kernels reading compact slices: `out[t * cap + e]` is
+ * the list entry of tap t's neighbour of entry e (t = 3 * (dy + 1) + (dx + 1)), or 0xffffffff when it is
+ * outside the image or clean. Buffers: `counts`, `indices`, `rank` (u32), `out` (u32, 9 x capacity).
+ */
+export function neighbourEntriesStep(g: { N: number; H: number; W: number }): KernelStep {
+  const cap = g.N * g.H * g.W;
+  const taps = range(9).map((t) => {
+    const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
+    if (dy === 0 && dx === 0) return `  out[${t} * u.cap + inv] = u32(inv);`;
+    return `  { let yy = y + ${dy}; let xx = x + ${dx};
+    let inside = u32(yy) < u32(u.H) && u32(xx) < u32(u.W);
+    let r = rank[nb + select(hw, yy * u.W + xx, inside)];
+    out[${t} * u.cap + inv] = select(0xffffffffu, r, inside); }`;
+  });
+  return {
+    kernel: {
+      key: "sparse-conv-neighbour-entries",
+      code: `${
+        header(["HW", "H", "W", "cap"], [
+          ro("counts", "u32"),
+          ro("indices", "u32"),
+          ro("rank", "u32"),
+          rw("out", "u32"),
+        ])
+      }
+${ENTRY}
+  if (inv >= i32(counts[0])) { return; }
+  let s = i32(indices[inv]);
+  let n = s / u.HW;
+  let hw = s - n * u.HW;
+  let nb = n * u.HW;
+  let y = hw / u.W;
+  let x = hw - y * u.W;
+${taps.join("\n")}
+}`,
+    },
+    uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
+    buffers: ["counts", "indices", "rank", "out"],
+    writes: ["out"],
+    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
   };
 }
 
@@ -244,7 +345,7 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   const list = [
     ro("counts", "u32"),
     ro("indices", "u32"),
-    ...(s.k > 1 ? [ro("nbits", "u32")] : []),
+    ...(s.k > 1 ? [ro(s.src.compact ? "nbr" : "nbits", "u32")] : []),
     ...(s.srcIsOut ? [] : [ro("src")]),
     ro("wt", "texture"),
     ro("bias"),
@@ -252,7 +353,7 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   ];
   const L: string[] = [];
   const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
-  L.push(header([...fields, "flags", "colsPad"], list));
+  L.push(header([...fields, "flags", "colsPad", "cap"], list));
   L.push(`${ENTRY}
   if (inv >= u.rowBlocks * u.colBlocks) { return; }
   let col0 = (inv % u.colBlocks) * ${t.tn};
@@ -270,15 +371,16 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   let s_${i} = i32(indices[e_${i}]);
   let n_${i} = s_${i} / u.HW;
   let hw_${i} = s_${i} - n_${i} * u.HW;
-  let sb_${i} = (n_${i} * u.srcC + u.srcOff) * u.HW;`);
-    if (s.k > 1) L.push(`  let bits_${i} = nbits[e_${i}];`);
+  let sb_${i} = ${sliceBase(s.src, "src", `n_${i}`)};
+  let sp_${i} = ${slicePos(s.src, `hw_${i}`, `e_${i}`)};`);
+    if (s.k > 1 && !s.src.compact) L.push(`  let bits_${i} = nbits[e_${i}];`);
   }
   for (const i of range(t.tm)) for (const j of range(t.tn)) L.push(`  var c_${i}_${j} = 0.0;`);
   // Weights come from a texture ([K][taps][cols rounded up to 4], 4 channels per texel): tn / 4 texel loads
   // per step instead of tn storage loads.
   const inner = (tw: string) => {
     const body: string[] = [`    for (var kk = 0; kk < kEnd; kk++) {
-      let kb = kk * u.HW;
+      let kb = kk * ${sliceStride(s.src)};
       let wb = ((kk * ${T} + ${tw}) * u.colsPad + col0) >> 2u;`];
     for (const g of range(t.tn / 4)) body.push(`      let tb_${g} = ld_wt(wb + ${g});`);
     for (const i of range(t.tm)) {
@@ -292,7 +394,7 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     return body.join("\n");
   };
   if (T === 1) {
-    for (const i of range(t.tm)) L.push(`  let o_${i} = sb_${i} + hw_${i};`);
+    for (const i of range(t.tm)) L.push(`  let o_${i} = sb_${i} + sp_${i};`);
     L.push("  {", inner("0"), "  }");
   } else {
     L.push(`  for (var t = 0; t < ${T}; t++) {
@@ -300,16 +402,23 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     let dx = t % ${s.k} - ${(s.k - 1) / 2};
     let delta = dy * u.W + dx;`);
     for (const i of range(t.tm)) {
-      L.push(`    let ok_${i} = ((bits_${i} >> u32(t)) & 1u) != 0u;
+      if (s.src.compact) {
+        L.push(`    let nb_${i} = nbr[t * u.cap + e_${i}];
+    let ok_${i} = nb_${i} != 0xffffffffu;
+    let o_${i} = sb_${i} + select(e_${i}, i32(nb_${i}), ok_${i});`);
+      } else {
+        L.push(`    let ok_${i} = ((bits_${i} >> u32(t)) & 1u) != 0u;
     let o_${i} = sb_${i} + select(hw_${i}, hw_${i} + delta, ok_${i});`);
+      }
     }
     L.push(`    let tw = select(t, ${T - 1} - t, flip);`, inner("tw"), "  }");
   }
   for (const j of range(t.tn)) L.push(`  let bias_${j} = select(0.0, bias[colc_${j}], hasBias);`);
   for (const i of range(t.tm)) {
-    L.push(`  if (row0 + ${i} < cnt) {\n    let d_${i} = (n_${i} * u.dstC + u.dstOff) * u.HW + hw_${i};`);
+    const dst = `${sliceBase(s.dst, "dst", `n_${i}`)} + ${slicePos(s.dst, `hw_${i}`, `e_${i}`)}`;
+    L.push(`  if (row0 + ${i} < cnt) {\n    let d_${i} = ${dst};`);
     for (const j of range(t.tn)) {
-      const idx = `d_${i} + (col0 + ${j}) * u.HW`;
+      const idx = `d_${i} + (col0 + ${j}) * ${sliceStride(s.dst)}`;
       L.push(`    if (col0 + ${j} < u.cols) {
       let v_${i}_${j} = c_${i}_${j} + bias_${j};
       out[${idx}] = select(v_${i}_${j}, max(v_${i}_${j}, 0.0), relu) + select(0.0, out[${idx}], accumulate);
@@ -322,10 +431,11 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
 }
 
 /**
- * Forward (or input-gradient) plan. Buffers: `counts`, `indices` (u32), `nbits` (u32, k = 3; from
- * {@link neighbourBitsStep}), `src` (unless `srcIsOut`), `wt`, `bias` (if `bias`), `out`. Writes the active
- * sites of `out`'s destination slice only. The options other than `k`, `srcIsOut` and the tile are uniform
- * flags, so they share one compiled pipeline.
+ * Forward (or input-gradient) plan. Buffers: `counts`, `indices` (u32), for k = 3 `nbits` (u32, from
+ * {@link neighbourBitsStep}; dense source) or `nbr` (u32, from {@link neighbourEntriesStep}; compact source),
+ * `src` (unless `srcIsOut`), `wt`, `bias` (if `bias`), `out`. Writes the active sites of `out`'s destination
+ * slice only. The options other than `k`, `srcIsOut`, the slices' layouts and the tile are uniform flags, so
+ * they share one compiled pipeline.
  */
 export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   checkGeometry(s, "siteGemmPlan");
@@ -339,7 +449,8 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   if (cap === 0 || s.cols === 0) return { outSize, scratch: {}, steps: [] };
   const rowBlocks = Math.ceil(cap / t.tm);
   const colBlocks = Math.ceil(s.cols / t.tn);
-  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}${s.srcIsOut ? "-inplace" : ""}`;
+  const layouts = layoutKey(s.src) + layoutKey(s.dst);
+  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}`;
   const flags = (s.bias ? FLAG_BIAS : 0) | (s.relu ? FLAG_RELU : 0) | (s.accumulate ? FLAG_ACCUMULATE : 0) |
     (s.flip ? FLAG_FLIP : 0);
   const step: KernelStep = {
@@ -358,11 +469,12 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       colBlocks,
       flags,
       weightCols(s.cols),
+      cap,
     ]),
     buffers: [
       "counts",
       "indices",
-      ...(s.k > 1 ? ["nbits"] : []),
+      ...(s.k > 1 ? [s.src.compact ? "nbr" : "nbits"] : []),
       ...(s.srcIsOut ? [] : ["src"]),
       "wt",
       // Without a bias any storage buffer fills the slot (its values are never used).
@@ -370,7 +482,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       "out",
     ],
     writes: ["out"],
-    workgroups: foldWorkgroups(Math.ceil(rowBlocks * colBlocks / WG)),
+    workgroups: siteWorkgroups(Math.ceil(rowBlocks * colBlocks / WG)),
     textures: ["wt"],
   };
   return { outSize, scratch: {}, steps: [step] };
@@ -411,10 +523,10 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     "splits",
     "ciBlocks",
   ];
-  L.push(header([...fields, "colBlocks", "outElems", "partStride"], [
+  L.push(header([...fields, "colBlocks", "outElems", "partStride", "cap"], [
     ro("counts", "u32"),
     ro("indices", "u32"),
-    ...(T > 1 ? [ro("nbits", "u32")] : []),
+    ...(T > 1 ? [ro(s.x.compact ? "nbr" : "nbits", "u32")] : []),
     ro("x"),
     ro("dy"),
     rw("part"),
@@ -430,19 +542,26 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
   if (start >= cnt) { return; }
   let stop = min(start + u.chunk, cnt);`);
   for (const j of range(tn)) {
-    L.push(`  let dyc_${j} = min(col0 + ${j}, u.Cout - 1) * u.HW;\n  var g_${j} = 0.0;`);
+    L.push(`  let dyc_${j} = min(col0 + ${j}, u.Cout - 1) * ${sliceStride(s.dy)};\n  var g_${j} = 0.0;`);
   }
   for (const c of range(cb)) {
-    L.push(`  let xc_${c} = min(ci0 + ${c}, u.Cin - 1) * u.HW;`);
+    L.push(`  let xc_${c} = min(ci0 + ${c}, u.Cin - 1) * ${sliceStride(s.x)};`);
     for (const tap of range(T)) for (const j of range(tn)) L.push(`  var c_${c}_${tap}_${j} = 0.0;`);
   }
   L.push(`  for (var e = start; e < stop; e++) {
     let s = i32(indices[e]);
     let n = s / u.HW;
     let hw = s - n * u.HW;
-    let xb = (n * u.xC + u.xOff) * u.HW;
-    let yb = (n * u.dyC + u.dyOff) * u.HW + hw;`);
-  if (T > 1) {
+    let xb = ${sliceBase(s.x, "x", "n")};
+    let xp = ${slicePos(s.x, "hw", "e")};
+    let yb = ${sliceBase(s.dy, "dy", "n")} + ${slicePos(s.dy, "hw", "e")};`);
+  if (T > 1 && s.x.compact) {
+    for (const tap of range(T)) {
+      L.push(`    let nb_${tap} = nbr[${tap} * u.cap + e];
+    let ok_${tap} = nb_${tap} != 0xffffffffu;
+    let nh_${tap} = select(e, i32(nb_${tap}), ok_${tap});`);
+    }
+  } else if (T > 1) {
     L.push("    let bits = nbits[e];");
     for (const tap of range(T)) {
       const dy = Math.floor(tap / s.k) - 1, dx = (tap % s.k) - 1;
@@ -454,7 +573,7 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
   if (s.bias) { for (const j of range(tn)) L.push(`    g_${j} += b_${j};`); }
   for (const c of range(cb)) {
     for (const tap of range(T)) {
-      const a = T > 1 ? `select(0.0, x[xb + xc_${c} + nh_${tap}], ok_${tap})` : `x[xb + xc_${c} + hw]`;
+      const a = T > 1 ? `select(0.0, x[xb + xc_${c} + nh_${tap}], ok_${tap})` : `x[xb + xc_${c} + xp]`;
       L.push(`    let a_${c}_${tap} = ${a};`);
       for (const j of range(tn)) {
         L.push(`    c_${c}_${tap}_${j} = fma(a_${c}_${tap}, b_${j}, c_${c}_${tap}_${j});`);
@@ -503,7 +622,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }
 
 /**
- * Weight (and bias) gradient plan. Buffers: `counts`, `indices`, `nbits` (k = 3), `x`, `dy`, `out` (dW,
+ * Weight (and bias) gradient plan. Buffers: `counts`, `indices`, for k = 3 `nbits` (dense `x`) or `nbr`
+ * (compact `x`; see {@link siteGemmPlan}), `x`, `dy`, `out` (dW,
  * [Cout, Cin, k, k]) and, with `bias`, `dbias` ([Cout], an extra output bound by the caller). Both outputs
  * are fully written (zeros when no site is active). Chunks of the active list are reduced in passes of at
  * most {@link WGRAD_MAX_SPLITS} chunks and {@link WGRAD_MAX_PARTIALS} scratch floats; each pass adds its
@@ -526,7 +646,9 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
   const ciBlocks = Math.ceil(s.Cin / cb);
   const colBlocks = Math.ceil(s.Cout / tn);
   const gemmKernel = {
-    key: `sparse-conv-wgrad-k${s.k}-cb${cb}-tn${tn}${s.bias ? "-bias" : ""}`,
+    key: `sparse-conv-wgrad-k${s.k}-cb${cb}-tn${tn}-${layoutKey(s.x)}${layoutKey(s.dy)}${
+      s.bias ? "-bias" : ""
+    }`,
     code: weightGradCode(s, cb, tn),
   };
   const steps: KernelStep[] = [];
@@ -551,10 +673,18 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
         colBlocks,
         outElems,
         partStride,
+        cap,
       ]),
-      buffers: ["counts", "indices", ...(T > 1 ? ["nbits"] : []), "x", "dy", "partials"],
+      buffers: [
+        "counts",
+        "indices",
+        ...(T > 1 ? [s.x.compact ? "nbr" : "nbits"] : []),
+        "x",
+        "dy",
+        "partials",
+      ],
       writes: ["partials"],
-      workgroups: foldWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG)),
+      workgroups: siteWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG)),
     });
     const accumulate = p > 0;
     steps.push({
@@ -573,8 +703,9 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
 
 /**
  * ReLU backward in place at active sites: `out[c] = select(0, out[c], y[c] > 0)` for `channels` channels
- * starting at `slice.offset` of images with `slice.channels` channels. Buffers: `counts`, `indices`, `y`,
- * `out`. One invocation per list entry, looping over the channels.
+ * starting at `slice.offset` of images with `slice.channels` channels (`y` and `out` share the slice's
+ * layout). Buffers: `counts`, `indices`, `y`, `out`. One invocation per list entry, looping over the
+ * channels.
  */
 export function reluGateStep(
   g: { N: number; H: number; W: number },
@@ -587,9 +718,9 @@ export function reluGateStep(
   const cap = g.N * g.H * g.W;
   return {
     kernel: {
-      key: "sparse-relu-gate",
+      key: `sparse-relu-gate-${layoutKey(slice)}`,
       code: `${
-        header(["HW", "C", "off", "channels"], [
+        header(["HW", "C", "Off", "channels", "cap"], [
           ro("counts", "u32"),
           ro("indices", "u32"),
           ro("y"),
@@ -602,17 +733,17 @@ ${ENTRY}
   ${opaqueUniform("channels", "u.channels")}
   let s = i32(indices[inv]);
   let n = s / u.HW;
-  let base = (n * u.C + u.off) * u.HW + s - n * u.HW;
+  let base = ${sliceBase(slice, "", "n")} + ${slicePos(slice, "s - n * u.HW", "inv")};
   for (var c = 0; c < channels; c++) {
-    let i = base + c * u.HW;
+    let i = base + c * ${sliceStride(slice)};
     out[i] = select(0.0, out[i], y[i] > 0.0);
   }
 }`,
     },
-    uniforms: i32Uniforms([g.H * g.W, slice.channels, slice.offset, channels]),
+    uniforms: i32Uniforms([g.H * g.W, slice.channels, slice.offset, channels, cap]),
     buffers: ["counts", "indices", "y", "out"],
     writes: ["out"],
-    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
   };
 }
 
@@ -634,8 +765,8 @@ export function siteCopyStep(
   const list = [ro("counts", "u32"), ro("indices", "u32"), ...(src ? [ro("src")] : []), rw("out")];
   return {
     kernel: {
-      key: `sparse-site-${src ? "copy" : "zero"}`,
-      code: `${header(["HW", "srcC", "srcOff", "dstC", "dstOff", "channels"], list)}
+      key: `sparse-site-${src ? "copy" : "zero"}-${layoutKey(src)}${layoutKey(dst)}`,
+      code: `${header(["HW", "srcC", "srcOff", "dstC", "dstOff", "channels", "cap"], list)}
 ${ENTRY}
   let cnt = i32(counts[0]);
   if (inv >= cnt) { return; }
@@ -643,10 +774,10 @@ ${ENTRY}
   let s = i32(indices[inv]);
   let n = s / u.HW;
   let hw = s - n * u.HW;
-  let srcAt = (n * u.srcC + u.srcOff) * u.HW + hw;
-  let dstAt = (n * u.dstC + u.dstOff) * u.HW + hw;
+  let srcAt = ${src ? `${sliceBase(src, "src", "n")} + ${slicePos(src, "hw", "inv")}` : "0"};
+  let dstAt = ${sliceBase(dst, "dst", "n")} + ${slicePos(dst, "hw", "inv")};
   for (var c = 0; c < channels; c++) {
-    out[dstAt + c * u.HW] = ${src ? "src[srcAt + c * u.HW]" : "0.0"};
+    out[dstAt + c * ${sliceStride(dst)}] = ${src ? `src[srcAt + c * ${sliceStride(src)}]` : "0.0"};
   }
 }`,
     },
@@ -657,9 +788,10 @@ ${ENTRY}
       dst.channels,
       dst.offset,
       channels,
+      cap,
     ]),
     buffers: ["counts", "indices", ...(src ? ["src"] : []), "out"],
     writes: ["out"],
-    workgroups: foldWorkgroups(Math.max(1, Math.ceil(cap / WG))),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
   };
 }

@@ -60,8 +60,13 @@ function run(
   out: Tensor,
 ): Tensor {
   const bound: Record<string, GPUBuffer> = { out: out.buffer };
-  for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
-  engine().runPlan(plan, bound);
+  // Exact float counts, so inputs read as textures are copied at their size, not the pooled bucket's.
+  const sizes: Record<string, number> = {};
+  for (const [name, t] of Object.entries(buffers)) {
+    bound[name] = t.buffer;
+    sizes[name] = t.size;
+  }
+  engine().runPlan(plan, bound, sizes);
   return out;
 }
 

@@ -12,8 +12,10 @@
  * concatenated with all previous outputs), a sparse 1x1 back to the input width, and a residual. It runs as
  * one fused op: every layer reads and writes channel slices of one dense-block buffer in place (no concat
  * copies), and its hand-written backward accumulates input gradients into one gradient buffer at active
- * sites only. It computes the same function as the composition of {@link sparseConv2d}, ReLU, concat and
- * add (tests compare the two, forward and gradients).
+ * sites only. Both buffers are compact (rows of active-list entries, not NCHW maps), so their features stay
+ * together in memory at any density; only the input, output and their gradients are dense. It computes the
+ * same function as the composition of {@link sparseConv2d}, ReLU, concat and add (tests compare the two,
+ * forward and gradients).
  *
  * @module
  */
@@ -26,7 +28,9 @@ import { pad, permute } from "../../engine/ops/shape.ts";
 import { Module, uniformInit } from "../../engine/module.ts";
 import type { Rng } from "../../engine/random.ts";
 import {
+  type ChannelSlice,
   neighbourBitsStep,
+  neighbourEntriesStep,
   reluGateStep,
   siteCopyStep,
   siteGemmPlan,
@@ -55,17 +59,27 @@ function siteBuffers(indices: Tensor, counts: Tensor, nbits?: Tensor): Record<st
   return nbits ? { indices, counts, nbits } : { indices, counts };
 }
 
-/** Neighbour-activity bits of every active site (u32 per list entry; see `neighbourBitsStep`). */
-function neighbourBits(sites: ActiveSites): Tensor {
-  const nbits = Tensor.empty([sites.capacity]);
-  const step = neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w });
-  engine().runPlan({ outSize: sites.capacity, scratch: {}, steps: [step] }, {
+function siteStep(sites: ActiveSites, step: KernelStep, out: Tensor): void {
+  engine().runPlan({ outSize: out.size, scratch: {}, steps: [step] }, {
     counts: sites.counts.buffer,
     indices: sites.indices.buffer,
     rank: sites.rank.buffer,
-    out: nbits.buffer,
+    out: out.buffer,
   });
+}
+
+/** Neighbour-activity bits of every active site (u32 per list entry; see `neighbourBitsStep`). */
+function neighbourBits(sites: ActiveSites): Tensor {
+  const nbits = Tensor.empty([sites.capacity]);
+  siteStep(sites, neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w }), nbits);
   return nbits;
+}
+
+/** List entries of every active site's 3x3 neighbours (u32 [9, capacity]; see `neighbourEntriesStep`). */
+function neighbourEntries(sites: ActiveSites): Tensor {
+  const nbr = Tensor.empty([9, sites.capacity]);
+  siteStep(sites, neighbourEntriesStep({ N: sites.n, H: sites.h, W: sites.w }), nbr);
+  return nbr;
 }
 
 function checkSites(op: string, x: Tensor, sites: ActiveSites): void {
@@ -114,9 +128,9 @@ function weightGrads(
   g: Geometry,
   site: Record<string, Tensor>,
   x: Tensor,
-  xSlice: { channels: number; offset: number },
+  xSlice: ChannelSlice,
   dy: Tensor,
-  dySlice: { channels: number; offset: number },
+  dySlice: ChannelSlice,
   wShape: readonly number[],
   withBias: boolean,
 ): { dw: Tensor; db: Tensor | null } {
@@ -244,23 +258,25 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
   const g3: Geometry = { N, H, W, k: 3 };
   const g1: Geometry = { N, H, W, k: 1 };
   const e = engine();
-  const nbits = e.op("scModule", () => neighbourBits(sites));
-  const site = siteBuffers(sites.indices, sites.counts, nbits);
+  const nbr = e.op("scModule", () => neighbourEntries(sites));
+  const site = { indices: sites.indices, counts: sites.counts, nbr };
   const geometry = { N, H, W };
-  const whole = (channels: number) => ({ channels, offset: 0 });
-  // F, the dense block [N, C + 6g, H, W]: x, then every layer's output, written in place at active sites.
-  // Only active sites of F are ever read, so its clean sites stay uninitialized (no dense pass).
+  const whole = (channels: number): ChannelSlice => ({ channels, offset: 0 });
+  // Channels from `offset` of F or dF, the dense block and its gradient, kept compact: C + 6g rows of list
+  // entries, so the features of active sites sit together at any density.
+  const rows = (offset: number): ChannelSlice => ({ channels: Ct, offset, compact: true });
+  // F = concat(x, y_0..y_5), written in place at active list entries (entries past the count are never read).
   const { out, block } = e.op("scModule", () =>
     noGrad(() => {
-      const block = Tensor.empty([N, Ct, H, W]);
-      sitePass(siteCopyStep(geometry, whole(C), whole(Ct), C), { ...site, src: x, out: block });
+      const block = Tensor.empty([Ct, sites.capacity]);
+      sitePass(siteCopyStep(geometry, whole(C), rows(0), C), { ...site, src: x, out: block });
       for (let i = 0; i < SC_LAYERS; i++) {
         const wt = weightLayout(weights[i], false);
         const spec = gemmSpec(g3, {
           K: C + i * growth,
           cols: growth,
-          src: { channels: Ct, offset: 0 },
-          dst: { channels: Ct, offset: C + i * growth },
+          src: rows(0),
+          dst: rows(C + i * growth),
           bias: true,
           relu: true,
           srcIsOut: true,
@@ -275,8 +291,8 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       const spec = gemmSpec(g1, {
         K: Ct,
         cols: C,
-        src: { channels: Ct, offset: 0 },
-        dst: { channels: C, offset: 0 },
+        src: rows(0),
+        dst: whole(C),
         bias: true,
         accumulate: true,
       });
@@ -288,30 +304,21 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
   for (let i = 0; i <= SC_LAYERS; i++) inputs.push(weights[i], biases[i]);
   const result = record("scModule", inputs, out, (g, saved) =>
     e.op("scModule backward", () => {
-      const [F, indices, counts, bits, ...ws] = saved;
-      const s = siteBuffers(indices, counts, bits);
+      const [F, indices, counts, neighbours, ...ws] = saved;
+      const s = { indices, counts, nbr: neighbours };
       const grads: (Tensor | null)[] = new Array(inputs.length).fill(null);
       const wantParams = (i: number) => weights[i].requiresGrad || biases[i].requiresGrad;
       const keepGrads = (i: number, dw: Tensor, db: Tensor | null) => {
         grads[1 + 2 * i] = weights[i].requiresGrad ? dw : (dw.dispose(), null);
         grads[2 + 2 * i] = biases[i].requiresGrad ? db : (db?.dispose(), null);
       };
-      // dF, the gradient w.r.t. the block, lives at active sites only: channels < C start as the residual's
-      // gradient g, the others at 0; every sparse layer adds its input gradient there.
-      const dF = Tensor.empty([N, Ct, H, W]);
-      sitePass(siteCopyStep(geometry, whole(C), whole(Ct), C), { ...s, src: g, out: dF });
-      sitePass(siteCopyStep(geometry, null, { channels: Ct, offset: C }, Ct - C), { ...s, out: dF });
+      // dF, the gradient w.r.t. the block (compact like F): rows < C start as the residual's gradient g, the
+      // others at 0; every sparse layer adds its input gradient there.
+      const dF = Tensor.empty([Ct, sites.capacity]);
+      sitePass(siteCopyStep(geometry, whole(C), rows(0), C), { ...s, src: g, out: dF });
+      sitePass(siteCopyStep(geometry, null, rows(C), Ct - C), { ...s, out: dF });
       if (wantParams(SC_LAYERS)) {
-        const { dw, db } = weightGrads(
-          g1,
-          s,
-          F,
-          { channels: Ct, offset: 0 },
-          g,
-          { channels: C, offset: 0 },
-          weights[SC_LAYERS].shape,
-          true,
-        );
+        const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), weights[SC_LAYERS].shape, true);
         keepGrads(SC_LAYERS, dw, db);
       }
       {
@@ -319,8 +326,8 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         const spec = gemmSpec(g1, {
           K: C,
           cols: Ct,
-          src: { channels: C, offset: 0 },
-          dst: { channels: Ct, offset: 0 },
+          src: whole(C),
+          dst: rows(0),
           flip: true,
           accumulate: true,
         });
@@ -328,11 +335,10 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         wt.dispose();
       }
       for (let i = SC_LAYERS - 1; i >= 0; i--) {
-        const own = { channels: Ct, offset: C + i * growth };
+        const own = rows(C + i * growth);
         sitePass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
         if (wantParams(i)) {
-          const xs = { channels: Ct, offset: 0 };
-          const { dw, db } = weightGrads(g3, s, F, xs, dF, own, weights[i].shape, true);
+          const { dw, db } = weightGrads(g3, s, F, rows(0), dF, own, weights[i].shape, true);
           keepGrads(i, dw, db);
         }
         if (i > 0 || x.requiresGrad) {
@@ -341,7 +347,7 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
             K: growth,
             cols: C + i * growth,
             src: own,
-            dst: { channels: Ct, offset: 0 },
+            dst: rows(0),
             flip: true,
             accumulate: true,
             srcIsOut: true,
@@ -351,17 +357,17 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         }
       }
       if (x.requiresGrad) {
-        // dx = g at clean sites (the residual), dF's first C channels at active sites.
+        // dx = g at clean sites (the residual), dF's first C rows at active sites.
         const dx = Tensor.empty(x.shape);
         e.copy(g.buffer, 0, dx.buffer, 0, x.size * 4);
-        sitePass(siteCopyStep(geometry, whole(Ct), whole(C), C), { ...s, src: dF, out: dx });
+        sitePass(siteCopyStep(geometry, rows(0), whole(C), C), { ...s, src: dF, out: dx });
         grads[0] = dx;
       }
       dF.dispose();
       return grads;
-    }), [block, sites.indices, sites.counts, nbits, ...weights]);
+    }), [block, sites.indices, sites.counts, nbr, ...weights]);
   block.dispose();
-  nbits.dispose();
+  nbr.dispose();
   return result;
 }
 
