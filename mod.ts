@@ -129,6 +129,7 @@ export {
 export {
   EXACT_GLOBAL_BYTES,
   loadModel,
+  maxTileForBinding,
   type ModelInfo,
   RECEPTIVE_RADIUS,
   type Restored,

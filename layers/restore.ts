@@ -7,9 +7,11 @@
  */
 
 import { noGrad } from "../engine/autograd.ts";
+import { engine } from "../engine/device.ts";
 import { decodeSafetensors } from "../engine/safetensors.ts";
 import { keep, type Tensor, tensor, tidy } from "../engine/tensor.ts";
 import { compactMask } from "./sparse/active.ts";
+import { SC_LAYERS } from "./sparse/sparse_conv.ts";
 import { SFM_EPS, sfmWithStatistics } from "./sparse/sfm.ts";
 import {
   type GlobalLayerHooks,
@@ -91,7 +93,7 @@ export function loadModel(
 /** Options of {@link restorePlanar}. */
 export interface RestoreOptions {
   /** Largest tile side in pixels (rounded down to a multiple of 4); images within it run in one piece.
-   * Default 512. */
+   * Default 512; lowered to {@link maxTileForBinding} where the adapter's storage bindings are small. */
   tile?: number;
   /** Overlap between neighbouring tiles in pixels (default 96): each tile's outer {@link RECEPTIVE_RADIUS}
    * px of it are dropped and the rest is blended with a linear ramp. */
@@ -153,6 +155,18 @@ function blendWeight(
   const fromEnd = end < size ? end - 1 - p : Infinity;
   const d = Math.min(fromStart, fromEnd) - margin;
   return d < 0 ? 0 : Math.min(1, (d + 1) / (ramp + 1));
+}
+
+/**
+ * Largest tile side (a multiple of 4) whose widest full-resolution activation fits one storage binding of
+ * `bindingBytes`: the decoder's SC block holds C + 6g channels per pixel (a dense block C + 4g). Larger
+ * tiles would fail on adapters with small binding limits (llvmpipe: 128 MiB, so 360 px for `base`).
+ */
+export function maxTileForBinding(config: SpairConfig, bindingBytes: number): number {
+  const { width, growth } = PRESETS[config.preset];
+  const sparse = config.variant !== "Net1" && config.variant !== "Net2";
+  const channels = width + (sparse ? SC_LAYERS : 4) * growth;
+  return Math.floor(Math.sqrt(bindingBytes / (4 * channels)) / 4) * 4;
 }
 
 /** Thrown by a hook to end a forward pass once it holds the input of the layer it measures. */
@@ -318,7 +332,13 @@ export async function restorePlanar(
   if (planar.length !== 3 * width * height) {
     throw new Error(`restore: expected ${3 * width * height} values for a ${width}x${height} RGB image`);
   }
-  const tile = Math.max(16, Math.floor((options.tile ?? 512) / 4) * 4);
+  const tile = Math.max(
+    16,
+    Math.min(
+      Math.floor((options.tile ?? 512) / 4) * 4,
+      maxTileForBinding(model.config, engine().maxBindingBytes),
+    ),
+  );
   const overlap = Math.min(options.overlap ?? 96, Math.floor(tile / 2));
   // Contributions start RECEPTIVE_RADIUS px inside a tile (when the overlap allows) and ramp in after.
   const margin = Math.min(RECEPTIVE_RADIUS, Math.floor(overlap / 3));

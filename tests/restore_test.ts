@@ -1,7 +1,15 @@
 // Restoration: tile layout and blending, formats kept through the CLI, and one-line errors for bad input.
 import assert from "node:assert/strict";
 import "./_setup.ts";
-import { loadModel, RECEPTIVE_RADIUS, restorePlanar, Rng, SpairModel, tileSpans } from "../mod.ts";
+import {
+  loadModel,
+  maxTileForBinding,
+  RECEPTIVE_RADIUS,
+  restorePlanar,
+  Rng,
+  SpairModel,
+  tileSpans,
+} from "../mod.ts";
 import { type Image, readImage, writeImageAtomic } from "../train/image_io.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -53,6 +61,18 @@ Deno.test("tile spans: aligned to 4, cover the axis, overlap as asked", () => {
       }
     }
   }
+});
+
+Deno.test("tiles shrink so the widest activation fits one storage binding", () => {
+  const MiB = 1024 * 1024;
+  // base SPAIR: C + 6g = 64 + 192 channels; 360^2 * 256 * 4 B fits in 128 MiB, 364^2 does not.
+  assert.equal(maxTileForBinding({ preset: "base", variant: "SPAIR" }, 128 * MiB), 360);
+  assert.ok(364 ** 2 * 256 * 4 > 128 * MiB && 360 ** 2 * 256 * 4 <= 128 * MiB);
+  // Dense decoders (Net1) hold C + 4g: 192 channels.
+  assert.equal(maxTileForBinding({ preset: "base", variant: "Net1" }, 128 * MiB), 416);
+  // tiny and small run 512 px tiles within llvmpipe's 128 MiB.
+  assert.ok(maxTileForBinding({ preset: "tiny", variant: "SPAIR" }, 128 * MiB) >= 512);
+  assert.ok(maxTileForBinding({ preset: "small", variant: "SPAIR" }, 128 * MiB) >= 512);
 });
 
 Deno.test("tiled restoration of a dense model (Net1) equals the whole-image result", async () => {
