@@ -214,23 +214,31 @@ function checkGeometry(g: SparseGeometry, what: string): void {
 }
 
 /**
- * Neighbour bits of every list entry (k = 3): bit t (t = 3 * (dy + 1) + (dx + 1)) is set when the site at
- * offset (dy, dx) is inside the image and active (`rank` != 0xffffffff). Buffers: `counts`, `indices`,
- * `rank` (u32), `out` (u32, capacity entries).
+ * A per-list-entry kernel over the 3x3 neighbourhood of each active site: `tap(t, inside, r)` is the WGSL for
+ * tap t (t = 3 * (dy + 1) + (dx + 1)) of a neighbour at (dy, dx) != (0, 0), given the WGSL expressions for
+ * "inside the image" and its `rank` entry; `centre` handles t = 4. Buffers: `counts`, `indices`, `rank`
+ * (u32), `out` (u32).
  */
-export function neighbourBitsStep(g: { N: number; H: number; W: number }): KernelStep {
+function neighbourStep(
+  key: string,
+  g: { N: number; H: number; W: number },
+  prologue: string,
+  centre: string,
+  tap: (t: number, inside: string, r: string) => string,
+  epilogue: string,
+): KernelStep {
   const cap = g.N * g.H * g.W;
   const taps = range(9).map((t) => {
     const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
-    if (dy === 0 && dx === 0) return `  bits = bits | ${1 << t}u;`;
+    if (dy === 0 && dx === 0) return centre;
     return `  { let yy = y + ${dy}; let xx = x + ${dx};
     let inside = u32(yy) < u32(u.H) && u32(xx) < u32(u.W);
     let r = rank[nb + select(hw, yy * u.W + xx, inside)];
-    bits = bits | select(0u, ${1 << t}u, inside && r != 0xffffffffu); }`;
+    ${tap(t, "inside", "r")} }`;
   });
   return {
     kernel: {
-      key: "sparse-conv-neighbour-bits",
+      key,
       code: `${
         header(["HW", "H", "W", "cap"], [
           ro("counts", "u32"),
@@ -247,9 +255,9 @@ ${ENTRY}
   let nb = n * u.HW;
   let y = hw / u.W;
   let x = hw - y * u.W;
-  var bits = 0u;
+${prologue}
 ${taps.join("\n")}
-  out[inv] = bits;
+${epilogue}
 }`,
     },
     uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
@@ -260,47 +268,35 @@ ${taps.join("\n")}
 }
 
 /**
+ * Neighbour bits of every list entry (k = 3): bit t (t = 3 * (dy + 1) + (dx + 1)) is set when the site at
+ * offset (dy, dx) is inside the image and active (`rank` != 0xffffffff). Buffers: `counts`, `indices`,
+ * `rank` (u32), `out` (u32, capacity entries).
+ */
+export function neighbourBitsStep(g: { N: number; H: number; W: number }): KernelStep {
+  return neighbourStep(
+    "sparse-conv-neighbour-bits",
+    g,
+    "  var bits = 0u;",
+    "  bits = bits | 16u;",
+    (t, inside, r) => `bits = bits | select(0u, ${1 << t}u, ${inside} && ${r} != 0xffffffffu);`,
+    "  out[inv] = bits;",
+  );
+}
+
+/**
  * Neighbour entries of every list entry (k = 3), for kernels reading compact slices: `out[t * cap + e]` is
  * the list entry of tap t's neighbour of entry e (t = 3 * (dy + 1) + (dx + 1)), or 0xffffffff when it is
  * outside the image or clean. Buffers: `counts`, `indices`, `rank` (u32), `out` (u32, 9 x capacity).
  */
 export function neighbourEntriesStep(g: { N: number; H: number; W: number }): KernelStep {
-  const cap = g.N * g.H * g.W;
-  const taps = range(9).map((t) => {
-    const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
-    if (dy === 0 && dx === 0) return `  out[${t} * u.cap + inv] = u32(inv);`;
-    return `  { let yy = y + ${dy}; let xx = x + ${dx};
-    let inside = u32(yy) < u32(u.H) && u32(xx) < u32(u.W);
-    let r = rank[nb + select(hw, yy * u.W + xx, inside)];
-    out[${t} * u.cap + inv] = select(0xffffffffu, r, inside); }`;
-  });
-  return {
-    kernel: {
-      key: "sparse-conv-neighbour-entries",
-      code: `${
-        header(["HW", "H", "W", "cap"], [
-          ro("counts", "u32"),
-          ro("indices", "u32"),
-          ro("rank", "u32"),
-          rw("out", "u32"),
-        ])
-      }
-${ENTRY}
-  if (inv >= i32(counts[0])) { return; }
-  let s = i32(indices[inv]);
-  let n = s / u.HW;
-  let hw = s - n * u.HW;
-  let nb = n * u.HW;
-  let y = hw / u.W;
-  let x = hw - y * u.W;
-${taps.join("\n")}
-}`,
-    },
-    uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
-    buffers: ["counts", "indices", "rank", "out"],
-    writes: ["out"],
-    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
-  };
+  return neighbourStep(
+    "sparse-conv-neighbour-entries",
+    g,
+    "",
+    "  out[4 * u.cap + inv] = u32(inv);",
+    (t, inside, r) => `out[${t} * u.cap + inv] = select(0xffffffffu, ${r}, ${inside});`,
+    "",
+  );
 }
 
 /** Row length of the site GEMM's weight layout `[K][taps][weightCols(cols)]`: cols rounded up to a multiple of
