@@ -116,7 +116,7 @@ export interface Restored {
   restored: Float32Array;
   /** [H, W] predicted mask, 1 where NetL found a degradation. */
   mask: Float32Array;
-  /** Whether a tiled run computed the image-wide layers over the whole image (always true untiled). */
+  /** Whether the image-wide layers saw the whole image (always true untiled and for Net1). */
   exactGlobalLayers: boolean;
 }
 
@@ -271,8 +271,7 @@ interface HostMap {
   width: number;
 }
 
-/** Copies rows/columns of a [C, h, w] tile map at offset (oy, ox) in `map` (or the reverse: a window of
- * `map` into a new [C, h, w] array when `into` is omitted). */
+/** Copies rows [rows) and columns [cols) of a [C, h, w] tile map into `map` with the tile at (oy, ox). */
 function copyWindow(
   map: HostMap,
   oy: number,
@@ -292,6 +291,7 @@ function copyWindow(
   }
 }
 
+/** The [C, h, w] window of `map` at (oy, ox), as a new array. */
 function readWindow(map: HostMap, oy: number, ox: number, h: number, w: number): Float32Array {
   const out = new Float32Array(map.channels * h * w);
   for (let c = 0; c < map.channels; c++) {
@@ -364,7 +364,8 @@ export async function restorePlanar(
   );
   const width0 = PRESETS[model.config.preset].width;
   const mode = options.globalLayers ?? "auto";
-  const exact = tiles.length === 1 || mode === "exact" ||
+  // Exact when nothing is tiled, when the model has no image-wide layer (Net1), or by the mode's rule.
+  const exact = tiles.length === 1 || globalLayers(model).length === 0 || mode === "exact" ||
     (mode === "auto" && width0 * PH * PW * 4 <= EXACT_GLOBAL_BYTES);
   const passes = tiles.length > 1 && exact ? globalLayers(model) : [];
   const total = tiles.length * (passes.length + 1);

@@ -413,9 +413,9 @@ export class SpairModel extends Module {
   }
 
   /** Restores `x` [N, 3, H, W] in [0, 1]; returns the restored batch and the full-resolution mask. */
-  forward(x: Tensor, hooks?: GlobalLayerHooks): { restored: Tensor; mask: Tensor; logits: Tensor } {
+  forward(x: Tensor): { restored: Tensor; mask: Tensor; logits: Tensor } {
     const g = this.guidance(x);
-    const restored = this.netR.forward(x, g, hooks);
+    const restored = this.netR.forward(x, g);
     const mask = g.masks[0].view(g.masks[0].shape);
     const logits = g.logits;
     disposeGuidance(g, false);

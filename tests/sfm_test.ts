@@ -56,3 +56,52 @@ Deno.test("sfm invariants: clean sites bit-identical; degraded stats match clean
   }
   ops.dispose([f, mask, out]);
 });
+
+Deno.test("sfmWithStatistics with the image's own float64 statistics equals sfm; valid = 0 is the identity", async () => {
+  const n = 2, c = 3, h = 11, w = 13, plane = h * w;
+  const fData = randomArray(n * c * plane, 9, -1, 2).map((v, i) => v * (1 + (i % 3)));
+  const mData = randomArray(n * plane, 10, 0, 1).map((v) => (v < 0.25 ? 1 : 0));
+  // Host statistics per image and channel: mean and sqrt(biased variance + eps) of each region.
+  const stats = { degradedMean: [], degradedStd: [], cleanMean: [], cleanStd: [] } as Record<
+    string,
+    number[]
+  >;
+  for (let b = 0; b < n; b++) {
+    for (let ch = 0; ch < c; ch++) {
+      for (const [region, isDegraded] of [["degraded", 1], ["clean", 0]] as const) {
+        const xs: number[] = [];
+        for (let s = 0; s < plane; s++) {
+          if (mData[b * plane + s] === isDegraded) xs.push(fData[(b * c + ch) * plane + s]);
+        }
+        const mean = xs.reduce((a, v) => a + v, 0) / xs.length;
+        const variance = xs.reduce((a, v) => a + (v - mean) ** 2, 0) / xs.length;
+        stats[`${region}Mean`].push(mean);
+        stats[`${region}Std`].push(Math.sqrt(variance + 1e-5));
+      }
+    }
+  }
+  const f = ops.tensor(fData, [n, c, h, w]);
+  const mask = ops.tensor(mData, [n, 1, h, w]);
+  const live: ops.Tensor[] = [f, mask];
+  const given = (valid: number[]) => {
+    const s = {
+      degradedMean: ops.tensor(stats.degradedMean, [n, c, 1, 1]),
+      degradedStd: ops.tensor(stats.degradedStd, [n, c, 1, 1]),
+      cleanMean: ops.tensor(stats.cleanMean, [n, c, 1, 1]),
+      cleanStd: ops.tensor(stats.cleanStd, [n, c, 1, 1]),
+      valid: ops.tensor(valid, [n, 1, 1, 1]),
+    };
+    live.push(...Object.values(s));
+    return s;
+  };
+  const run = async (t: ops.Tensor) => (live.push(t), await t.data());
+  const measured = await run(sfm(f, mask));
+  const withStats = await run(ops.sfmWithStatistics(f, mask, given([1, 1])));
+  assert.ok(relativeError(withStats, measured) <= 1e-5, `error ${relativeError(withStats, measured)}`);
+  // Image 1 marked invalid: passes through unchanged, image 0 is still modulated.
+  const half = await run(ops.sfmWithStatistics(f, mask, given([1, 0])));
+  assert.deepEqual(half.subarray(c * plane), fData.subarray(c * plane));
+  assert.ok(relativeError(half.subarray(0, c * plane), measured.subarray(0, c * plane)) <= 1e-5);
+  assert.notDeepEqual(measured.subarray(0, c * plane), fData.subarray(0, c * plane));
+  ops.dispose(live);
+});

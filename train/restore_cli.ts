@@ -208,7 +208,7 @@ export async function runRestore(args: string[]): Promise<void> {
         }
       },
     });
-    if (!result.exactGlobalLayers && info.variant !== "Net1") {
+    if (!result.exactGlobalLayers) {
       console.error(
         `  ${input.name}: large image, SFM statistics and SNL rows/columns computed per tile ` +
           `(--global-layers exact computes them over the whole image, in more time and memory)`,
