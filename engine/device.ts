@@ -358,6 +358,11 @@ export class Engine {
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
+  /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
+  clear(buffer: GPUBuffer, offset: number, bytes: number): void {
+    this.#commandEncoder().clearBuffer(buffer, offset, bytes);
+  }
+
   /** Uploads data into a buffer, after all work recorded so far (so a reused buffer is not overwritten
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {

@@ -304,9 +304,17 @@ Deno.test("element-wise ops and full walk 4 MB tensors in 1 MiB binding chunks",
     assertEach("mul by [1]-tensor", await scaled.data(), (i) => Math.fround(a0[i] * 3));
     assertEach("full", await filled.data(), () => 3.25);
     assertEach("addScalar", await shifted.data(), (i) => Math.fround(b0[i] - 0.5));
-    // Broadcasting (strided) kernels do not chunk; they must refuse clearly rather than read out of range.
+    // Broadcasting (strided) kernels walk the output and its full-shape inputs in chunks too, binding the
+    // broadcast operand whole; one that is itself over the limit must be refused, not read out of range.
+    const column = ops.tensor(Float32Array.from({ length: 1000 }, (_, i) => i), [1000, 1]);
+    const before = small.dispatchCount;
+    const square = a.view([1000, 1000]);
+    const rows = ops.add(square, column);
+    assert.equal(small.dispatchCount - before, Math.ceil((4 * n) / SMALL_BINDING), "broadcast add chunks");
+    live.push(column, square, rows);
+    assertEach("broadcast add", await rows.data(), (i) => Math.fround(a0[i] + Math.floor(i / 1000)));
     assert.throws(
-      () => ops.tidy(() => ops.add(a.view([1000, 1000]), ops.tensor(new Float32Array(1000), [1000, 1]))),
+      () => ops.tidy(() => ops.add(a.view([1, 1000, 1000]), ops.tensor([1, 2], [2, 1, 1]))),
       /not supported/,
     );
     await small.sync();
@@ -316,7 +324,7 @@ Deno.test("element-wise ops and full walk 4 MB tensors in 1 MiB binding chunks",
   }
   const leftover = small.memory().liveBuffers;
   small.destroy();
-  assert.equal(leftover, 0, "every small-engine tensor should be released");
+  assert.equal(leftover, 0, `every small-engine tensor should be released (${leftover} left)`);
   assert.equal(ops.engine(), testEngine);
 });
 
@@ -430,4 +438,92 @@ Deno.test("conv2d too large for one storage binding runs in row bands and matche
     small.destroy();
   }
   ops.dispose([x, w, b]);
+});
+
+// pad, slice and concat of tensors over one storage binding move contiguous runs with buffer copies; a dense
+// block (concat growing past the binding, 1x1 fusion in bands) must then equal the unsplit computation.
+Deno.test("pad, concat and a dense block over one storage binding equal the unsplit results", async () => {
+  const rng = () => new ops.Rng(7);
+  const x0 = randomArray(2 * 6 * 21 * 17, 95);
+  const shape = [2, 6, 21, 17];
+  const pads: [number, number][] = [[0, 0], [-1, 2], [3, -4], [0, 0]]; // padded: [2, 7, 20, 17]
+  async function run(): Promise<Float32Array[]> {
+    const block = new ops.DenseBlock(6, 5, rng());
+    for (const p of block.parameters()) p.requiresGrad = true;
+    const x = ops.tensor(x0, shape);
+    x.requiresGrad = true;
+    const padded = ops.pad(x, pads);
+    const joined = ops.concat([padded, padded], 3);
+    const y = block.forward(x);
+    const square = ops.mul(y, y);
+    const loss = ops.sum(square);
+    ops.backward(loss);
+    ops.dispose([square, loss]);
+    const got = [padded, joined, y, x.grad!, block.fuse.weight.grad!, block.convs[3].weight.grad!];
+    const data = await Promise.all(got.map((t) => t.data()));
+    ops.dispose([...got.slice(0, 4), x]);
+    for (const p of block.parameters()) ops.dispose([p, p.grad]);
+    return data;
+  }
+  const want = await run();
+  // 4 KiB bindings: x (8.6 KiB) and every concat are over the limit; convolutions run in row bands.
+  const small = await ops.Engine.create({ limits: { maxStorageBufferBindingSize: 4096 } });
+  const previous = ops.setEngine(small);
+  let got: Float32Array[];
+  try {
+    got = await run();
+    await small.sync();
+    assert.equal(small.memory().liveBuffers, 0);
+  } finally {
+    ops.setEngine(previous);
+    small.destroy();
+  }
+  assertEach("pad", got[0], (i) => want[0][i]);
+  assertEach("concat", got[1], (i) => want[1][i]);
+  ["dense block", "input grad", "fuse weight grad", "conv3 weight grad"].forEach((name, k) =>
+    assert.ok(relativeError(got[k + 2], want[k + 2]) < 1e-5, name)
+  );
+});
+
+Deno.test("convTranspose2d too large for one storage binding runs in input-row bands and matches", async () => {
+  // Overlapping bands (3x3 kernel, stride 2) with padding and output padding, and the 2x2 stride-2 upsampling.
+  const cases = [
+    { x: [2, 6, 13, 11], w: [6, 5, 3, 3], options: { stride: 2, padding: 1, outputPadding: 1 } },
+    { x: [1, 8, 12, 10], w: [8, 4, 2, 2], options: { stride: 2 } },
+  ] as const;
+  for (const [k, c] of cases.entries()) {
+    const count = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+    const inputs = [randomArray(count(c.x), 96 + k), randomArray(count(c.w), 97)];
+    const bias0 = randomArray(c.w[1], 98);
+    const run = async (): Promise<Float32Array[]> => {
+      const x = ops.tensor(inputs[0], [...c.x]);
+      const w = ops.tensor(inputs[1], [...c.w]);
+      const b = ops.tensor(bias0, [c.w[1]]);
+      x.requiresGrad = w.requiresGrad = b.requiresGrad = true;
+      const y = ops.convTranspose2d(x, w, b, c.options);
+      const weights = ops.tensor(randomArray(y.size, 99), y.shape);
+      const loss = ops.sum(ops.mul(y, weights));
+      ops.backward(loss);
+      const out = [y, x.grad!, w.grad!, b.grad!];
+      const data = await Promise.all(out.map((t) => t.data()));
+      ops.dispose([...out, x, w, b, weights, loss]);
+      return data;
+    };
+    const want = await run();
+    // 2 KiB bindings: every input and output here is larger.
+    const small = await ops.Engine.create({ limits: { maxStorageBufferBindingSize: 2048 } });
+    const previous = ops.setEngine(small);
+    let got: Float32Array[];
+    try {
+      const start = small.dispatchCount;
+      got = await run();
+      assert.ok(small.dispatchCount - start > 20, "convTranspose2d did not split into bands");
+    } finally {
+      ops.setEngine(previous);
+      small.destroy();
+    }
+    ["output", "input grad", "weight grad", "bias grad"].forEach((name, i) =>
+      assert.ok(relativeError(got[i], want[i]) < 1e-5, `case ${k}: ${name} ${relativeError(got[i], want[i])}`)
+    );
+  }
 });

@@ -496,3 +496,41 @@ Deno.test("fixture and reference runs leave no live buffers behind", async () =>
   await testEngine.sync();
   assert.equal(testEngine.memory().liveBuffers, 0);
 });
+
+// fitCapacity shrinks the list the kernels walk and the SC block's rows to the active count (rounded up to
+// 256); the module and sparseConv2d must give the same bits, forward and backward, as at full capacity.
+Deno.test("SCModule and sparseConv2d after ActiveSites.fitCapacity equal the full-capacity run", async () => {
+  const n = 2, c = 5, h = 31, w = 29;
+  const maskData = randomMask(n, h, w, [0.03, 0.3], 61);
+  const xData = randomArray(n * c * h * w, 62);
+  const module = new SCModule(c, 4, new ops.Rng(63));
+  const conv = ops.tensor(randomArray(3 * c * 9, 64), [3, c, 3, 3]);
+  const bias = ops.tensor(randomArray(3, 65), [3]);
+  for (const p of [...module.parameters(), conv, bias]) p.requiresGrad = true;
+  async function run(fit: boolean): Promise<{ capacity: number; data: Float32Array[] }> {
+    const mask = ops.tensor(maskData, [n, 1, h, w]);
+    const sites = compactMask(mask);
+    if (fit) await sites.fitCapacity();
+    const x = ops.tensor(xData, [n, c, h, w]);
+    x.requiresGrad = true;
+    const y = module.forward(x, sites);
+    const z = sparseConv2d(x, sites, conv, bias);
+    const loss = ops.add(ops.sum(ops.mul(y, y)), ops.sum(z));
+    ops.backward(loss);
+    const grads = [x, ...module.parameters(), conv, bias].map((t) => t.grad!);
+    const data = await Promise.all([y, z, ...grads].map((t) => t.data()));
+    const capacity = sites.capacity;
+    ops.dispose([mask, x, y, z, loss, grads]);
+    for (const p of [...module.parameters(), conv, bias]) p.grad = null;
+    sites.dispose();
+    return { capacity, data };
+  }
+  const full = await run(false);
+  const fitted = await run(true);
+  const active = maskData.reduce((a, v) => a + v, 0);
+  assert.equal(full.capacity, n * h * w);
+  assert.equal(fitted.capacity, Math.ceil(active / 256) * 256);
+  assert.ok(fitted.capacity < full.capacity / 3);
+  fitted.data.forEach((d, i) => assert.deepEqual(bitsOf(d), bitsOf(full.data[i]), `output ${i} differs`));
+  ops.dispose([module.parameters(), conv, bias]);
+});

@@ -27,6 +27,7 @@ function header(numInputs: number): string {
   k: vec4<f32>,
   shape: array<vec4<u32>, 2>,
   strides: array<vec4<u32>, 6>,
+  origin: vec4<u32>,
 }
 @group(0) @binding(0) var<uniform> u: Params;
 ${bindings}
@@ -60,7 +61,8 @@ export function elementwiseKernel(
       lines.push("  }");
     }
     for (let j = 0; j < numInputs; j++) {
-      lines.push(`  let ${INPUT_NAMES[j]} = in_${INPUT_NAMES[j]}[off_${INPUT_NAMES[j]}];`);
+      // origin: the first element of the input's bound range (huge inputs are bound chunk by chunk).
+      lines.push(`  let ${INPUT_NAMES[j]} = in_${INPUT_NAMES[j]}[off_${INPUT_NAMES[j]} - u.origin[${j}]];`);
     }
     body = lines.join("\n");
   }
@@ -79,15 +81,19 @@ ${body}
   return { key, code };
 }
 
-/** Packs the uniform block of an element-wise kernel. */
+/**
+ * Packs the uniform block of an element-wise kernel. `base` is the first output element of the dispatch (the
+ * strided variant's coordinates count from it); `origins[j]` is the element at which input j's binding starts.
+ */
 export function elementwiseUniforms(
   size: number,
   base: number,
   constants: readonly number[],
   shape: readonly number[],
   inputStrides: readonly (readonly number[])[],
+  origins: readonly number[] = [],
 ): ArrayBuffer {
-  const buffer = new ArrayBuffer(16 + 16 + 32 + 96);
+  const buffer = new ArrayBuffer(16 + 16 + 32 + 96 + 16);
   const u32 = new Uint32Array(buffer);
   const f32 = new Float32Array(buffer);
   u32[0] = size;
@@ -96,6 +102,7 @@ export function elementwiseUniforms(
   for (let i = 0; i < 4; i++) f32[4 + i] = constants[i] ?? 0;
   shape.forEach((d, i) => (u32[8 + i] = d));
   inputStrides.forEach((strides, j) => strides.forEach((s, d) => (u32[16 + j * 8 + d] = s)));
+  origins.forEach((o, j) => (u32[40 + j] = o));
   return buffer;
 }
 

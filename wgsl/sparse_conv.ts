@@ -69,6 +69,16 @@ export interface SparseGeometry {
   W: number;
   /** Kernel size: 3 (padding 1) or 1. */
   k: 1 | 3;
+  /** List capacity (default N*H*W): entries dispatched over, and the row length of compact slices. */
+  cap?: number;
+}
+
+/** Site-list geometry of the kernels that need no kernel size. */
+export type SiteGeometry = { N: number; H: number; W: number; cap?: number };
+
+/** The list capacity of a geometry: its `cap`, or every site. */
+export function capacityOf(g: SiteGeometry): number {
+  return g.cap ?? g.N * g.H * g.W;
 }
 
 /**
@@ -221,13 +231,13 @@ function checkGeometry(g: SparseGeometry, what: string): void {
  */
 function neighbourStep(
   key: string,
-  g: { N: number; H: number; W: number },
+  g: SiteGeometry,
   prologue: string,
   centre: string,
   tap: (t: number, inside: string, r: string) => string,
   epilogue: string,
 ): KernelStep {
-  const cap = g.N * g.H * g.W;
+  const cap = capacityOf(g);
   const taps = range(9).map((t) => {
     const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
     if (dy === 0 && dx === 0) return centre;
@@ -272,7 +282,7 @@ ${epilogue}
  * offset (dy, dx) is inside the image and active (`rank` != 0xffffffff). Buffers: `counts`, `indices`,
  * `rank` (u32), `out` (u32, capacity entries).
  */
-export function neighbourBitsStep(g: { N: number; H: number; W: number }): KernelStep {
+export function neighbourBitsStep(g: SiteGeometry): KernelStep {
   return neighbourStep(
     "sparse-conv-neighbour-bits",
     g,
@@ -288,7 +298,7 @@ export function neighbourBitsStep(g: { N: number; H: number; W: number }): Kerne
  * the list entry of tap t's neighbour of entry e (t = 3 * (dy + 1) + (dx + 1)), or 0xffffffff when it is
  * outside the image or clean. Buffers: `counts`, `indices`, `rank` (u32), `out` (u32, 9 x capacity).
  */
-export function neighbourEntriesStep(g: { N: number; H: number; W: number }): KernelStep {
+export function neighbourEntriesStep(g: SiteGeometry): KernelStep {
   return neighbourStep(
     "sparse-conv-neighbour-entries",
     g,
@@ -440,7 +450,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
     throw new Error(`sparse conv: ${s.K} reduction channels exceed the loop bound ${SPARSE_MAX_LOOP}`);
   }
   const t = siteTile(s.cols);
-  const cap = s.N * s.H * s.W;
+  const cap = capacityOf(s);
   const outSize = s.N * s.dst.channels * s.H * s.W;
   if (cap === 0 || s.cols === 0) return { outSize, scratch: {}, steps: [] };
   const rowBlocks = Math.ceil(cap / t.tm);
@@ -629,7 +639,7 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
   checkGeometry(s, "sparseWeightGradPlan");
   const T = s.k * s.k;
   const outElems = s.Cout * s.Cin * T;
-  const cap = s.N * s.H * s.W;
+  const cap = capacityOf(s);
   const chunk = s.chunk ?? WGRAD_CHUNK;
   if (chunk > SPARSE_MAX_LOOP) throw new Error(`sparse conv weight gradient: chunk ${chunk} too long`);
   const cb = s.channelBlock ?? (s.k === 3 ? 4 : 16);
@@ -704,14 +714,14 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
  * channels.
  */
 export function reluGateStep(
-  g: { N: number; H: number; W: number },
+  g: SiteGeometry,
   slice: ChannelSlice,
   channels: number,
 ): KernelStep {
   if (channels > SPARSE_MAX_LOOP) {
     throw new Error(`reluGateStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
   }
-  const cap = g.N * g.H * g.W;
+  const cap = capacityOf(g);
   return {
     kernel: {
       key: `sparse-relu-gate-${layoutKey(slice)}`,
@@ -749,7 +759,7 @@ ${ENTRY}
  * `src` (unless zeroing), `out`. One invocation per list entry, looping over the channels.
  */
 export function siteCopyStep(
-  g: { N: number; H: number; W: number },
+  g: SiteGeometry,
   src: ChannelSlice | null,
   dst: ChannelSlice,
   channels: number,
@@ -757,7 +767,7 @@ export function siteCopyStep(
   if (channels > SPARSE_MAX_LOOP) {
     throw new Error(`siteCopyStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
   }
-  const cap = g.N * g.H * g.W;
+  const cap = capacityOf(g);
   const list = [ro("counts", "u32"), ro("indices", "u32"), ...(src ? [ro("src")] : []), rw("out")];
   return {
     kernel: {

@@ -17,7 +17,7 @@ import {
 } from "../../wgsl/conv2d.ts";
 import { add } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
-import { concat, pad, reshape } from "./shape.ts";
+import { concat, pad, reshape, slice } from "./shape.ts";
 
 /** A number for both spatial axes or `[height, width]`. */
 export type Pair = number | readonly [number, number];
@@ -145,8 +145,13 @@ function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
  * Built from differentiable ops, so gradients follow.
  */
 function conv2dInBands(x: Tensor, w: Tensor, bias: Tensor | null, s: Conv2dShape): Tensor {
-  const bands = 2;
-  const rows = Math.ceil(s.Hout / bands);
+  // The fewest bands whose convolution fits (one output row per band at most).
+  let rows = s.Hout;
+  for (let bands = 2; bands <= s.Hout; bands++) {
+    rows = Math.ceil(s.Hout / bands);
+    const inRows = (rows - 1) * s.strideH + s.dilH * (s.kh - 1) + 1;
+    if (fitsBindings({ ...s, H: inRows, Hout: rows, padH: 0 }, !!bias)) break;
+  }
   const parts: Tensor[] = [];
   for (let r0 = 0; r0 < s.Hout; r0 += rows) {
     const r1 = Math.min(s.Hout, r0 + rows);
@@ -190,6 +195,7 @@ export function convTranspose2d(
   const Wo = (W - 1) * strideW - 2 * padW + dilW * (kw - 1) + opW + 1;
   // The equivalent convolution maps [N, Cout, Ho, Wo] to [N, Cin, H, W] with weight [Cin, Cout, kh, kw].
   const s = convShape(N, Cout, Ho, Wo, Cin, kh, kw, options, H, W);
+  if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options);
   const e = engine();
   const y = e.op(
     "convTranspose2d",
@@ -204,6 +210,66 @@ export function convTranspose2d(
   const b = reshape(bias, [1, Cout, 1, 1]);
   const withBias = add(core, b);
   core.dispose();
+  b.dispose();
+  return withBias;
+}
+
+/**
+ * A transposed convolution too large for one storage binding, computed over horizontal bands of input rows:
+ * each band's output rows are placed at their offset (crops at the borders stand in for padding) and the
+ * placed bands are summed, so rows that overlapping bands both reach get both contributions.
+ */
+function convTranspose2dInBands(
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | null,
+  options: ConvTranspose2dOptions,
+): Tensor {
+  const [N, Cin, H, W] = x.shape;
+  const [, Cout, kh, kw] = w.shape;
+  const [strideH] = pair(options.stride, 1);
+  const [padH, padW] = pair(options.padding, 0);
+  const [dilH] = pair(options.dilation, 1);
+  const [opH, opW] = pair(options.outputPadding, 0);
+  const Ho = (H - 1) * strideH - 2 * padH + dilH * (kh - 1) + opH + 1;
+  const bandOptions = {
+    ...options,
+    padding: [0, padW] as [number, number],
+    outputPadding: [0, opW] as [number, number],
+  };
+  const bandRowsOut = (rows: number) => (rows - 1) * strideH + dilH * (kh - 1) + 1;
+  let rows = H;
+  for (let bands = 2; bands <= H; bands++) {
+    rows = Math.ceil(H / bands);
+    const probe = convShape(N, Cout, bandRowsOut(rows), 1, Cin, kh, kw, bandOptions, rows, W);
+    const Wo = (W - 1) * probe.strideW - 2 * padW + probe.dilW * (kw - 1) + opW + 1;
+    if (fitsBindings(convShape(N, Cout, bandRowsOut(rows), Wo, Cin, kh, kw, bandOptions, rows, W), false)) {
+      break;
+    }
+  }
+  let sum: Tensor | null = null;
+  for (let r0 = 0; r0 < H; r0 += rows) {
+    const r1 = Math.min(H, r0 + rows);
+    const band = slice(x, [0, 0, r0, 0], [N, Cin, r1, W]);
+    const out = convTranspose2d(band, w, null, bandOptions);
+    band.dispose();
+    // The band's first output row is full-output row r0 * stride - padH.
+    const top = r0 * strideH - padH;
+    const placed = pad(out, [[0, 0], [0, 0], [top, Ho - top - out.shape[2]], [0, 0]]);
+    out.dispose();
+    if (sum) {
+      const next = add(sum, placed);
+      sum.dispose();
+      placed.dispose();
+      sum = next;
+    } else {
+      sum = placed;
+    }
+  }
+  if (!bias) return sum!;
+  const b = reshape(bias, [1, Cout, 1, 1]);
+  const withBias = add(sum!, b);
+  sum!.dispose();
   b.dispose();
   return withBias;
 }

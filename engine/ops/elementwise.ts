@@ -68,7 +68,10 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       }
       return out;
     }
-    if (inputs.some((t) => t.size * 4 > e.maxBindingBytes) || size * 4 > e.maxBindingBytes) {
+    // Over one binding, the output and the inputs of its full shape are bound chunk by chunk; broadcast
+    // inputs must fit one binding (they are bound whole).
+    const whole = inputs.map((t) => t.size !== size);
+    if (inputs.some((t, i) => whole[i] && t.size * 4 > e.maxBindingBytes)) {
       throw new Error(`map(${expr}): broadcasting tensors over ${e.maxBindingBytes} bytes is not supported`);
     }
     const strides = inputs.map((t) => {
@@ -83,11 +86,25 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       outShape.length,
       inputs.map(() => false),
     );
-    const uniforms = elementwiseUniforms(size, 0, constants, outShape, strides);
-    e.runPlan(
-      { outSize: size, scratch: {}, steps: [elementwiseStep(kernel, uniforms, [...names, "out"], size)] },
-      buffers,
-    );
+    const chunk = size * 4 > e.maxBindingBytes ? Math.floor(e.maxBindingBytes / 256) * 64 : size;
+    for (let base = 0; base < size; base += chunk) {
+      const count = Math.min(chunk, size - base);
+      const ranges: Record<string, [number, number]> | undefined = chunk < size ? {} : undefined;
+      if (ranges) {
+        ranges.out = [base * 4, count * 4];
+        names.forEach((n, i) => whole[i] || (ranges[n] = [base * 4, count * 4]));
+      }
+      const origins = whole.map((w) => (w || !ranges ? 0 : base));
+      const uniforms = elementwiseUniforms(count, base, constants, outShape, strides, origins);
+      e.runPlan(
+        {
+          outSize: size,
+          scratch: {},
+          steps: [elementwiseStep(kernel, uniforms, [...names, "out"], count, ranges)],
+        },
+        buffers,
+      );
+    }
     return out;
   });
 }

@@ -17,6 +17,78 @@ function copy(src: Tensor, out: Tensor, spec: StridedCopy): void {
   });
 }
 
+// Tensors larger than one storage binding cannot be bound by the copy kernels; pad, slice and concat then
+// move them with buffer-to-buffer copies, one per contiguous run (no binding, so no size limit).
+
+/** Most buffer copies one pad or concat may record. */
+const MAX_COPY_RUNS = 1 << 16;
+
+function exceedsBinding(tensors: readonly Tensor[]): boolean {
+  const limit = engine().maxBindingBytes;
+  return tensors.some((t) => t.size * 4 > limit);
+}
+
+/** `pad` with zero padding as buffer copies: clear the output, then copy each contiguous run of `x`. */
+function padByCopies(
+  x: Tensor,
+  out: Tensor,
+  pads: readonly (readonly [number, number])[],
+  value: number,
+): void {
+  const e = engine();
+  const grows = pads.some(([before, after]) => before > 0 || after > 0);
+  if (grows && value !== 0) {
+    throw new Error(`pad: padding a tensor of ${x.size * 4} bytes with ${value} is not supported (only 0)`);
+  }
+  if (grows) e.clear(out.buffer, 0, out.size * 4);
+  // Axes after the last padded axis k are copied whole, so one run spans axis k's overlap times their size.
+  let k = x.rank - 1;
+  while (k > 0 && pads[k][0] === 0 && pads[k][1] === 0) k--;
+  // Per axis, the output coordinates [lo, hi) that read the source (coordinate - before).
+  const lo = pads.map(([before]) => Math.max(0, before));
+  const hi = pads.map(([before], i) => Math.min(out.shape[i], before + x.shape[i]));
+  if (lo.some((l, i) => hi[i] <= l)) return;
+  const xStrides = stridesOf(x.shape);
+  const outStrides = stridesOf(out.shape);
+  const runBytes = (hi[k] - lo[k]) * xStrides[k] * 4;
+  let runs = 1;
+  for (let a = 0; a < k; a++) runs *= hi[a] - lo[a];
+  if (runs > MAX_COPY_RUNS) {
+    throw new Error(`pad: [${x.shape}] is too large for one binding and too fragmented to copy in runs`);
+  }
+  const coord = lo.slice(0, k);
+  for (let r = 0; r < runs; r++) {
+    let src = (lo[k] - pads[k][0]) * xStrides[k];
+    let dst = lo[k] * outStrides[k];
+    for (let a = 0; a < k; a++) {
+      src += (coord[a] - pads[a][0]) * xStrides[a];
+      dst += coord[a] * outStrides[a];
+    }
+    e.copy(x.buffer, src * 4, out.buffer, dst * 4, runBytes);
+    for (let a = k - 1; a >= 0; a--) {
+      if (++coord[a] < hi[a]) break;
+      coord[a] = lo[a];
+    }
+  }
+}
+
+/** `concat` as buffer copies: every operand is one contiguous run per index of the axes before `axis`. */
+function concatByCopies(xs: readonly Tensor[], out: Tensor, axis: number, offsets: readonly number[]): void {
+  const e = engine();
+  const outer = sizeOf(out.shape.slice(0, axis));
+  const inner = sizeOf(out.shape.slice(axis + 1));
+  if (outer * xs.length > MAX_COPY_RUNS) {
+    throw new Error(`concat: [${out.shape}] is too large for one binding and too fragmented to copy in runs`);
+  }
+  xs.forEach((t, k) => {
+    const run = t.shape[axis] * inner;
+    if (run === 0) return;
+    for (let o = 0; o < outer; o++) {
+      e.copy(t.buffer, o * run * 4, out.buffer, (o * out.shape[axis] + offsets[k]) * inner * 4, run * 4);
+    }
+  });
+}
+
 /** Same data, new shape (one dimension may be -1). No copy. */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const resolved = [...shape];
@@ -60,6 +132,11 @@ export function pad(x: Tensor, pads: readonly (readonly [number, number])[], val
   if (outShape.some((d) => d < 0)) throw new Error(`pad: negative output shape [${outShape}]`);
   const y = engine().op("pad", () => {
     const out = Tensor.empty(outShape);
+    if (out.size === 0) return out;
+    if (exceedsBinding([x, out])) {
+      padByCopies(x, out, pads, value);
+      return out;
+    }
     copy(x, out, {
       kind: "gather",
       shape: outShape,
@@ -107,10 +184,17 @@ export function concat(inputs: readonly Tensor[], axis: number): Tensor {
     let offset = 0;
     for (const t of xs) {
       offsets.push(offset);
+      offset += t.shape[ax];
+    }
+    if (exceedsBinding([...xs, out])) {
+      concatByCopies(xs, out, ax, offsets);
+      return out;
+    }
+    for (const [k, t] of xs.entries()) {
+      const offset = offsets[k];
       if (t.size > 0) {
         copy(t, out, { kind: "scatter", shape: t.shape, strides: outStrides, base: offset * outStrides[ax] });
       }
-      offset += t.shape[ax];
     }
     return out;
   });

@@ -43,9 +43,24 @@ export class ActiveSites {
   get w(): number {
     return this.mask.shape[3];
   }
-  /** Upper bound of the number of active sites (N*H*W): sparse kernels dispatch over this. */
+  #capacity: number | null = null;
+
+  /** Upper bound of the number of active sites: sparse kernels dispatch over this, and the SC module's
+   * compact dense block holds this many entries per channel. N*H*W until {@link fitCapacity}. */
   get capacity(): number {
-    return this.mask.size;
+    return this.#capacity ?? this.mask.size;
+  }
+
+  /**
+   * Reads the active-site count back (one GPU round trip) and lowers {@link capacity} to it, rounded up to a
+   * multiple of 256: sparse kernels then dispatch over, and the SC block holds, only the active sites. For
+   * images whose full-capacity SC block would not fit one storage binding (the `base` preset at 512 px on
+   * llvmpipe). Returns the new capacity.
+   */
+  async fitCapacity(): Promise<number> {
+    const { total } = await this.readCounts();
+    this.#capacity = Math.min(this.mask.size, Math.max(256, Math.ceil(total / 256) * 256));
+    return this.#capacity;
   }
 
   /** Reads the counts back (for tests and reporting): total, per-image counts and offsets. */

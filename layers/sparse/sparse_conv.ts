@@ -71,14 +71,14 @@ function siteStep(sites: ActiveSites, step: KernelStep, out: Tensor): void {
 /** Neighbour-activity bits of every active site (u32 per list entry; see `neighbourBitsStep`). */
 function neighbourBits(sites: ActiveSites): Tensor {
   const nbits = Tensor.empty([sites.capacity]);
-  siteStep(sites, neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w }), nbits);
+  siteStep(sites, neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity }), nbits);
   return nbits;
 }
 
 /** List entries of every active site's 3x3 neighbours (u32 [9, capacity]; see `neighbourEntriesStep`). */
 function neighbourEntries(sites: ActiveSites): Tensor {
   const nbr = Tensor.empty([9, sites.capacity]);
-  siteStep(sites, neighbourEntriesStep({ N: sites.n, H: sites.h, W: sites.w }), nbr);
+  siteStep(sites, neighbourEntriesStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity }), nbr);
   return nbr;
 }
 
@@ -114,7 +114,7 @@ function weightLayout(w: Tensor, forInputGrad: boolean): Tensor {
   });
 }
 
-type Geometry = { N: number; H: number; W: number; k: 1 | 3 };
+type Geometry = { N: number; H: number; W: number; k: 1 | 3; cap: number };
 
 function gemmSpec(g: Geometry, o: Partial<SiteGemmSpec> & Pick<SiteGemmSpec, "K" | "cols" | "src" | "dst">) {
   return { ...g, flip: false, bias: false, relu: false, accumulate: false, srcIsOut: false, ...o };
@@ -175,7 +175,7 @@ export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias
   const [N, Cin, H, W] = x.shape;
   const k = kernelSize("sparseConv2d", weight, Cin, bias);
   const Cout = weight.shape[0];
-  const geo: Geometry = { N, H, W, k };
+  const geo: Geometry = { N, H, W, k, cap: sites.capacity };
   const e = engine();
   const nbits = k === 3 ? e.op("sparseConv2d", () => neighbourBits(sites)) : undefined;
   const site = siteBuffers(sites.indices, sites.counts, nbits);
@@ -255,12 +255,12 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       );
     }
   });
-  const g3: Geometry = { N, H, W, k: 3 };
-  const g1: Geometry = { N, H, W, k: 1 };
+  const g3: Geometry = { N, H, W, k: 3, cap: sites.capacity };
+  const g1: Geometry = { N, H, W, k: 1, cap: sites.capacity };
   const e = engine();
   const nbr = e.op("scModule", () => neighbourEntries(sites));
   const site = { indices: sites.indices, counts: sites.counts, nbr };
-  const geometry = { N, H, W };
+  const geometry = { N, H, W, cap: sites.capacity };
   const whole = (channels: number): ChannelSlice => ({ channels, offset: 0 });
   // Channels from `offset` of F or dF, the dense block and its gradient, kept compact: C + 6g rows of list
   // entries, so the features of active sites sit together at any density.
