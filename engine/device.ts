@@ -65,6 +65,9 @@ const TEXTURE_BINDING = 0x4;
 
 /** Texels per row of the textures made by {@link Engine.textureOf} (8,192 floats). */
 export const TEXTURE_WIDTH = 2048;
+const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
+/** Most bytes of operand textures kept for reuse between dispatches (beyond it they are destroyed). */
+const TEXTURE_POOL_BYTES = 256 << 20;
 
 /** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
 export type BindingKind = "r" | "w" | "t";
@@ -86,6 +89,11 @@ export class Engine {
   #uniformUsed = 0;
   #outstanding = new Set<Promise<void>>();
   #texturesInFlight: GPUTexture[] = [];
+  /** Operand textures kept for reuse, by row count (creating one per dispatch costs llvmpipe page faults). */
+  #texturePool = new Map<number, GPUTexture[]>();
+  #texturePoolBytes = 0;
+  /** Textures taken by the step being recorded; pooled again once its dispatch is recorded. */
+  #stepTextures: GPUTexture[] = [];
   #firstError: GpuOpError | null = null;
   #uncaptured: GpuOpError | null = null;
   #currentOp = "";
@@ -287,8 +295,9 @@ export class Engine {
    * Records a copy of the first `floats` values of `buffer` into an rgba32float texture of
    * {@link TEXTURE_WIDTH} texels per row (value i is texel i / 4, component i % 4, at
    * (texel % TEXTURE_WIDTH, texel / TEXTURE_WIDTH)). Texture loads are far cheaper than storage loads on
-   * some drivers (llvmpipe), so GEMM kernels read their operands this way. The texture is destroyed after
-   * the next submit.
+   * some drivers (llvmpipe), so GEMM kernels read their operands this way. Textures are pooled by size and
+   * reused by later copies (commands run in recording order, so a copy never overtakes an earlier read).
+   * Texels past `floats` are unspecified; kernels never read them.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
     const texels = Math.max(1, Math.ceil(floats / 4));
@@ -296,12 +305,17 @@ export class Engine {
     if (rows > this.device.limits.maxTextureDimension2D) {
       throw new Error(`tensor of ${floats} values is too large for a ${TEXTURE_WIDTH}-wide texture`);
     }
-    const texture = this.device.createTexture({
-      size: [TEXTURE_WIDTH, rows],
-      format: "rgba32float",
-      usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
-    });
-    this.#texturesInFlight.push(texture);
+    let texture = this.#texturePool.get(rows)?.pop();
+    if (texture) {
+      this.#texturePoolBytes -= rows * TEXTURE_ROW_BYTES;
+    } else {
+      texture = this.device.createTexture({
+        size: [TEXTURE_WIDTH, rows],
+        format: "rgba32float",
+        usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
+      });
+    }
+    this.#stepTextures.push(texture);
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
     const rowBytes = TEXTURE_WIDTH * 16;
@@ -351,6 +365,18 @@ export class Engine {
       return range ? { buffer, offset: range[0], size: range[1] } : { buffer };
     });
     this.dispatch(step.kernel, step.uniforms, bindings, kinds, step.workgroups);
+    for (const texture of this.#stepTextures) {
+      const bytes = texture.height * TEXTURE_ROW_BYTES;
+      if (this.#texturePoolBytes + bytes > TEXTURE_POOL_BYTES) {
+        this.#texturesInFlight.push(texture); // destroyed after the next submit
+        continue;
+      }
+      const free = this.#texturePool.get(texture.height) ?? [];
+      free.push(texture);
+      this.#texturePool.set(texture.height, free);
+      this.#texturePoolBytes += bytes;
+    }
+    this.#stepTextures = [];
   }
 
   /** Records a buffer-to-buffer copy. */
@@ -436,6 +462,8 @@ export class Engine {
   destroy(): void {
     this.flush();
     this.pool.trim();
+    for (const free of this.#texturePool.values()) for (const t of free) t.destroy();
+    this.#texturePool.clear();
     this.#uniformBuffer.destroy();
     this.device.destroy();
   }

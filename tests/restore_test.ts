@@ -286,3 +286,57 @@ Deno.test("tiled SPAIR equals the whole-image result on 512x512 (image-wide laye
   assert.ok(max <= 1e-3, `max difference ${max}`);
   for (const p of model.parameters()) p.dispose();
 });
+
+// An adapter with small storage bindings: restorePlanar caps the tile (maxTileForBinding) and every op falls
+// back to its large-tensor path where needed; the result must equal the same tiling on the default engine.
+Deno.test("restore on an adapter with small storage bindings caps the tile and matches the same tiling", async () => {
+  const { Engine, engine, setEngine } = await import("../mod.ts");
+  const { toPlanarRgb } = await import("../train/image_io.ts");
+  const image = await readImage(new URL("../samples/rain.png", import.meta.url).pathname);
+  const full = toPlanarRgb(image);
+  const [w, h] = [96, 80];
+  const planar = new Float32Array(3 * w * h);
+  for (let c = 0; c < 3; c++) {
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        planar[(c * h + y) * w + x] = full[(c * image.height + y) * image.width + x];
+      }
+    }
+  }
+  const weights = await Deno.readFile(new URL("../weights/rain.safetensors", import.meta.url));
+  const binding = 512 * 1024;
+  const tile = maxTileForBinding({ preset: "tiny", variant: "SPAIR" }, binding);
+  assert.equal(tile, 44, "tiny SPAIR's SC block (64 channels) fits 44 px tiles in 512 KiB");
+  const count = (options: { tile?: number }) => {
+    let tiles = 0;
+    return {
+      ...options,
+      overlap: 24,
+      globalLayers: "per-tile" as const, // one pass: the tiling, not the image-wide layers, is under test
+      onTile: (_: number, total: number) => (tiles = total),
+      tiles: () => tiles,
+    };
+  };
+  const { model } = loadModel(weights);
+  const reference = count({ tile });
+  const want = await restorePlanar(model, planar, w, h, reference);
+  for (const p of model.parameters()) p.dispose();
+  const small = await Engine.create({ limits: { maxStorageBufferBindingSize: binding } });
+  const previous = setEngine(small);
+  try {
+    const { model: smallModel } = loadModel(weights);
+    const capped = count({}); // default tile 512, capped to 44 by the binding limit
+    const got = await restorePlanar(smallModel, planar, w, h, capped);
+    assert.equal(capped.tiles(), reference.tiles(), "the capped run uses the same tiles");
+    let max = 0;
+    for (let i = 0; i < planar.length; i++) max = Math.max(max, Math.abs(got.restored[i] - want.restored[i]));
+    assert.ok(max <= 1e-5, `small-binding restore differs by ${max}`);
+    assert.deepEqual(got.mask, want.mask);
+    assert.ok(want.mask.some((v) => v > 0) && want.mask.some((v) => v === 0), "mask has both regions");
+    for (const p of smallModel.parameters()) p.dispose();
+  } finally {
+    setEngine(previous);
+    small.destroy();
+  }
+  assert.equal(engine(), previous);
+});
