@@ -35,6 +35,8 @@ export interface KernelTiming {
   budgetMs?: number;
   /** GPU timestamp timer, if available. */
   timer?: GpuTimer | null;
+  /** Runs shorter than this (ms) are batched into one submit per sample (see {@link measure}). */
+  batchTargetMs?: number;
 }
 
 /** A record from a {@link Measurement}: wall-clock stats, GPU stats when present, correctness. */

@@ -148,8 +148,8 @@ export interface Measurement extends Stats {
 
 /**
  * Times `record`, which enqueues one run's GPU work without waiting for it (it may dispose the previous
- * run's outputs). Each sample covers `batch` runs: flush, GPU begin mark, the runs, flush, end mark, then
- * waiting for the queue; the wall time includes GPU completion.
+ * run's outputs). Each sample covers `batch` runs: flush, GPU begin mark, the runs (each submitted once
+ * recorded), end mark, then waiting for the queue; the wall time includes GPU completion.
  */
 export async function measure(
   record: () => void | Promise<void>,
@@ -165,8 +165,11 @@ export async function measure(
     await e.device.queue.onSubmittedWorkDone();
     const t0 = performance.now();
     timer?.begin();
-    for (let i = 0; i < batch; i++) await record();
-    e.flush();
+    // Each run is submitted as soon as it is recorded, so recording the next overlaps the GPU's work.
+    for (let i = 0; i < batch; i++) {
+      await record();
+      e.flush();
+    }
     timer?.end();
     await e.sync();
     const wall = performance.now() - t0;

@@ -60,3 +60,22 @@ export function foldWorkgroups(count: number, maxPerDim = 65535): [number, numbe
   if (y > maxPerDim) throw new Error(`dispatch of ${count} workgroups exceeds ${maxPerDim}^2`);
   return [Math.ceil(count / y), y, 1];
 }
+
+/**
+ * Memoizes a plan builder by its (JSON-serializable) arguments: generating a big kernel's WGSL source costs
+ * milliseconds of CPU, which ops would otherwise pay on every call. Plans are never mutated, so sharing is
+ * safe. The cache is dropped whole when it reaches `limit` entries.
+ */
+export function memoizePlans<A extends unknown[]>(build: (...args: A) => KernelPlan, limit = 256) {
+  const cache = new Map<string, KernelPlan>();
+  return (...args: A): KernelPlan => {
+    const key = JSON.stringify(args);
+    let plan = cache.get(key);
+    if (!plan) {
+      if (cache.size >= limit) cache.clear();
+      plan = build(...args);
+      cache.set(key, plan);
+    }
+    return plan;
+  };
+}

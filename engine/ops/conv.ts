@@ -15,9 +15,15 @@ import {
   type Conv2dShape,
   conv2dWeightGradPlan,
 } from "../../wgsl/conv2d.ts";
+import { memoizePlans } from "../../wgsl/plan.ts";
 import { add } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
 import { concat, pad, reshape, slice } from "./shape.ts";
+
+// Plans by shape, built once (their WGSL source is long).
+const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean) => conv2dForwardPlan(s, hasBias));
+const inputGradPlan = memoizePlans((s: Conv2dShape) => conv2dInputGradPlan(s));
+const weightGradPlan = memoizePlans((s: Conv2dShape) => conv2dWeightGradPlan(s));
 
 /** A number for both spatial axes or `[height, width]`. */
 export type Pair = number | readonly [number, number];
@@ -120,12 +126,12 @@ export function conv2d(
   const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
   const y = e.op(
     "conv2d",
-    () => run(conv2dForwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])),
+    () => run(forwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])),
   );
   return record("conv2d", bias ? [x, w, bias] : [x, w], y, (g, [sx, sw]) =>
     e.op("conv2d backward", () => [
-      x.requiresGrad ? run(conv2dInputGradPlan(s), { dy: g, w: sw }, Tensor.empty(x.shape)) : null,
-      w.requiresGrad ? run(conv2dWeightGradPlan(s), { x: sx, dy: g }, Tensor.empty(w.shape)) : null,
+      x.requiresGrad ? run(inputGradPlan(s), { dy: g, w: sw }, Tensor.empty(x.shape)) : null,
+      w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy: g }, Tensor.empty(w.shape)) : null,
       bias?.requiresGrad ? sum(g, [0, 2, 3]) : null,
     ]), [x, w]);
 }
@@ -134,7 +140,7 @@ export function conv2d(
 function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
   const limit = engine().maxBindingBytes / 4;
   const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
-  const plans = [conv2dForwardPlan(s, hasBias), conv2dInputGradPlan(s), conv2dWeightGradPlan(s)];
+  const plans = [forwardPlan(s, hasBias), inputGradPlan(s), weightGradPlan(s)];
   return tensors.every((n) => n <= limit) &&
     plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
 }
@@ -199,12 +205,12 @@ export function convTranspose2d(
   const e = engine();
   const y = e.op(
     "convTranspose2d",
-    () => run(conv2dInputGradPlan(s), { dy: x, w }, Tensor.empty([N, Cout, Ho, Wo])),
+    () => run(inputGradPlan(s), { dy: x, w }, Tensor.empty([N, Cout, Ho, Wo])),
   );
   const core = record("convTranspose2d", [x, w], y, (g, [sx, sw]) =>
     e.op("convTranspose2d backward", () => [
-      x.requiresGrad ? run(conv2dForwardPlan(s, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
-      w.requiresGrad ? run(conv2dWeightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
+      x.requiresGrad ? run(forwardPlan(s, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
+      w.requiresGrad ? run(weightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
     ]), [x, w]);
   if (!bias) return core;
   const b = reshape(bias, [1, Cout, 1, 1]);

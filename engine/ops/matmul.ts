@@ -9,11 +9,14 @@ import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { Tensor } from "../tensor.ts";
 import { matmulPlan, type MatmulShape } from "../../wgsl/matmul.ts";
+import { memoizePlans } from "../../wgsl/plan.ts";
 import { sum } from "./reduce.ts";
+
+const cachedMatmulPlan = memoizePlans((shape: MatmulShape) => matmulPlan(shape));
 
 function runMatmul(a: Tensor, b: Tensor, shape: MatmulShape, outShape: number[]): Tensor {
   const out = Tensor.empty(outShape);
-  engine().runPlan(matmulPlan(shape), { a: a.buffer, b: b.buffer, out: out.buffer }, {
+  engine().runPlan(cachedMatmulPlan(shape), { a: a.buffer, b: b.buffer, out: out.buffer }, {
     a: a.size,
     b: b.size,
   });
