@@ -103,7 +103,8 @@ export interface RestoreOptions {
    * `"exact"` measures them over the whole image in extra passes over the tiles (one per image-wide
    * layer, at most four), so the result equals the untiled one to float rounding; `"per-tile"` computes
    * them inside each tile (one pass, small differences in degraded regions); `"auto"` (default) is exact
-   * while the whole image's non-local feature map fits in {@link EXACT_GLOBAL_BYTES}.
+   * for models without a non-local module (Net2, Net3: SFM needs only sums) and otherwise while the whole
+   * image's non-local feature map fits in {@link EXACT_GLOBAL_BYTES}.
    */
   globalLayers?: "auto" | "exact" | "per-tile";
   /** Called after each tile of each pass (`total` counts all passes). */
@@ -365,8 +366,10 @@ export async function restorePlanar(
   const width0 = PRESETS[model.config.preset].width;
   const mode = options.globalLayers ?? "auto";
   // Exact when nothing is tiled, when the model has no image-wide layer (Net1), or by the mode's rule.
+  // Auto: SFM alone needs only per-channel sums (no memory), so only a non-local map is bounded.
   const exact = tiles.length === 1 || globalLayers(model).length === 0 || mode === "exact" ||
-    (mode === "auto" && width0 * PH * PW * 4 <= EXACT_GLOBAL_BYTES);
+    (mode === "auto" &&
+      (model.netR.features.nonLocal === "none" || width0 * PH * PW * 4 <= EXACT_GLOBAL_BYTES));
   const passes = tiles.length > 1 && exact ? globalLayers(model) : [];
   const total = tiles.length * (passes.length + 1);
   let done = 0;
