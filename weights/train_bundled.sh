@@ -32,6 +32,16 @@ continued() { # task variant steps switch lr
   $DENO run -A cli.ts train --resume "$run"
 }
 
+# Recipe "continued" and then a second phase: crop focus $2 at lr $3 up to NetR step $4.
+refocused() { # task variant steps switch lr focus2 lr2 steps2
+  local run="$ROOT/$1-$2"
+  if ! grep -q "\"cropFocus\": $6" "$run/config.json" 2>/dev/null; then
+    continued "$1" "$2" "$3" "$4" "$5"
+    set_config "$run" "{stepsR:$8,cropFocus:$6,lr:$7}"
+  fi
+  $DENO run -A cli.ts train --resume "$run"
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -47,7 +57,7 @@ for task in "$@"; do
   case "$task" in
     rain) uniform rain SPAIR; uniform rain Net1 ;;
     raindrop) continued raindrop SPAIR 200 104 5e-4; continued raindrop Net1 200 100 5e-4 ;;
-    shadow) continued shadow SPAIR 300 104 1e-3; uniform shadow Net1 ;;
+    shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
     blur) continued blur SPAIR 200 100 1e-3; uniform blur Net1 ;;
   esac
   mkdir -p weights/baselines
