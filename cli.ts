@@ -126,6 +126,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   variant: ["variant", "string"],
   crop: ["crop", "number"],
   "crop-focus": ["cropFocus", "number"],
+  "clip-grad-norm": ["clipGradNorm", "number"],
   batch: ["batch", "number"],
   "steps-l": ["stepsL", "number"],
   "steps-r": ["stepsR", "number"],

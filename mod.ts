@@ -95,6 +95,7 @@ export { bceWithLogits, l1Loss, mseLoss } from "./engine/ops/loss.ts";
 export {
   Adam,
   type AdamOptions,
+  clipGradNorm,
   type Optimizer,
   type OptimizerState,
   type ParamGroup,

@@ -6,8 +6,10 @@
  */
 
 import { engine } from "./device.ts";
-import { keep, Tensor } from "./tensor.ts";
-import { full } from "./ops/elementwise.ts";
+import { keep, Tensor, tidy } from "./tensor.ts";
+import { noGrad } from "./autograd.ts";
+import { add, full, map, mul } from "./ops/elementwise.ts";
+import { sum } from "./ops/reduce.ts";
 import { adamStep, sgdStep } from "../wgsl/optim.ts";
 
 /** A set of parameters sharing hyper-parameters. */
@@ -302,3 +304,28 @@ export function stepLr(baseLr: number, epoch: number, everyEpochs: number, gamma
 }
 
 export type { Optimizer };
+
+/**
+ * Scales the gradients of `params` in place so that their global L2 norm is at most `maxNorm`, like
+ * `torch.nn.utils.clip_grad_norm_`: each gradient is multiplied by min(1, maxNorm / (norm + 1e-6)). Runs on
+ * the GPU without a readback. Returns the norm before clipping as a one-element tensor (dispose it).
+ */
+export function clipGradNorm(params: readonly Tensor[], maxNorm: number): Tensor {
+  if (!(maxNorm > 0)) throw new Error(`clipGradNorm: maxNorm must be positive, got ${maxNorm}`);
+  return noGrad(() => {
+    const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
+    const norm = tidy(() => {
+      let total: Tensor = full([1], 0);
+      for (const g of grads) total = add(total, sum(mul(g, g)).view([1]));
+      return map("sqrt(a)", [total]);
+    });
+    tidy(() => {
+      const scale = map("min(1.0, k.x / (a + 1e-6))", [norm], [maxNorm]);
+      for (const g of grads) {
+        const scaled = mul(g, scale);
+        engine().copy(scaled.buffer, 0, g.buffer, 0, g.size * 4);
+      }
+    });
+    return norm;
+  });
+}

@@ -87,3 +87,25 @@ Deno.test("stepLr halves the learning rate every N epochs", () => {
   assert.equal(ops.stepLr(2e-4, 50, 50), 1e-4);
   assert.equal(ops.stepLr(2e-4, 149, 50), 5e-5);
 });
+
+Deno.test("clipGradNorm scales gradients to the global norm limit, in place, and returns the norm", async () => {
+  const a = ops.tensor([1, 2, 3], [3]);
+  const b = ops.tensor([0, 0, 0, 0], [2, 2]);
+  const frozen = ops.tensor([5], [1]); // no gradient: skipped
+  a.grad = ops.tensor([3, 0, 4], [3]);
+  b.grad = ops.tensor([0, 12, 0, 0], [2, 2]);
+  const before = [a.grad, b.grad];
+  // Global norm sqrt(9 + 16 + 144) = 13: a limit of 6.5 halves every gradient.
+  const norm = ops.clipGradNorm([a, b, frozen], 6.5);
+  assert.ok(Math.abs((await norm.data())[0] - 13) < 1e-5);
+  assert.equal(a.grad, before[0], "gradients are scaled in place");
+  const scale = 6.5 / (13 + 1e-6);
+  [...await a.grad.data()].forEach((v, i) => assert.ok(Math.abs(v - [3, 0, 4][i] * scale) < 1e-6));
+  [...await b.grad!.data()].forEach((v, i) => assert.ok(Math.abs(v - [0, 12, 0, 0][i] * scale) < 1e-6));
+  // Under the limit nothing changes.
+  const again = ops.clipGradNorm([a, b], 100);
+  assert.ok(Math.abs((await again.data())[0] - 6.5) < 1e-4);
+  [...await a.grad.data()].forEach((v, i) => assert.ok(Math.abs(v - [3, 0, 4][i] * scale) < 1e-6));
+  assert.throws(() => ops.clipGradNorm([a], 0), /maxNorm must be positive/);
+  ops.dispose([a, b, frozen, a.grad, b.grad, norm, again]);
+});

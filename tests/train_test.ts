@@ -304,6 +304,10 @@ Deno.test("bad training inputs: one line naming the problem, nonzero exit, no ru
       train(`${root}/run-bad-crop`, { config: { ...tinyConfig(`${root}/good`), crop: 30 } }),
       (e: Error) => e instanceof TrainError && /multiple of 4/.test(e.message),
     );
+    await assert.rejects(
+      train(`${root}/run-bad-clip`, { config: { ...tinyConfig(`${root}/good`), clipGradNorm: -1 } }),
+      (e: Error) => e instanceof TrainError && /clipGradNorm must be 0/.test(e.message),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }

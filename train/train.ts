@@ -11,6 +11,7 @@ import {
   Adam,
   assignData,
   backward,
+  clipGradNorm,
   decodeSafetensors,
   disposeGuidance,
   encodeSafetensors,
@@ -57,6 +58,8 @@ export interface TrainConfig {
   lr: number;
   /** The learning rate halves every this many epochs (an epoch = one crop of every training pair). */
   lrHalveEpochs: number;
+  /** Global gradient-norm limit (gradients are scaled down to it before each update); 0 = no clipping. */
+  clipGradNorm: number;
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
   /** NetL's BCE weight on degraded sites; 0 = balance the training masks' density (capped at 10). */
@@ -87,6 +90,7 @@ export function defaultConfig(task: Task): TrainConfig {
     stepsR: 4000,
     lr: 2e-4,
     lrHalveEpochs: 50,
+    clipGradNorm: 0,
     tau: SYNTH_TAU[task],
     posWeight: 0,
     seed: 1,
@@ -104,6 +108,7 @@ export class TrainError extends Error {}
 /** Checks a config and returns it, or throws a one-line {@link TrainError}. */
 export function validateConfig(c: TrainConfig): TrainConfig {
   c.cropFocus ??= 1;
+  c.clipGradNorm ??= 0;
   const positive = [
     "crop",
     "cropFocus",
@@ -124,6 +129,7 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.crop % 4 !== 0) throw new TrainError(`crop must be a multiple of 4, got ${c.crop}`);
   if (c.valCrop % 4 !== 0) throw new TrainError(`valCrop must be a multiple of 4, got ${c.valCrop}`);
   if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
+  if (!(c.clipGradNorm >= 0)) throw new TrainError(`clipGradNorm must be 0 (off) or positive`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   c.posWeight ??= 0;
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
@@ -717,6 +723,9 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
             if (guidance) disposeGuidance(guidance);
           }
           backward(l);
+          if (config.clipGradNorm > 0) {
+            clipGradNorm(optimizer.groups.flatMap((g) => g.params), config.clipGradNorm).dispose();
+          }
           optimizer.step();
           return l;
         });
