@@ -1,7 +1,8 @@
 /**
  * Batched matrix multiply: out[b] = op(A[b]) x op(B[b]). Main path: the texture-operand GEMM of `gemm.ts`
- * (operands read as rgba32f texels, 16x64 or 32x32 register blocks per invocation), after repacking operands whose
- * rows are not texel-aligned. Operands too large for a texture use the storage-load register-blocked body.
+ * (operands read as rgba32f texels, 16x64 or 32x32 register blocks per invocation), after repacking
+ * operands whose rows are not texel-aligned. Operands too large for a texture use the storage-load
+ * register-blocked body.
  *
  * @module
  */
