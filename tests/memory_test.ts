@@ -259,6 +259,18 @@ Deno.test("peakBytes covers tensors live at once and stays bounded when buffers 
 
 const SMALL_BINDING = 1 << 20;
 
+/** Runs `fn` on a fresh engine whose storage bindings hold at most `bytes`, then restores the test engine. */
+async function onSmallEngine<T>(bytes: number, fn: (small: ops.Engine) => Promise<T>): Promise<T> {
+  const small = await ops.Engine.create({ limits: { maxStorageBufferBindingSize: bytes } });
+  const previous = ops.setEngine(small);
+  try {
+    return await fn(small);
+  } finally {
+    ops.setEngine(previous);
+    small.destroy();
+  }
+}
+
 // WebGPU raises requested limits below the spec default up to it; the engine must honour the smaller request.
 Deno.test({
   name: "Engine.create honours a small maxStorageBufferBindingSize",
@@ -467,17 +479,12 @@ Deno.test("pad, concat and a dense block over one storage binding equal the unsp
   }
   const want = await run();
   // 4 KiB bindings: x (8.6 KiB) and every concat are over the limit; convolutions run in row bands.
-  const small = await ops.Engine.create({ limits: { maxStorageBufferBindingSize: 4096 } });
-  const previous = ops.setEngine(small);
-  let got: Float32Array[];
-  try {
-    got = await run();
+  const got = await onSmallEngine(4096, async (small) => {
+    const data = await run();
     await small.sync();
     assert.equal(small.memory().liveBuffers, 0);
-  } finally {
-    ops.setEngine(previous);
-    small.destroy();
-  }
+    return data;
+  });
   assertEach("pad", got[0], (i) => want[0][i]);
   assertEach("concat", got[1], (i) => want[1][i]);
   ["dense block", "input grad", "fuse weight grad", "conv3 weight grad"].forEach((name, k) =>
@@ -511,17 +518,12 @@ Deno.test("convTranspose2d too large for one storage binding runs in input-row b
     };
     const want = await run();
     // 2 KiB bindings: every input and output here is larger.
-    const small = await ops.Engine.create({ limits: { maxStorageBufferBindingSize: 2048 } });
-    const previous = ops.setEngine(small);
-    let got: Float32Array[];
-    try {
+    const got = await onSmallEngine(2048, async (small) => {
       const start = small.dispatchCount;
-      got = await run();
+      const data = await run();
       assert.ok(small.dispatchCount - start > 20, "convTranspose2d did not split into bands");
-    } finally {
-      ops.setEngine(previous);
-      small.destroy();
-    }
+      return data;
+    });
     ["output", "input grad", "weight grad", "bias grad"].forEach((name, i) =>
       assert.ok(relativeError(got[i], want[i]) < 1e-5, `case ${k}: ${name} ${relativeError(got[i], want[i])}`)
     );
