@@ -127,6 +127,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   crop: ["crop", "number"],
   "crop-focus": ["cropFocus", "number"],
   "clip-grad-norm": ["clipGradNorm", "number"],
+  "output-init": ["outputInit", "string"],
   batch: ["batch", "number"],
   "steps-l": ["stepsL", "number"],
   "steps-r": ["stepsR", "number"],

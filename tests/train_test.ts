@@ -308,6 +308,12 @@ Deno.test("bad training inputs: one line naming the problem, nonzero exit, no ru
       train(`${root}/run-bad-clip`, { config: { ...tinyConfig(`${root}/good`), clipGradNorm: -1 } }),
       (e: Error) => e instanceof TrainError && /clipGradNorm must be 0/.test(e.message),
     );
+    await assert.rejects(
+      train(`${root}/run-bad-init`, {
+        config: { ...tinyConfig(`${root}/good`), outputInit: "random" as unknown as "zero" },
+      }),
+      (e: Error) => e instanceof TrainError && /outputInit must be zero or default/.test(e.message),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }
@@ -337,4 +343,24 @@ Deno.test("weighted BCE: equals plain BCE at weight 1 and the PyTorch pos_weight
   assert.equal(balancedPosWeight(0.01), 10);
   assert.equal(balancedPosWeight(0.6), 1);
   assert.equal(balancedPosWeight(0), 1);
+});
+
+Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's initialization", async () => {
+  const root = await Deno.makeTempDir({ prefix: "spair-train-init-" });
+  try {
+    await writePairs(`${root}/data`, 2);
+    const tailAfterOneStep = async (outputInit: "zero" | "default") => {
+      const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, outputInit };
+      await train(`${root}/run-${outputInit}`, { config });
+      return (await readWeights(`${root}/run-${outputInit}/model.safetensors`))["netR.tail.weight"].data;
+    };
+    const zero = await tailAfterOneStep("zero");
+    const random = await tailAfterOneStep("default");
+    // One Adam step moves each weight by at most about lr (1e-3) from its start.
+    assert.ok(Math.max(...zero.map(Math.abs)) <= 1.01e-3, "zero init: the tail starts at 0");
+    const rms = Math.sqrt(random.reduce((s, v) => s + v * v, 0) / random.length);
+    assert.ok(rms > 0.01, `default init: tail rms ${rms}`);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });

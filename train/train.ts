@@ -60,6 +60,9 @@ export interface TrainConfig {
   lrHalveEpochs: number;
   /** Global gradient-norm limit (gradients are scaled down to it before each update); 0 = no clipping. */
   clipGradNorm: number;
+  /** NetR's output convolution at the start: `zero` (NetR starts as the identity) or `default` (PyTorch's
+   * initialization, so every layer gets gradient from the first step). */
+  outputInit: "zero" | "default";
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
   /** NetL's BCE weight on degraded sites; 0 = balance the training masks' density (capped at 10). */
@@ -91,6 +94,7 @@ export function defaultConfig(task: Task): TrainConfig {
     lr: 2e-4,
     lrHalveEpochs: 50,
     clipGradNorm: 0,
+    outputInit: "zero",
     tau: SYNTH_TAU[task],
     posWeight: 0,
     seed: 1,
@@ -109,6 +113,7 @@ export class TrainError extends Error {}
 export function validateConfig(c: TrainConfig): TrainConfig {
   c.cropFocus ??= 1;
   c.clipGradNorm ??= 0;
+  c.outputInit ??= "zero";
   const positive = [
     "crop",
     "cropFocus",
@@ -130,6 +135,9 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.valCrop % 4 !== 0) throw new TrainError(`valCrop must be a multiple of 4, got ${c.valCrop}`);
   if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
   if (!(c.clipGradNorm >= 0)) throw new TrainError(`clipGradNorm must be 0 (off) or positive`);
+  if (c.outputInit !== "zero" && c.outputInit !== "default") {
+    throw new TrainError(`outputInit must be zero or default, got ${c.outputInit}`);
+  }
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   c.posWeight ??= 0;
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
@@ -642,7 +650,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
   } catch (e) {
     if (e instanceof TrainError) throw e;
   }
-  if (!resumed) {
+  if (!resumed && config.outputInit === "zero") {
     // NetR starts as the identity (its output conv adds a zero residual to the input), so restoration
     // improves on the input from the first step instead of first unlearning a random residual.
     assignData(model.netR.tail.weight, new Float32Array(model.netR.tail.weight.size));
