@@ -92,8 +92,8 @@ export class Engine {
   /** Operand textures kept for reuse, by row count (creating one per dispatch costs llvmpipe page faults). */
   #texturePool = new Map<number, GPUTexture[]>();
   #texturePoolBytes = 0;
-  /** Textures taken by the step being recorded; pooled again once its dispatch is recorded. */
-  #stepTextures: GPUTexture[] = [];
+  /** Textures taken since the last dispatch; pooled again once the dispatch reading them is recorded. */
+  #pendingTextures: GPUTexture[] = [];
   #firstError: GpuOpError | null = null;
   #uncaptured: GpuOpError | null = null;
   #currentOp = "";
@@ -289,14 +289,28 @@ export class Engine {
     pass.setBindGroup(0, bindGroup, [slot * UNIFORM_SLOT]);
     pass.dispatchWorkgroups(workgroups[0], workgroups[1], workgroups[2]);
     this.dispatchCount++;
+    // Operand textures may be refilled by later copies: those are recorded after this dispatch.
+    for (const texture of this.#pendingTextures) {
+      const bytes = texture.height * TEXTURE_ROW_BYTES;
+      if (this.#texturePoolBytes + bytes > TEXTURE_POOL_BYTES) {
+        this.#texturesInFlight.push(texture); // destroyed after the next submit
+        continue;
+      }
+      const free = this.#texturePool.get(texture.height) ?? [];
+      free.push(texture);
+      this.#texturePool.set(texture.height, free);
+      this.#texturePoolBytes += bytes;
+    }
+    this.#pendingTextures = [];
   }
 
   /**
    * Records a copy of the first `floats` values of `buffer` into an rgba32float texture of
    * {@link TEXTURE_WIDTH} texels per row (value i is texel i / 4, component i % 4, at
    * (texel % TEXTURE_WIDTH, texel / TEXTURE_WIDTH)). Texture loads are far cheaper than storage loads on
-   * some drivers (llvmpipe), so GEMM kernels read their operands this way. Textures are pooled by size and
-   * reused by later copies (commands run in recording order, so a copy never overtakes an earlier read).
+   * some drivers (llvmpipe), so GEMM kernels read their operands this way. The texture returns to a pool
+   * (by size) once the next {@link dispatch} is recorded, and later copies reuse it (commands run in
+   * recording order, so a copy never overtakes an earlier read).
    * Texels past `floats` are unspecified; kernels never read them.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
@@ -315,7 +329,7 @@ export class Engine {
         usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
       });
     }
-    this.#stepTextures.push(texture);
+    this.#pendingTextures.push(texture);
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
     const rowBytes = TEXTURE_WIDTH * 16;
@@ -365,18 +379,6 @@ export class Engine {
       return range ? { buffer, offset: range[0], size: range[1] } : { buffer };
     });
     this.dispatch(step.kernel, step.uniforms, bindings, kinds, step.workgroups);
-    for (const texture of this.#stepTextures) {
-      const bytes = texture.height * TEXTURE_ROW_BYTES;
-      if (this.#texturePoolBytes + bytes > TEXTURE_POOL_BYTES) {
-        this.#texturesInFlight.push(texture); // destroyed after the next submit
-        continue;
-      }
-      const free = this.#texturePool.get(texture.height) ?? [];
-      free.push(texture);
-      this.#texturePool.set(texture.height, free);
-      this.#texturePoolBytes += bytes;
-    }
-    this.#stepTextures = [];
   }
 
   /** Records a buffer-to-buffer copy. */

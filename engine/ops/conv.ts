@@ -233,11 +233,12 @@ function convTranspose2dInBands(
 ): Tensor {
   const [N, Cin, H, W] = x.shape;
   const [, Cout, kh, kw] = w.shape;
-  const [strideH] = pair(options.stride, 1);
+  const [strideH, strideW] = pair(options.stride, 1);
   const [padH, padW] = pair(options.padding, 0);
-  const [dilH] = pair(options.dilation, 1);
+  const [dilH, dilW] = pair(options.dilation, 1);
   const [opH, opW] = pair(options.outputPadding, 0);
   const Ho = (H - 1) * strideH - 2 * padH + dilH * (kh - 1) + opH + 1;
+  const Wo = (W - 1) * strideW - 2 * padW + dilW * (kw - 1) + opW + 1;
   const bandOptions = {
     ...options,
     padding: [0, padW] as [number, number],
@@ -247,8 +248,7 @@ function convTranspose2dInBands(
   let rows = H;
   for (let bands = 2; bands <= H; bands++) {
     rows = Math.ceil(H / bands);
-    const probe = convShape(N, Cout, bandRowsOut(rows), 1, Cin, kh, kw, bandOptions, rows, W);
-    const Wo = (W - 1) * probe.strideW - 2 * padW + probe.dilW * (kw - 1) + opW + 1;
+    // The band's equivalent convolution, as convTranspose2d builds it.
     if (fitsBindings(convShape(N, Cout, bandRowsOut(rows), Wo, Cin, kh, kw, bandOptions, rows, W), false)) {
       break;
     }

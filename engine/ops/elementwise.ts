@@ -43,49 +43,25 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
     const out = Tensor.empty(outShape);
     const size = out.size;
     if (size === 0) return out;
-    const flat = inputs.every((t) => t.size === size || t.size === 1);
     const names = ["a", "b", "c"].slice(0, inputs.length);
     const buffers: Record<string, GPUBuffer> = { out: out.buffer };
     inputs.forEach((t, i) => (buffers[names[i]] = t.buffer));
-    if (flat) {
-      const scalar = inputs.map((t) => t.size === 1 && size !== 1);
-      const kernel = elementwiseKernel(expr, inputs.length, "flat", 0, scalar);
-      // Walk tensors larger than one storage binding in chunks of whole 256-byte blocks.
-      const chunk = Math.floor(e.maxBindingBytes / 256) * 64;
-      for (let base = 0; base < size; base += chunk) {
-        const count = Math.min(chunk, size - base);
-        const ranges: Record<string, [number, number]> | undefined = size > chunk ? {} : undefined;
-        if (ranges) {
-          ranges.out = [base * 4, count * 4];
-          names.forEach((n, i) => (ranges[n] = scalar[i] ? [0, 4] : [base * 4, count * 4]));
-        }
-        const uniforms = elementwiseUniforms(count, 0, constants, [], []);
-        e.runPlan({
-          outSize: size,
-          scratch: {},
-          steps: [elementwiseStep(kernel, uniforms, [...names, "out"], count, ranges)],
-        }, buffers);
-      }
-      return out;
-    }
-    // Over one binding, the output and the inputs of its full shape are bound chunk by chunk; broadcast
-    // inputs must fit one binding (they are bound whole).
+    // Inputs of the output's size are read at the output's index and, over one storage binding, bound chunk
+    // by chunk with it; the others (single values, broadcast operands) are bound whole in every chunk.
     const whole = inputs.map((t) => t.size !== size);
+    const flat = inputs.every((t, i) => !whole[i] || t.size === 1);
     if (inputs.some((t, i) => whole[i] && t.size * 4 > e.maxBindingBytes)) {
       throw new Error(`map(${expr}): broadcasting tensors over ${e.maxBindingBytes} bytes is not supported`);
     }
-    const strides = inputs.map((t) => {
+    const strides = flat ? [] : inputs.map((t) => {
       const s = stridesOf(t.shape);
       const offset = outShape.length - t.shape.length;
       return outShape.map((_, d) => (d < offset || t.shape[d - offset] === 1 ? 0 : s[d - offset]));
     });
-    const kernel = elementwiseKernel(
-      expr,
-      inputs.length,
-      "strided",
-      outShape.length,
-      inputs.map(() => false),
-    );
+    const kernel = flat
+      ? elementwiseKernel(expr, inputs.length, "flat", 0, whole)
+      : elementwiseKernel(expr, inputs.length, "strided", outShape.length, inputs.map(() => false));
+    // Chunks of whole 256-byte blocks (the storage-offset alignment).
     const chunk = size * 4 > e.maxBindingBytes ? Math.floor(e.maxBindingBytes / 256) * 64 : size;
     for (let base = 0; base < size; base += chunk) {
       const count = Math.min(chunk, size - base);
@@ -94,16 +70,21 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
         ranges.out = [base * 4, count * 4];
         names.forEach((n, i) => whole[i] || (ranges[n] = [base * 4, count * 4]));
       }
-      const origins = whole.map((w) => (w || !ranges ? 0 : base));
-      const uniforms = elementwiseUniforms(count, base, constants, outShape, strides, origins);
-      e.runPlan(
-        {
-          outSize: size,
-          scratch: {},
-          steps: [elementwiseStep(kernel, uniforms, [...names, "out"], count, ranges)],
-        },
-        buffers,
+      // The flat kernel indexes inside the chunk; the strided one counts coordinates from `base` and reads a
+      // chunk-bound input relative to its binding's start.
+      const uniforms = flat ? elementwiseUniforms(count, 0, constants, [], []) : elementwiseUniforms(
+        count,
+        base,
+        constants,
+        outShape,
+        strides,
+        whole.map((w) => (w || !ranges ? 0 : base)),
       );
+      e.runPlan({
+        outSize: size,
+        scratch: {},
+        steps: [elementwiseStep(kernel, uniforms, [...names, "out"], count, ranges)],
+      }, buffers);
     }
     return out;
   });
