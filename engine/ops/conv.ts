@@ -201,7 +201,7 @@ export function convTranspose2d(
   const Wo = (W - 1) * strideW - 2 * padW + dilW * (kw - 1) + opW + 1;
   // The equivalent convolution maps [N, Cout, Ho, Wo] to [N, Cin, H, W] with weight [Cin, Cout, kh, kw].
   const s = convShape(N, Cout, Ho, Wo, Cin, kh, kw, options, H, W);
-  if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options);
+  if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options, Ho, Wo);
   const e = engine();
   const y = e.op(
     "convTranspose2d",
@@ -221,24 +221,25 @@ export function convTranspose2d(
 }
 
 /**
- * A transposed convolution too large for one storage binding, computed over horizontal bands of input rows:
- * each band's output rows are placed at their offset (crops at the borders stand in for padding) and the
- * placed bands are summed, so rows that overlapping bands both reach get both contributions.
+ * A transposed convolution (output [N, Cout, Ho, Wo]) too large for one storage binding, computed over
+ * horizontal bands of input rows: each band's output rows are placed at their offset (crops at the borders
+ * stand in for padding) and the placed bands are summed, so rows that overlapping bands both reach get
+ * both contributions.
  */
 function convTranspose2dInBands(
   x: Tensor,
   w: Tensor,
   bias: Tensor | null,
   options: ConvTranspose2dOptions,
+  Ho: number,
+  Wo: number,
 ): Tensor {
   const [N, Cin, H, W] = x.shape;
   const [, Cout, kh, kw] = w.shape;
-  const [strideH, strideW] = pair(options.stride, 1);
+  const [strideH] = pair(options.stride, 1);
   const [padH, padW] = pair(options.padding, 0);
-  const [dilH, dilW] = pair(options.dilation, 1);
-  const [opH, opW] = pair(options.outputPadding, 0);
-  const Ho = (H - 1) * strideH - 2 * padH + dilH * (kh - 1) + opH + 1;
-  const Wo = (W - 1) * strideW - 2 * padW + dilW * (kw - 1) + opW + 1;
+  const [dilH] = pair(options.dilation, 1);
+  const [, opW] = pair(options.outputPadding, 0);
   const bandOptions = {
     ...options,
     padding: [0, padW] as [number, number],
