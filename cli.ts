@@ -128,6 +128,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   "crop-focus": ["cropFocus", "number"],
   "clip-grad-norm": ["clipGradNorm", "number"],
   "output-init": ["outputInit", "string"],
+  loss: ["loss", "string"],
   batch: ["batch", "number"],
   "steps-l": ["stepsL", "number"],
   "steps-r": ["stepsR", "number"],

@@ -19,6 +19,7 @@ export {
   type BindingKind,
   Engine,
   engine,
+  type EngineMemoryStats,
   type EngineOptions,
   GpuOpError,
   initEngine,

@@ -10,6 +10,12 @@
  */
 
 import { BufferPool, type MemoryStats } from "./pool.ts";
+
+/** {@link Engine.memory}: the buffer pool's counters and the operand textures' bytes. */
+export interface EngineMemoryStats extends MemoryStats {
+  /** Bytes of GEMM operand textures held by the engine: pooled for reuse (at most 256 MiB) or in use. */
+  textureBytes: number;
+}
 import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
 
 /** Thrown when no WebGPU adapter exists; the message says how to get one. */
@@ -165,9 +171,13 @@ export class Engine {
     this.#opAllocations?.push(t);
   }
 
-  /** Memory counters of the buffer pool. */
-  memory(): MemoryStats {
-    return this.pool.stats();
+  /** Memory counters of the buffer pool, plus the operand textures the engine holds. */
+  memory(): EngineMemoryStats {
+    let textureBytes = this.#texturePoolBytes;
+    for (const t of [...this.#pendingTextures, ...this.#texturesInFlight]) {
+      textureBytes += t.height * TEXTURE_ROW_BYTES;
+    }
+    return { ...this.pool.stats(), textureBytes };
   }
 
   /**

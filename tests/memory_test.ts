@@ -271,6 +271,22 @@ async function onSmallEngine<T>(bytes: number, fn: (small: ops.Engine) => Promis
   }
 }
 
+Deno.test("memory().textureBytes counts the GEMM operand textures, which later GEMMs reuse", async () => {
+  await onSmallEngine(1 << 27, async (fresh) => {
+    assert.equal(fresh.memory().textureBytes, 0);
+    const a = ops.tensor(randomArray(300 * 700, 3), [300, 700]);
+    const b = ops.tensor(randomArray(700 * 500, 4), [700, 500]);
+    // One 2,048-texel (32 KiB) row per 8,192 floats: A takes 26 rows, B 43.
+    const operandBytes = (26 + 43) * 32768;
+    await take(ops.matmul(a, b));
+    assert.equal(fresh.memory().textureBytes, operandBytes);
+    await take(ops.matmul(a, b));
+    assert.equal(fresh.memory().textureBytes, operandBytes, "the second matmul reuses the pooled textures");
+    a.dispose();
+    b.dispose();
+  });
+});
+
 // WebGPU raises requested limits below the spec default up to it; the engine must honour the smaller request.
 Deno.test({
   name: "Engine.create honours a small maxStorageBufferBindingSize",

@@ -209,6 +209,21 @@ Deno.test("runSynth writes input/target/mask triples reproducibly, and reports b
     await runSynth(["--task", "blur", "--in", `${dir}/in`, "--out", `${dir}/out3`, "--crop", "40x30"]);
     const cropped = decodeImage(await Deno.readFile(`${dir}/out3/input/a_photo_0.png`), "c");
     nodeAssert.deepStrictEqual([cropped.width, cropped.height], [40, 30]);
+    // --scale downscales (area average) before cropping: the 96x64 photo becomes 48x32, its target the
+    // 2x2 means of the source.
+    await runSynth(["--task", "rain", "--in", `${dir}/in`, "--out", `${dir}/out4`, "--scale", "0.5"]);
+    const half = decodeImage(await Deno.readFile(`${dir}/out4/target/b_photo_0.png`), "h");
+    nodeAssert.deepStrictEqual([half.width, half.height], [48, 32]);
+    for (const [x, y, c] of [[0, 0, 0], [17, 9, 1], [47, 31, 2]]) {
+      let m = 0;
+      for (let dy = 0; dy < 2; dy++) {
+        for (let dx = 0; dx < 2; dx++) m += a.data[((2 * y + dy) * 96 + 2 * x + dx) * 3 + c] / 4;
+      }
+      assert(
+        Math.abs(half.data[(y * 48 + x) * 3 + c] - m) <= 0.5 / 255 + 1e-6,
+        `scaled pixel ${x},${y},${c}`,
+      );
+    }
     assert(
       ![...Deno.readDirSync(`${dir}/out1/input`)].some((e) => e.name.includes(".tmp-")),
       "temp file left",
@@ -238,6 +253,7 @@ Deno.test("runSynth writes input/target/mask triples reproducibly, and reports b
       /--per-image/,
     );
     await oneLine(["--task", "rain", "--in", `${dir}/in`, "--out", `${dir}/o`, "--crop", "big"], /--crop/);
+    await oneLine(["--task", "rain", "--in", `${dir}/in`, "--out", `${dir}/o`, "--scale", "2"], /--scale/);
     await oneLine(["--task", "rain", "--in", `${dir}/in`, "--bogus"], /bogus/);
   } finally {
     await Deno.remove(dir, { recursive: true });

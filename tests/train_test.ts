@@ -8,6 +8,7 @@ import {
   defaultConfig,
   learningRate,
   type LoadedPair,
+  loadPairs,
   runFiles,
   sampleBatch,
   train,
@@ -360,6 +361,39 @@ Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's
     assert.ok(Math.max(...zero.map(Math.abs)) <= 1.01e-3, "zero init: the tail starts at 0");
     const rms = Math.sqrt(random.reduce((s, v) => s + v * v, 0) / random.length);
     assert.ok(rms > 0.01, `default init: tail rms ${rms}`);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("loss: NetR's first-step loss is the identity's L1 or MSE on the step's batch", async () => {
+  const root = await Deno.makeTempDir({ prefix: "spair-train-loss-" });
+  try {
+    await writePairs(`${root}/data`, 3);
+    const firstLoss = async (loss: "l1" | "mse") => {
+      const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, loss };
+      let value = NaN;
+      await train(`${root}/run-${loss}`, { config, onProgress: (p) => (value = p.loss) });
+      return value;
+    };
+    // The zero-initialized tail makes step 1's output the input itself.
+    const config = tinyConfig(`${root}/data`);
+    const batch = sampleBatch(await loadPairs(`${root}/data`, "pairs", config.tau), config, 2, 1);
+    let abs = 0, sq = 0;
+    for (let i = 0; i < batch.input.length; i++) {
+      const d = batch.input[i] - batch.target[i];
+      abs += Math.abs(d);
+      sq += d * d;
+    }
+    const n = batch.input.length;
+    const [l1, mse] = [await firstLoss("l1"), await firstLoss("mse")];
+    assert.ok(Math.abs(l1 - abs / n) <= 1e-5, `l1 ${l1} vs ${abs / n}`);
+    assert.ok(Math.abs(mse - sq / n) <= 1e-6, `mse ${mse} vs ${sq / n}`);
+    assert.ok(sq / n < 0.5 * (abs / n), "the two losses must differ on this data");
+    await assert.rejects(
+      train(`${root}/run-bad`, { config: { ...config, loss: "huber" as unknown as "l1" } }),
+      (e: Error) => e instanceof TrainError && /loss must be l1 or mse/.test(e.message),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -79,8 +79,8 @@ function centerCrop(img: Image, crop: [number, number] | undefined): Image {
 }
 
 /**
- * Synthesizes `perImage` degraded variants of each clean file, in file order, in memory. The clean image is
- * returned as RGB (gray replicated, alpha dropped) with the source bit depth; the mask is 8-bit gray 0/1.
+ * Synthesizes `perImage` degraded variants of each clean file, in file order, in memory. Each photo is first
+ * downscaled by `scale` (area average), then centre-cropped to `crop`. The clean image is returned as RGB (gray replicated, alpha dropped) with the source bit depth; the mask is 8-bit gray 0/1.
  */
 export async function* synthesizePairs(
   task: SynthTask,
@@ -88,9 +88,14 @@ export async function* synthesizePairs(
   seed: number,
   perImage: number,
   crop?: [number, number],
+  scale = 1,
 ): AsyncGenerator<SynthPair> {
   for (let i = 0; i < cleanFiles.length; i++) {
-    const src = centerCrop(await readImage(cleanFiles[i]), crop);
+    const photo = await readImage(cleanFiles[i]);
+    const src = centerCrop(
+      scale < 1 ? downscale(photo, Math.max(1, Math.round(photo.width * scale))) : photo,
+      crop,
+    );
     const planar = toPlanarRgb(src);
     const rgbLike: Image = { ...src, channels: 3, format: "png", data: new Float32Array(0) };
     const clean = fromPlanarRgb(planar, rgbLike);
@@ -116,7 +121,7 @@ function positiveInt(name: string, v: string | undefined, fallback: number): num
 }
 
 const USAGE = "usage: synth --task rain|raindrop|shadow|blur --in DIR --out DIR [--seed N] [--per-image K] " +
-  "[--crop WxH] | synth --contact-sheets DIR --in DIR";
+  "[--crop WxH] [--scale F] | synth --contact-sheets DIR --in DIR";
 
 /**
  * `synth` command. Writes `OUT/input/<stem>_<k>.png` (degraded), `OUT/target/<stem>_<k>.png` (clean) and
@@ -135,6 +140,7 @@ export async function runSynth(args: string[]): Promise<void> {
         seed: { type: "string" },
         "per-image": { type: "string" },
         crop: { type: "string" },
+        scale: { type: "string" },
         "contact-sheets": { type: "string" },
       },
       strict: true,
@@ -175,6 +181,10 @@ export async function runSynth(args: string[]): Promise<void> {
     }
     crop = [Number(m[1]), Number(m[2])];
   }
+  const scale = Number(values.scale ?? "1");
+  if (!(scale > 0 && scale <= 1)) {
+    throw new SynthUsageError(`--scale must be a number in (0, 1], got ${values.scale}`);
+  }
   const out = values.out;
   for (const sub of ["input", "target", "mask"]) await Deno.mkdir(`${out}/${sub}`, { recursive: true });
   const total = files.length * perImage;
@@ -183,7 +193,7 @@ export async function runSynth(args: string[]): Promise<void> {
   const enc = new TextEncoder();
   let done = 0;
   let maskSum = 0;
-  for await (const pair of synthesizePairs(task, files, seed, perImage, crop)) {
+  for await (const pair of synthesizePairs(task, files, seed, perImage, crop, scale)) {
     await writeImageAtomic(`${out}/input/${pair.name}.png`, pair.degraded, "png");
     await writeImageAtomic(`${out}/target/${pair.name}.png`, pair.clean, "png");
     await writeImageAtomic(`${out}/mask/${pair.name}.png`, pair.mask, "png");

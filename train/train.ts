@@ -18,6 +18,7 @@ import {
   engine,
   type HostTensor,
   l1Loss,
+  mseLoss,
   noGrad,
   type Preset,
   PRESETS,
@@ -63,6 +64,10 @@ export interface TrainConfig {
   /** NetR's output convolution at the start: `zero` (NetR starts as the identity) or `default` (PyTorch's
    * initialization, so every layer gets gradient from the first step). */
   outputInit: "zero" | "default";
+  /** NetR's loss: `l1` (SPAIR.md section 3) or `mse`. With L1, whose gradient is only the sign of each
+   * pixel's error, NetR can sit at the identity when a degradation's errors have no consistent sign
+   * (raindrops: the refracted view is brighter or darker than what it hides); MSE weighs large errors more. */
+  loss: "l1" | "mse";
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
   /** NetL's BCE weight on degraded sites; 0 = balance the training masks' density (capped at 10). */
@@ -95,6 +100,7 @@ export function defaultConfig(task: Task): TrainConfig {
     lrHalveEpochs: 50,
     clipGradNorm: 0,
     outputInit: "zero",
+    loss: "l1",
     tau: SYNTH_TAU[task],
     posWeight: 0,
     seed: 1,
@@ -114,6 +120,7 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   c.cropFocus ??= 1;
   c.clipGradNorm ??= 0;
   c.outputInit ??= "zero";
+  c.loss ??= "l1";
   const positive = [
     "crop",
     "cropFocus",
@@ -138,6 +145,7 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.outputInit !== "zero" && c.outputInit !== "default") {
     throw new TrainError(`outputInit must be zero or default, got ${c.outputInit}`);
   }
+  if (c.loss !== "l1" && c.loss !== "mse") throw new TrainError(`loss must be l1 or mse, got ${c.loss}`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   c.posWeight ??= 0;
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
@@ -727,7 +735,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
           } else {
             const guidance = skipL ? undefined : model.guidance(x);
             const y = model.netR.forward(x, guidance);
-            l = l1Loss(y, tensor(batch.target, shape));
+            l = (config.loss === "mse" ? mseLoss : l1Loss)(y, tensor(batch.target, shape));
             if (guidance) disposeGuidance(guidance);
           }
           backward(l);
@@ -786,6 +794,15 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
           say(
             `validation at step ${step}: PSNR ${v.psnr.toFixed(2)} dB (input ${v.inputPsnr.toFixed(2)}), ` +
               `SSIM ${v.ssim.toFixed(4)} (input ${v.inputSsim.toFixed(4)}), mask IoU ${v.maskIoU.toFixed(3)}`,
+          );
+        } else if (valPairs.length && stage === 1 && step % config.validateEvery === 0 && !last) {
+          // NetL's progress; the end of the stage is validated below.
+          const v = await validate(model, config.task, valPairs);
+          await appendLog(files.log, { stage, step, val: v });
+          say(
+            `NetL validation at step ${step}: mask IoU ${v.maskIoU.toFixed(3)}, accuracy ${
+              v.maskAccuracy.toFixed(4)
+            }`,
           );
         }
         if (stopRequested || limitReached) {
