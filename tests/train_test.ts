@@ -398,3 +398,27 @@ Deno.test("loss: NetR's first-step loss is the identity's L1 or MSE on the step'
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one line for it", async () => {
+  const root = await Deno.makeTempDir({ prefix: "spair-train-val-" });
+  try {
+    await writePairs(`${root}/data`, 2);
+    const config = { ...tinyConfig(`${root}/data`), val: `${root}/data`, stepsR: 0, validateEvery: 2 };
+    await train(`${root}/run`, { config });
+    // More NetR steps, as weights/train_bundled.sh does: the run resumes from the end of stage 1.
+    const path = `${root}/run/config.json`;
+    await Deno.writeTextFile(
+      path,
+      JSON.stringify({ ...JSON.parse(await Deno.readTextFile(path)), stepsR: 2 }),
+    );
+    await Deno.remove(`${root}/run/model.safetensors`);
+    await train(`${root}/run`);
+    const vals = (await Deno.readTextFile(runFiles(`${root}/run`).log)).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    )
+      .filter((l) => l.val !== undefined).map((l) => `${l.stage}.${l.step}`);
+    assert.deepEqual(vals, ["1.2", "1.3", "2.2"]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -556,8 +556,9 @@ async function appendLog(path: string, entry: Record<string, unknown>): Promise<
   await Deno.writeTextFile(path, JSON.stringify(entry) + "\n", { append: true });
 }
 
-/** Drops log lines written after the checkpoint a resumed run restarts from (their steps will rerun). */
-async function trimLog(path: string, position: RunPosition): Promise<void> {
+/** Drops log lines written after the checkpoint a resumed run restarts from (their steps will rerun). At the
+ * end of stage 1 (`redoneValidation`) the resumed run validates NetL again, so that line goes too. */
+async function trimLog(path: string, position: RunPosition, redoneValidation: boolean): Promise<void> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
@@ -567,8 +568,9 @@ async function trimLog(path: string, position: RunPosition): Promise<void> {
   const kept = text.split("\n").filter((line) => {
     if (!line.trim()) return false;
     try {
-      const e = JSON.parse(line) as { stage?: number; step?: number };
+      const e = JSON.parse(line) as { stage?: number; step?: number; val?: unknown };
       if (e.stage === undefined || e.step === undefined) return true;
+      if (redoneValidation && e.val && e.stage === position.stage && e.step === position.step) return false;
       return e.stage < position.stage || (e.stage === position.stage && e.step <= position.step);
     } catch {
       return false;
@@ -668,7 +670,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
     model.loadStateDict(resumed.model, files.checkpoint);
     position = resumed.meta.position;
     trainMs = resumed.meta.trainMs;
-    await trimLog(files.log, position);
+    await trimLog(files.log, position, position.stage === 1 && position.step === config.stepsL);
     say(`resuming stage ${position.stage} after step ${position.step}`);
   }
   await Deno.mkdir(files.previews, { recursive: true });
