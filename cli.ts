@@ -129,6 +129,7 @@ const TRAIN_FLAGS: Record<string, [keyof TrainConfig, "string" | "number"]> = {
   "clip-grad-norm": ["clipGradNorm", "number"],
   "output-init": ["outputInit", "string"],
   loss: ["loss", "string"],
+  "mse-weight": ["mseWeight", "number"],
   batch: ["batch", "number"],
   "steps-l": ["stepsL", "number"],
   "steps-r": ["stepsR", "number"],

@@ -366,14 +366,14 @@ Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's
   }
 });
 
-Deno.test("loss: NetR's first-step loss is the identity's L1 or MSE on the step's batch", async () => {
+Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE on the step's batch", async () => {
   const root = await Deno.makeTempDir({ prefix: "spair-train-loss-" });
   try {
     await writePairs(`${root}/data`, 3);
-    const firstLoss = async (loss: "l1" | "mse") => {
-      const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, loss };
+    const firstLoss = async (loss: "l1" | "mse" | "l1+mse", mseWeight = 1) => {
+      const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, loss, mseWeight };
       let value = NaN;
-      await train(`${root}/run-${loss}`, { config, onProgress: (p) => (value = p.loss) });
+      await train(`${root}/run-${loss}-${mseWeight}`, { config, onProgress: (p) => (value = p.loss) });
       return value;
     };
     // The zero-initialized tail makes step 1's output the input itself.
@@ -386,13 +386,18 @@ Deno.test("loss: NetR's first-step loss is the identity's L1 or MSE on the step'
       sq += d * d;
     }
     const n = batch.input.length;
-    const [l1, mse] = [await firstLoss("l1"), await firstLoss("mse")];
+    const [l1, mse, both] = [await firstLoss("l1"), await firstLoss("mse"), await firstLoss("l1+mse", 20)];
     assert.ok(Math.abs(l1 - abs / n) <= 1e-5, `l1 ${l1} vs ${abs / n}`);
     assert.ok(Math.abs(mse - sq / n) <= 1e-6, `mse ${mse} vs ${sq / n}`);
+    assert.ok(Math.abs(both - (abs + 20 * sq) / n) <= 1e-5, `l1+mse ${both} vs ${(abs + 20 * sq) / n}`);
     assert.ok(sq / n < 0.5 * (abs / n), "the two losses must differ on this data");
     await assert.rejects(
       train(`${root}/run-bad`, { config: { ...config, loss: "huber" as unknown as "l1" } }),
-      (e: Error) => e instanceof TrainError && /loss must be l1 or mse/.test(e.message),
+      (e: Error) => e instanceof TrainError && /loss must be l1, mse or l1\+mse/.test(e.message),
+    );
+    await assert.rejects(
+      train(`${root}/run-bad-weight`, { config: { ...config, loss: "mse", mseWeight: 0 } }),
+      (e: Error) => e instanceof TrainError && /mseWeight must be positive/.test(e.message),
     );
   } finally {
     await Deno.remove(root, { recursive: true });

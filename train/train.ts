@@ -9,6 +9,7 @@
 
 import {
   Adam,
+  add,
   assignData,
   backward,
   clipGradNorm,
@@ -23,6 +24,7 @@ import {
   type Preset,
   PRESETS,
   Rng,
+  scale,
   SpairModel,
   type Task,
   TASKS,
@@ -64,10 +66,13 @@ export interface TrainConfig {
   /** NetR's output convolution at the start: `zero` (NetR starts as the identity) or `default` (PyTorch's
    * initialization, so every layer gets gradient from the first step). */
   outputInit: "zero" | "default";
-  /** NetR's loss: `l1` (SPAIR.md section 3) or `mse`. With L1, whose gradient is only the sign of each
-   * pixel's error, NetR can sit at the identity when a degradation's errors have no consistent sign
-   * (raindrops: the refracted view is brighter or darker than what it hides); MSE weighs large errors more. */
-  loss: "l1" | "mse";
+  /** NetR's loss: `l1` (SPAIR.md section 3), `mse`, or their sum `l1+mse`. L1's gradient is only the sign of
+   * each pixel's error, so NetR can sit at the identity when a degradation's errors have no consistent sign
+   * (raindrops: the refracted view is brighter here and darker there than what it hides); the squared
+   * error weighs large errors more, and L1 keeps clean pixels where they are. */
+  loss: "l1" | "mse" | "l1+mse";
+  /** Weight of the MSE term (for `mse` and `l1+mse`). */
+  mseWeight: number;
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
   /** NetL's BCE weight on degraded sites; 0 = balance the training masks' density (capped at 10). */
@@ -101,6 +106,7 @@ export function defaultConfig(task: Task): TrainConfig {
     clipGradNorm: 0,
     outputInit: "zero",
     loss: "l1",
+    mseWeight: 1,
     tau: SYNTH_TAU[task],
     posWeight: 0,
     seed: 1,
@@ -121,6 +127,7 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   c.clipGradNorm ??= 0;
   c.outputInit ??= "zero";
   c.loss ??= "l1";
+  c.mseWeight ??= 1;
   const positive = [
     "crop",
     "cropFocus",
@@ -145,7 +152,10 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.outputInit !== "zero" && c.outputInit !== "default") {
     throw new TrainError(`outputInit must be zero or default, got ${c.outputInit}`);
   }
-  if (c.loss !== "l1" && c.loss !== "mse") throw new TrainError(`loss must be l1 or mse, got ${c.loss}`);
+  if (!["l1", "mse", "l1+mse"].includes(c.loss)) {
+    throw new TrainError(`loss must be l1, mse or l1+mse, got ${c.loss}`);
+  }
+  if (!(c.mseWeight > 0)) throw new TrainError(`mseWeight must be positive`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   c.posWeight ??= 0;
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
@@ -556,6 +566,13 @@ async function appendLog(path: string, entry: Record<string, unknown>): Promise<
   await Deno.writeTextFile(path, JSON.stringify(entry) + "\n", { append: true });
 }
 
+/** NetR's training loss (see {@link TrainConfig.loss}). */
+function restorationLoss(config: TrainConfig, y: Tensor, target: Tensor): Tensor {
+  if (config.loss === "l1") return l1Loss(y, target);
+  const squared = scale(mseLoss(y, target), config.mseWeight);
+  return config.loss === "mse" ? squared : add(l1Loss(y, target), squared);
+}
+
 /** Drops log lines written after the checkpoint a resumed run restarts from (their steps will rerun). At the
  * end of stage 1 (`redoneValidation`) the resumed run validates NetL again, so that line goes too. */
 async function trimLog(path: string, position: RunPosition, redoneValidation: boolean): Promise<void> {
@@ -737,7 +754,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
           } else {
             const guidance = skipL ? undefined : model.guidance(x);
             const y = model.netR.forward(x, guidance);
-            l = (config.loss === "mse" ? mseLoss : l1Loss)(y, tensor(batch.target, shape));
+            l = restorationLoss(config, y, tensor(batch.target, shape));
             if (guidance) disposeGuidance(guidance);
           }
           backward(l);
