@@ -42,6 +42,28 @@ refocused() { # task variant steps switch lr focus2 lr2 steps2
   $DENO run -A cli.ts train --resume "$run"
 }
 
+# Recipe "half-scale": raindrops, on pairs synthesized at half scale (see the data step below). SPAIR: NetL 800
+# steps (positive weight 5, crop focus 4, lr 1e-3 halved every 20 epochs); then NetR, like Net1: 300 steps of
+# L1 + 20 MSE on uniform crops, lr 1e-3 halved every 15 epochs (L1 alone stays at the identity here).
+half_scale() { # task variant
+  local run="$ROOT/$1-$2" data="$ROOT/data/$1-half"
+  local netr=(--loss l1+mse --mse-weight 20 --crop-focus 1 --lr-halve-epochs 15 --validate-every 25)
+  local common=(--task "$1" --variant "$2" --data "$data/train" --val "$data/val" --run "$run" --crop 64
+    --batch 8 --lr 1e-3 --checkpoint-every 10 --val-crop 128 --seed 1)
+  if [ "$2" = Net1 ]; then
+    [ -f "$run/config.json" ] || { $DENO run -A cli.ts train "${common[@]}" --steps-l 0 --steps-r 300 "${netr[@]}"; return; }
+  elif ! grep -q '"loss": "l1+mse"' "$run/config.json" 2>/dev/null; then
+    if [ -f "$run/config.json" ]; then
+      $DENO run -A cli.ts train --resume "$run"
+    else
+      $DENO run -A cli.ts train "${common[@]}" --steps-l 800 --steps-r 0 --pos-weight 5 --crop-focus 4 \
+        --lr-halve-epochs 20 --validate-every 100
+    fi
+    set_config "$run" "{stepsR:300,loss:'l1+mse',mseWeight:20,cropFocus:1,lrHalveEpochs:15,validateEvery:25}"
+  fi
+  $DENO run -A cli.ts train --resume "$run"
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -54,9 +76,17 @@ for task in "$@"; do
     --seed "${SEED[$task]}" --per-image 2
   [ -d "$data/val/input" ] || $DENO run -A cli.ts synth --task "$task" --in "$CLEAN/val" --out "$data/val" \
     --seed "$((SEED[$task] + 800))" --per-image 1
+  if [ "$task" = raindrop ]; then
+    # Drop sizes follow the image size: at half scale they match the 384x256 evaluation crops (results.md).
+    half="$ROOT/data/raindrop-half"
+    [ -d "$half/train/input" ] || $DENO run -A cli.ts synth --task raindrop --in "$CLEAN/train" \
+      --out "$half/train" --seed 102 --per-image 4 --scale 0.5
+    [ -d "$half/val/input" ] || $DENO run -A cli.ts synth --task raindrop --in "$CLEAN/val" --out "$half/val" \
+      --seed 902 --per-image 1 --scale 0.5
+  fi
   case "$task" in
     rain) uniform rain SPAIR; uniform rain Net1 ;;
-    raindrop) continued raindrop SPAIR 200 104 5e-4; continued raindrop Net1 200 100 5e-4 ;;
+    raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
     shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
     blur) continued blur SPAIR 200 100 1e-3; uniform blur Net1 ;;
   esac
