@@ -66,6 +66,17 @@ function tinyConfig(data: string): TrainConfig {
   };
 }
 
+/** Runs `fn` in a fresh temporary folder holding `pairs` training pairs in `data/`, then removes it. */
+async function withPairs(prefix: string, pairs: number, fn: (root: string) => Promise<void>): Promise<void> {
+  const root = await Deno.makeTempDir({ prefix });
+  try {
+    await writePairs(`${root}/data`, pairs);
+    await fn(root);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
 async function readWeights(path: string) {
   return decodeSafetensors(await Deno.readFile(path)).tensors;
 }
@@ -346,10 +357,8 @@ Deno.test("weighted BCE: equals plain BCE at weight 1 and the PyTorch pos_weight
   assert.equal(balancedPosWeight(0), 1);
 });
 
-Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's initialization", async () => {
-  const root = await Deno.makeTempDir({ prefix: "spair-train-init-" });
-  try {
-    await writePairs(`${root}/data`, 2);
+Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's initialization", () =>
+  withPairs("spair-train-init-", 2, async (root) => {
     const tailAfterOneStep = async (outputInit: "zero" | "default") => {
       const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, outputInit };
       await train(`${root}/run-${outputInit}`, { config });
@@ -361,15 +370,10 @@ Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's
     assert.ok(Math.max(...zero.map(Math.abs)) <= 1.01e-3, "zero init: the tail starts at 0");
     const rms = Math.sqrt(random.reduce((s, v) => s + v * v, 0) / random.length);
     assert.ok(rms > 0.01, `default init: tail rms ${rms}`);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  }));
 
-Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE on the step's batch", async () => {
-  const root = await Deno.makeTempDir({ prefix: "spair-train-loss-" });
-  try {
-    await writePairs(`${root}/data`, 3);
+Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE on the step's batch", () =>
+  withPairs("spair-train-loss-", 3, async (root) => {
     const firstLoss = async (loss: "l1" | "mse" | "l1+mse", mseWeight = 1) => {
       const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, loss, mseWeight };
       let value = NaN;
@@ -399,15 +403,10 @@ Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE 
       train(`${root}/run-bad-weight`, { config: { ...config, loss: "mse", mseWeight: 0 } }),
       (e: Error) => e instanceof TrainError && /mseWeight must be positive/.test(e.message),
     );
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  }));
 
-Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one line for it", async () => {
-  const root = await Deno.makeTempDir({ prefix: "spair-train-val-" });
-  try {
-    await writePairs(`${root}/data`, 2);
+Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one line for it", () =>
+  withPairs("spair-train-val-", 2, async (root) => {
     const config = { ...tinyConfig(`${root}/data`), val: `${root}/data`, stepsR: 0, validateEvery: 2 };
     await train(`${root}/run`, { config });
     // More NetR steps, as weights/train_bundled.sh does: the run resumes from the end of stage 1.
@@ -423,7 +422,4 @@ Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one
     )
       .filter((l) => l.val !== undefined).map((l) => `${l.stage}.${l.step}`);
     assert.deepEqual(vals, ["1.2", "1.3", "2.2"]);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  }));
