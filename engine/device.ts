@@ -10,13 +10,13 @@
  */
 
 import { BufferPool, type MemoryStats } from "./pool.ts";
+import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
 
 /** {@link Engine.memory}: the buffer pool's counters and the operand textures' bytes. */
 export interface EngineMemoryStats extends MemoryStats {
   /** Bytes of GEMM operand textures held by the engine: pooled for reuse (at most 256 MiB) or in use. */
   textureBytes: number;
 }
-import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
 
 /** Thrown when no WebGPU adapter exists; the message says how to get one. */
 export class NoAdapterError extends Error {

@@ -80,7 +80,8 @@ function centerCrop(img: Image, crop: [number, number] | undefined): Image {
 
 /**
  * Synthesizes `perImage` degraded variants of each clean file, in file order, in memory. Each photo is first
- * downscaled by `scale` (area average), then centre-cropped to `crop`. The clean image is returned as RGB (gray replicated, alpha dropped) with the source bit depth; the mask is 8-bit gray 0/1.
+ * downscaled by `scale` (area average), then centre-cropped to `crop`. The clean image is returned as RGB
+ * (gray replicated, alpha dropped) with the source bit depth; the mask is 8-bit gray 0/1.
  */
 export async function* synthesizePairs(
   task: SynthTask,
