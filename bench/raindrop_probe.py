@@ -30,6 +30,7 @@ def load(d):
 
 def oracle(d):
     from scipy.ndimage import gaussian_filter, binary_dilation
+    rows = []
     for (x, y, m), f in zip(load(d), sorted(glob.glob(d + "/input/*.png"))):
         row = {"input": (psnr(y, x, data_range=1), ssim(y, x, channel_axis=2, data_range=1))}
         md = binary_dilation(m > 0, iterations=2)
@@ -39,6 +40,9 @@ def oracle(d):
             o = np.clip(np.where((md & (w >= 1e-3))[..., None], fill, x), 0, 1)
             row[f"fill sigma {s}"] = (psnr(y, o, data_range=1), ssim(y, o, channel_axis=2, data_range=1))
         print(os.path.basename(f), f"mask {m.mean():.3f}", "  ".join(f"{k}: {p:.2f} dB {q:.4f}" for k, (p, q) in row.items()))
+        rows.append(row)
+    means = {k: (np.mean([r[k][0] for r in rows]), np.mean([r[k][1] for r in rows])) for k in rows[0]}
+    print("mean over images", "  ".join(f"{k}: {p:.2f} dB {q:.4f}" for k, (p, q) in means.items()))
 
 
 def train(a):

@@ -71,9 +71,11 @@ const TEXTURE_BINDING = 0x4;
 
 /** Texels per row of the textures made by {@link Engine.textureOf} (8,192 floats). */
 export const TEXTURE_WIDTH = 2048;
-const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
 /** Most bytes of operand textures kept for reuse between dispatches (beyond it they are destroyed). */
 const TEXTURE_POOL_BYTES = 256 << 20;
+/** Bytes of one rgba32float texture row. */
+const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
+const textureBytes = (t: GPUTexture) => t.height * TEXTURE_ROW_BYTES;
 
 /** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
 export type BindingKind = "r" | "w" | "t";
@@ -173,11 +175,11 @@ export class Engine {
 
   /** Memory counters of the buffer pool, plus the operand textures the engine holds. */
   memory(): EngineMemoryStats {
-    let textureBytes = this.#texturePoolBytes;
-    for (const t of [...this.#pendingTextures, ...this.#texturesInFlight]) {
-      textureBytes += t.height * TEXTURE_ROW_BYTES;
-    }
-    return { ...this.pool.stats(), textureBytes };
+    const held = [...this.#pendingTextures, ...this.#texturesInFlight];
+    return {
+      ...this.pool.stats(),
+      textureBytes: held.reduce((n, t) => n + textureBytes(t), this.#texturePoolBytes),
+    };
   }
 
   /**
@@ -301,7 +303,7 @@ export class Engine {
     this.dispatchCount++;
     // Operand textures may be refilled by later copies: those are recorded after this dispatch.
     for (const texture of this.#pendingTextures) {
-      const bytes = texture.height * TEXTURE_ROW_BYTES;
+      const bytes = textureBytes(texture);
       if (this.#texturePoolBytes + bytes > TEXTURE_POOL_BYTES) {
         this.#texturesInFlight.push(texture); // destroyed after the next submit
         continue;
@@ -331,7 +333,7 @@ export class Engine {
     }
     let texture = this.#texturePool.get(rows)?.pop();
     if (texture) {
-      this.#texturePoolBytes -= rows * TEXTURE_ROW_BYTES;
+      this.#texturePoolBytes -= textureBytes(texture);
     } else {
       texture = this.device.createTexture({
         size: [TEXTURE_WIDTH, rows],
@@ -342,7 +344,7 @@ export class Engine {
     this.#pendingTextures.push(texture);
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
-    const rowBytes = TEXTURE_WIDTH * 16;
+    const rowBytes = TEXTURE_ROW_BYTES;
     if (fullRows > 0) {
       encoder.copyBufferToTexture({ buffer, bytesPerRow: rowBytes }, { texture }, [TEXTURE_WIDTH, fullRows]);
     }

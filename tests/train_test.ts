@@ -14,6 +14,7 @@ import {
   train,
   type TrainConfig,
   TrainError,
+  validateConfig,
 } from "../train/train.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -423,3 +424,23 @@ Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one
       .filter((l) => l.val !== undefined).map((l) => `${l.stage}.${l.step}`);
     assert.deepEqual(vals, ["1.2", "1.3", "2.2"]);
   }));
+
+Deno.test("a config written before the later options gets their defaults; bad choices name the options", () => {
+  const old: Partial<TrainConfig> = { ...defaultConfig("raindrop"), data: "d" };
+  for (const key of ["cropFocus", "clipGradNorm", "outputInit", "loss", "mseWeight", "posWeight"] as const) {
+    delete old[key];
+  }
+  const c = validateConfig(old as TrainConfig);
+  assert.deepEqual(
+    [c.cropFocus, c.clipGradNorm, c.outputInit, c.loss, c.mseWeight, c.posWeight],
+    [1, 0, "zero", "l1", 1, 0],
+  );
+  assert.throws(
+    () => validateConfig({ ...c, loss: "l2" as "l1" }),
+    (e: Error) => e instanceof TrainError && e.message === "loss must be l1, mse or l1+mse, got l2",
+  );
+  assert.throws(
+    () => validateConfig({ ...c, outputInit: "ones" as "zero" }),
+    (e: Error) => e instanceof TrainError && e.message === "outputInit must be zero or default, got ones",
+  );
+});

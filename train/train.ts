@@ -121,13 +121,20 @@ export function defaultConfig(task: Task): TrainConfig {
 /** A user-facing training error (printed as one line). */
 export class TrainError extends Error {}
 
+/** Keys newer than the first run format: a run's config.json written before them gets their defaults. */
+const LATER_KEYS = ["cropFocus", "clipGradNorm", "outputInit", "loss", "mseWeight", "posWeight"] as const;
+
+/** Throws `<key> must be a, b or c, got <value>` unless `value` is one of `allowed`. */
+function mustBeOneOf(key: string, value: unknown, allowed: readonly string[]): void {
+  if (allowed.includes(value as string)) return;
+  const list = allowed.length > 1 ? `${allowed.slice(0, -1).join(", ")} or ${allowed.at(-1)}` : allowed[0];
+  throw new TrainError(`${key} must be ${list}, got ${value}`);
+}
+
 /** Checks a config and returns it, or throws a one-line {@link TrainError}. */
 export function validateConfig(c: TrainConfig): TrainConfig {
-  c.cropFocus ??= 1;
-  c.clipGradNorm ??= 0;
-  c.outputInit ??= "zero";
-  c.loss ??= "l1";
-  c.mseWeight ??= 1;
+  const defaults = defaultConfig(c.task);
+  for (const key of LATER_KEYS) if (c[key] === undefined) Object.assign(c, { [key]: defaults[key] });
   const positive = [
     "crop",
     "cropFocus",
@@ -149,15 +156,10 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (c.valCrop % 4 !== 0) throw new TrainError(`valCrop must be a multiple of 4, got ${c.valCrop}`);
   if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
   if (!(c.clipGradNorm >= 0)) throw new TrainError(`clipGradNorm must be 0 (off) or positive`);
-  if (c.outputInit !== "zero" && c.outputInit !== "default") {
-    throw new TrainError(`outputInit must be zero or default, got ${c.outputInit}`);
-  }
-  if (!["l1", "mse", "l1+mse"].includes(c.loss)) {
-    throw new TrainError(`loss must be l1, mse or l1+mse, got ${c.loss}`);
-  }
+  mustBeOneOf("outputInit", c.outputInit, ["zero", "default"]);
+  mustBeOneOf("loss", c.loss, ["l1", "mse", "l1+mse"]);
   if (!(c.mseWeight > 0)) throw new TrainError(`mseWeight must be positive`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
-  c.posWeight ??= 0;
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
   if (!TASKS.includes(c.task)) throw new TrainError(`unknown task ${c.task} (expected ${TASKS.join("|")})`);
   if (!(c.preset in PRESETS)) throw new TrainError(`unknown preset ${c.preset} (expected tiny|small|base)`);

@@ -72,18 +72,14 @@ set_config() { # run json-object: merges the fields into the run's config.json, 
 
 for task in "$@"; do
   data="$ROOT/data/$task"
+  # Raindrop pairs are made at half scale, four per photo: drop sizes follow the image size, and at half scale
+  # they match the 384x256 evaluation crops (results.md).
+  synth=(--per-image 2)
+  if [ "$task" = raindrop ]; then data="$ROOT/data/raindrop-half"; synth=(--per-image 4 --scale 0.5); fi
   [ -d "$data/train/input" ] || $DENO run -A cli.ts synth --task "$task" --in "$CLEAN/train" --out "$data/train" \
-    --seed "${SEED[$task]}" --per-image 2
+    --seed "${SEED[$task]}" "${synth[@]}"
   [ -d "$data/val/input" ] || $DENO run -A cli.ts synth --task "$task" --in "$CLEAN/val" --out "$data/val" \
-    --seed "$((SEED[$task] + 800))" --per-image 1
-  if [ "$task" = raindrop ]; then
-    # Drop sizes follow the image size: at half scale they match the 384x256 evaluation crops (results.md).
-    half="$ROOT/data/raindrop-half"
-    [ -d "$half/train/input" ] || $DENO run -A cli.ts synth --task raindrop --in "$CLEAN/train" \
-      --out "$half/train" --seed 102 --per-image 4 --scale 0.5
-    [ -d "$half/val/input" ] || $DENO run -A cli.ts synth --task raindrop --in "$CLEAN/val" --out "$half/val" \
-      --seed 902 --per-image 1 --scale 0.5
-  fi
+    --seed "$((SEED[$task] + 800))" --per-image 1 "${synth[@]:2}"
   case "$task" in
     rain) uniform rain SPAIR; uniform rain Net1 ;;
     raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
