@@ -4,6 +4,8 @@
 import assert from "node:assert/strict";
 import { COMPARISON_HEADER } from "../bench/summary.ts";
 import { parseBenchArgs } from "../bench/main.ts";
+import { measure } from "../bench/timing.ts";
+import { testEngine } from "./_setup.ts";
 
 const MAIN = new URL("../bench/main.ts", import.meta.url).pathname;
 
@@ -86,4 +88,18 @@ Deno.test("bench: suite names, aliases and bad arguments", () => {
   assert.throws(() => parseBenchArgs(["--adapter", "fast"]), /low-power or high-performance/);
   assert.throws(() => parseBenchArgs(["--repeats", "0"]), /positive/);
   assert.throws(() => parseBenchArgs(["--sizes", "30"]), /multiple of 4/);
+});
+
+Deno.test("bench: the batch is sized from a run after the compiling first one", async () => {
+  void testEngine; // measure() flushes and waits on the shared engine's queue
+  // The first run stands in for pipeline compilation (slow); later runs are fast, so a sample should batch
+  // many of them. Sized from the first run, the batch would be 1 and each sample would time one submit.
+  let calls = 0;
+  const m = await measure(async () => {
+    calls++;
+    await new Promise((r) => setTimeout(r, calls === 1 ? 300 : 2));
+  }, { repeats: 2, batchTargetMs: 100 });
+  assert.ok(m.firstRunMs >= 250, `first run ${m.firstRunMs} ms`);
+  assert.ok(m.batch >= 3, `batch ${m.batch}`); // a 2 ms run plus one queue wait (~10 ms on llvmpipe)
+  assert.equal(calls, 2 + 2 * m.batch);
 });
