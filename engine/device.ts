@@ -108,6 +108,14 @@ export class Engine {
   #opAllocations: { dispose(): void }[] | null = null;
   #bindingLimit: number;
   #opDepth = 0;
+  /**
+   * Whether element-wise kernels read full-size inputs through rgba32float textures (a buffer-to-texture
+   * copy, then one texel fetch per 4 values) instead of storage loads. On CPU rasterizers (llvmpipe, lavapipe,
+   * SwiftShader, WARP) a storage load is gathered lane by lane and costs several times a copy plus a fetch;
+   * on GPUs the copy is extra memory traffic. Defaults to true on those software adapters only; both paths
+   * compute the same values.
+   */
+  elementwiseViaTextures: boolean;
   /** Dispatches recorded since creation (for tests and benchmarks). */
   dispatchCount = 0;
   /** Queue submissions since creation. */
@@ -122,6 +130,9 @@ export class Engine {
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
+    this.elementwiseViaTextures = /llvmpipe|lavapipe|swiftshader|microsoft basic render|warp/i.test(
+      this.adapterDescription,
+    );
     this.#uniformBuffer = device.createBuffer({
       size: this.#uniformData.byteLength,
       usage: USAGE_UNIFORM | USAGE_COPY_DST,

@@ -545,3 +545,32 @@ Deno.test("convTranspose2d too large for one storage binding runs in input-row b
     );
   }
 });
+
+Deno.test("element-wise ops read through textures give the storage path's values", async () => {
+  await onSmallEngine(1 << 27, async (fresh) => {
+    // Sizes that are not multiples of 4 (a partial last texel), one that spans texture rows, and one value.
+    for (const size of [1, 6, 1027, 2048 * 4 * 3 + 5]) {
+      const a = ops.tensor(randomArray(size, 1), [size]);
+      const b = ops.tensor(randomArray(size, 2), [size]);
+      const c = ops.tensor(randomArray(size, 3), [size]);
+      const one = ops.tensor(randomArray(1, 4), [1]);
+      const run = () =>
+        Promise.all([
+          take(ops.map("select(c, b, a > 0.0)", [a, b, c])),
+          take(ops.map("a * k.x + b", [a, b], [0.5])),
+          take(ops.map("max(a, 0.0) - b * b", [a, one], [], [size])), // b: a single value, kept in storage
+          take(ops.map("exp(-abs(a))", [a])),
+        ]);
+      fresh.elementwiseViaTextures = false;
+      const before = fresh.memory().textureBytes;
+      const viaStorage = await run();
+      assert.equal(fresh.memory().textureBytes, before, "the storage path made textures");
+      fresh.elementwiseViaTextures = true;
+      const viaTextures = await run();
+      // Pooled textures serve later sizes of the same row count; the 4-row size needs new ones.
+      if (size > 2048 * 4) assert.ok(fresh.memory().textureBytes > before, "the texture path made none");
+      viaTextures.forEach((got, i) => assert.deepEqual(got, viaStorage[i], `size ${size}, expression ${i}`));
+      ops.dispose([a, b, c, one]);
+    }
+  });
+});

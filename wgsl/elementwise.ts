@@ -37,14 +37,64 @@ fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[
 `;
 }
 
-/** Builds the kernel source; `scalarInputs[i]` marks inputs read at index 0 in the flat variant. */
+/** Texels per row of the engine's operand textures (value i at texel i / 4, component i % 4). */
+const TEXTURE_ROW_TEXELS = 2048;
+
+/**
+ * The flat kernel reading its full-size inputs as rgba32float textures (see `Engine.elementwiseViaTextures`):
+ * each invocation takes one texel of every such input and writes 4 outputs; single-value inputs stay storage.
+ */
+function texturedFlatKernel(expr: string, numInputs: number, scalarInputs: boolean[]): string {
+  const names = INPUT_NAMES.slice(0, numInputs);
+  const bindings = names.map((name, i) =>
+    scalarInputs[i]
+      ? `@group(0) @binding(${i + 1}) var<storage, read> in_${name}: array<f32>;`
+      : `@group(0) @binding(${i + 1}) var in_${name}: texture_2d<f32>;`
+  );
+  const loads = names.map((name, i) =>
+    scalarInputs[i]
+      ? `  let ${name} = in_${name}[0u];`
+      : `  let ${name}4 = textureLoad(in_${name}, texel, 0);`
+  );
+  const stores = ["x", "y", "z", "w"].map((comp, j) => {
+    // Inputs are the single names a, b, c; constants are k.x..k.w, never matched (k is not an input name).
+    const e = expr.replace(/\b([abc])\b/g, (m) => scalarInputs[INPUT_NAMES.indexOf(m)] ? m : `${m}4.${comp}`);
+    return `  if (e + ${j}u < u.size) { out[e + ${j}u] = ${e}; }`;
+  });
+  return `struct Params { size: u32, base: u32, rank: u32, pad: u32, k: vec4<f32>, }
+@group(0) @binding(0) var<uniform> u: Params;
+${bindings.join("\n")}
+@group(0) @binding(${numInputs + 1}) var<storage, read_write> out: array<f32>;
+@compute @workgroup_size(${ELEMENTWISE_WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = (wg.x + wg.y * nwg.x) * ${ELEMENTWISE_WORKGROUP}u + lid;
+  let e = t * 4u;
+  if (e >= u.size) { return; }
+  let texel = vec2<u32>(t & ${TEXTURE_ROW_TEXELS - 1}u, t / ${TEXTURE_ROW_TEXELS}u);
+  let k = u.k;
+${loads.join("\n")}
+${stores.join("\n")}
+}
+`;
+}
+
+/**
+ * Builds the kernel source; `scalarInputs[i]` marks inputs read at index 0 in the flat variants. The
+ * `flat-texture` variant reads the other inputs as textures and covers 4 elements per invocation (dispatch
+ * it with {@link elementwiseStep}'s `perInvocation` = 4 and those inputs in the step's `textures`).
+ */
 export function elementwiseKernel(
   expr: string,
   numInputs: number,
-  variant: "flat" | "strided",
+  variant: "flat" | "flat-texture" | "strided",
   rank: number,
   scalarInputs: boolean[],
 ): { key: string; code: string } {
+  if (variant === "flat-texture") {
+    const key = `ew:flat-texture:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
+    return { key, code: texturedFlatKernel(expr, numInputs, scalarInputs) };
+  }
   let body: string;
   if (variant === "flat") {
     body = INPUT_NAMES.slice(0, numInputs)
@@ -106,20 +156,23 @@ export function elementwiseUniforms(
   return buffer;
 }
 
-/** One dispatch step covering `count` output elements. */
+/** One dispatch step covering `count` output elements, `perInvocation` of them per invocation. */
 export function elementwiseStep(
   kernel: { key: string; code: string },
   uniforms: ArrayBuffer,
   buffers: string[],
   count: number,
   ranges?: Record<string, [number, number]>,
+  textures?: string[],
+  perInvocation = 1,
 ): KernelStep {
   return {
     kernel,
     uniforms,
     buffers,
     writes: ["out"],
-    workgroups: foldWorkgroups(Math.ceil(count / ELEMENTWISE_WORKGROUP)),
+    workgroups: foldWorkgroups(Math.ceil(count / perInvocation / ELEMENTWISE_WORKGROUP)),
     ranges,
+    textures,
   };
 }

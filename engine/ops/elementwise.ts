@@ -11,6 +11,7 @@ import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { type Shape, sizeOf, stridesOf, Tensor } from "../tensor.ts";
 import { elementwiseKernel, elementwiseStep, elementwiseUniforms, MAX_RANK } from "../../wgsl/elementwise.ts";
+import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
 import { sumTo } from "./reduce.ts";
 
 /** Broadcast shape of several shapes (NumPy rules). */
@@ -58,11 +59,22 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       const offset = outShape.length - t.shape.length;
       return outShape.map((_, d) => (d < offset || t.shape[d - offset] === 1 ? 0 : s[d - offset]));
     });
+    // Chunks of whole 256-byte blocks (the storage-offset alignment).
+    const chunk = size * 4 > e.maxBindingBytes ? Math.floor(e.maxBindingBytes / 256) * 64 : size;
+    const textured = flat && e.elementwiseViaTextures && chunk === size && size <= MAX_TEXTURE_FLOATS &&
+      whole.some((w) => !w);
+    if (textured) {
+      const textures = names.filter((_, i) => !whole[i]);
+      const sizes = Object.fromEntries(textures.map((n) => [n, size]));
+      const kernel = elementwiseKernel(expr, inputs.length, "flat-texture", 0, whole);
+      const uniforms = elementwiseUniforms(size, 0, constants, [], []);
+      const step = elementwiseStep(kernel, uniforms, [...names, "out"], size, undefined, textures, 4);
+      e.runPlan({ outSize: size, scratch: {}, steps: [step] }, buffers, sizes);
+      return out;
+    }
     const kernel = flat
       ? elementwiseKernel(expr, inputs.length, "flat", 0, whole)
       : elementwiseKernel(expr, inputs.length, "strided", outShape.length, inputs.map(() => false));
-    // Chunks of whole 256-byte blocks (the storage-offset alignment).
-    const chunk = size * 4 > e.maxBindingBytes ? Math.floor(e.maxBindingBytes / 256) * 64 : size;
     for (let base = 0; base < size; base += chunk) {
       const count = Math.min(chunk, size - base);
       const ranges: Record<string, [number, number]> | undefined = chunk < size ? {} : undefined;
