@@ -109,13 +109,13 @@ export class Engine {
   #bindingLimit: number;
   #opDepth = 0;
   /**
-   * Whether element-wise kernels read full-size inputs through rgba32float textures (a buffer-to-texture
-   * copy, then one texel fetch per 4 values) instead of storage loads. On CPU rasterizers (llvmpipe, lavapipe,
-   * SwiftShader, WARP) a storage load is gathered lane by lane and costs several times a copy plus a fetch;
-   * on GPUs the copy is extra memory traffic. Defaults to true on those software adapters only; both paths
-   * compute the same values.
+   * Whether memory-bound kernels (element-wise ops, the strided copies behind pad, slice, concat and permute)
+   * read their full-size inputs through rgba32float textures (a buffer-to-texture copy, then texel fetches)
+   * instead of storage loads. On CPU rasterizers (llvmpipe, lavapipe, SwiftShader, WARP) a storage load is
+   * gathered lane by lane and costs several times a copy plus a fetch; on GPUs the copy is extra memory
+   * traffic. Defaults to true on those software adapters only; both paths compute the same values.
    */
-  elementwiseViaTextures: boolean;
+  readsViaTextures: boolean;
   /** Dispatches recorded since creation (for tests and benchmarks). */
   dispatchCount = 0;
   /** Queue submissions since creation. */
@@ -130,7 +130,7 @@ export class Engine {
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
-    this.elementwiseViaTextures = /llvmpipe|lavapipe|swiftshader|microsoft basic render|warp/i.test(
+    this.readsViaTextures = /llvmpipe|lavapipe|swiftshader|microsoft basic render|warp/i.test(
       this.adapterDescription,
     );
     this.#uniformBuffer = device.createBuffer({

@@ -546,7 +546,7 @@ Deno.test("convTranspose2d too large for one storage binding runs in input-row b
   }
 });
 
-Deno.test("element-wise ops read through textures give the storage path's values", async () => {
+Deno.test("memory-bound ops read through textures give the storage path's values", async () => {
   await onSmallEngine(1 << 27, async (fresh) => {
     // Sizes that are not multiples of 4 (a partial last texel), one that spans texture rows, and one value.
     for (const size of [1, 6, 1027, 2048 * 4 * 3 + 5]) {
@@ -560,12 +560,17 @@ Deno.test("element-wise ops read through textures give the storage path's values
           take(ops.map("a * k.x + b", [a, b], [0.5])),
           take(ops.map("max(a, 0.0) - b * b", [a, one], [], [size])), // b: a single value, kept in storage
           take(ops.map("exp(-abs(a))", [a])),
+          // Strided copies: gather (permute, pad, slice) and scatter (concat).
+          take(ops.permute(ops.reshape(a, [1, size, 1]), [2, 1, 0])),
+          take(ops.pad(ops.reshape(b, [1, size]), [[1, 0], [2, 3]], 0.5)),
+          take(ops.slice(c, [Math.floor(size / 3)], [size])),
+          take(ops.concat([ops.reshape(a, [size, 1]), ops.reshape(c, [size, 1])], 1)),
         ]);
-      fresh.elementwiseViaTextures = false;
+      fresh.readsViaTextures = false;
       const before = fresh.memory().textureBytes;
       const viaStorage = await run();
       assert.equal(fresh.memory().textureBytes, before, "the storage path made textures");
-      fresh.elementwiseViaTextures = true;
+      fresh.readsViaTextures = true;
       const viaTextures = await run();
       // Pooled textures serve later sizes of the same row count; the 4-row size needs new ones.
       if (size > 2048 * 4) assert.ok(fresh.memory().textureBytes > before, "the texture path made none");
@@ -573,4 +578,20 @@ Deno.test("element-wise ops read through textures give the storage path's values
       ops.dispose([a, b, c, one]);
     }
   });
+});
+
+Deno.test("strided copies divide exactly up to 2^22 elements (f32 reciprocals) and beyond (integers)", async () => {
+  // Walked shapes with awkward axis lengths; the largest index of the first case is 2^22 - 3, where an
+  // uncorrected f32 quotient would be off.
+  for (const [rows, cols] of [[599186, 7], [7, 599186], [3, 1398101], [1398102, 3]]) {
+    const n = rows * cols;
+    const x = new Float32Array(n);
+    for (let i = 0; i < n; i++) x[i] = i;
+    const got = await take(ops.permute(ops.tensor(x, [rows, cols]), [1, 0]));
+    let bad = 0;
+    for (let c = 0; c < cols; c++) {
+      for (let r = 0; r < rows; r++) if (got[c * rows + r] !== r * cols + c) bad++;
+    }
+    assert.equal(bad, 0, `permute of [${rows}, ${cols}]: ${bad} misplaced values`);
+  }
 });

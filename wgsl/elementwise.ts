@@ -41,7 +41,7 @@ fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[
 const TEXTURE_ROW_TEXELS = 2048;
 
 /**
- * The flat kernel reading its full-size inputs as rgba32float textures (see `Engine.elementwiseViaTextures`):
+ * The flat kernel reading its full-size inputs as rgba32float textures (see `Engine.readsViaTextures`):
  * each invocation takes one texel of every such input and writes 4 outputs; single-value inputs stay storage.
  */
 function texturedFlatKernel(expr: string, numInputs: number, scalarInputs: boolean[]): string {

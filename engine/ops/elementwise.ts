@@ -61,7 +61,7 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
     });
     // Chunks of whole 256-byte blocks (the storage-offset alignment).
     const chunk = size * 4 > e.maxBindingBytes ? Math.floor(e.maxBindingBytes / 256) * 64 : size;
-    const textured = flat && e.elementwiseViaTextures && chunk === size && size <= MAX_TEXTURE_FLOATS &&
+    const textured = flat && e.readsViaTextures && chunk === size && size <= MAX_TEXTURE_FLOATS &&
       whole.some((w) => !w);
     if (textured) {
       const textures = names.filter((_, i) => !whole[i]);

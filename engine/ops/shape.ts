@@ -9,12 +9,16 @@ import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { type Shape, sizeOf, stridesOf, Tensor } from "../tensor.ts";
 import { type StridedCopy, stridedCopyStep } from "../../wgsl/gather.ts";
+import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
 
 function copy(src: Tensor, out: Tensor, spec: StridedCopy): void {
-  engine().runPlan({ outSize: out.size, scratch: {}, steps: [stridedCopyStep(spec)] }, {
-    src: src.buffer,
-    out: out.buffer,
-  });
+  const e = engine();
+  const viaTexture = e.readsViaTextures && src.size <= MAX_TEXTURE_FLOATS;
+  e.runPlan(
+    { outSize: out.size, scratch: {}, steps: [stridedCopyStep(spec, viaTexture)] },
+    { src: src.buffer, out: out.buffer },
+    { src: src.size },
+  );
 }
 
 // Tensors larger than one storage binding cannot be bound by the copy kernels; pad, slice and concat then
