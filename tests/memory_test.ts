@@ -581,8 +581,8 @@ Deno.test("memory-bound ops read through textures give the storage path's values
 });
 
 Deno.test("strided copies divide exactly up to 2^22 elements (f32 reciprocals) and beyond (integers)", async () => {
-  // Walked shapes with awkward axis lengths; the largest index of the first case is 2^22 - 3, where an
-  // uncorrected f32 quotient would be off.
+  // Walked shapes with awkward axis lengths: the first three just under 2^22 values (the f32 path's limit, where
+  // its quotients have the least headroom), the last just over it (integer division).
   for (const [rows, cols] of [[599186, 7], [7, 599186], [3, 1398101], [1398102, 3]]) {
     const n = rows * cols;
     const x = new Float32Array(n);

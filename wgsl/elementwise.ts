@@ -58,7 +58,10 @@ function texturedFlatKernel(expr: string, numInputs: number, scalarInputs: boole
   );
   const stores = ["x", "y", "z", "w"].map((comp, j) => {
     // Inputs are the single names a, b, c; constants are k.x..k.w, never matched (k is not an input name).
-    const e = expr.replace(/\b([abc])\b/g, (m) => scalarInputs[INPUT_NAMES.indexOf(m)] ? m : `${m}4.${comp}`);
+    const e = expr.replace(
+      /(?<!\.)\b([abc])\b/g,
+      (m) => scalarInputs[INPUT_NAMES.indexOf(m)] ? m : `${m}4.${comp}`,
+    );
     return `  if (e + ${j}u < u.size) { out[e + ${j}u] = ${e}; }`;
   });
   return `struct Params { size: u32, base: u32, rank: u32, pad: u32, k: vec4<f32>, }
