@@ -10,7 +10,7 @@
  */
 
 import { BufferPool, type MemoryStats } from "./pool.ts";
-import type { KernelPlan, KernelSource, KernelStep } from "../wgsl/plan.ts";
+import { type KernelPlan, type KernelSource, type KernelStep, TEXTURE_ROW_TEXELS } from "../wgsl/plan.ts";
 
 /** {@link Engine.memory}: the buffer pool's counters and the operand textures' bytes. */
 export interface EngineMemoryStats extends MemoryStats {
@@ -70,7 +70,7 @@ const TEXTURE_COPY_DST = 0x2;
 const TEXTURE_BINDING = 0x4;
 
 /** Texels per row of the textures made by {@link Engine.textureOf} (8,192 floats). */
-export const TEXTURE_WIDTH = 2048;
+export const TEXTURE_WIDTH = TEXTURE_ROW_TEXELS;
 /** Most bytes of operand textures kept for reuse between dispatches (beyond it they are destroyed). */
 const TEXTURE_POOL_BYTES = 256 << 20;
 /** Bytes of one rgba32float texture row. */

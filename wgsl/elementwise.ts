@@ -9,7 +9,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep } from "./plan.ts";
+import { foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
 
 /** Invocations per workgroup of element-wise kernels. */
 export const ELEMENTWISE_WORKGROUP = 256;
@@ -36,9 +36,6 @@ fn dim(d: u32) -> u32 { return u.shape[d / 4u][d % 4u]; }
 fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[i / 4u][i % 4u]; }
 `;
 }
-
-/** Texels per row of the engine's operand textures (value i at texel i / 4, component i % 4). */
-const TEXTURE_ROW_TEXELS = 2048;
 
 /**
  * The flat kernel reading its full-size inputs as rgba32float textures (see `Engine.readsViaTextures`):
@@ -74,7 +71,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let t = (wg.x + wg.y * nwg.x) * ${ELEMENTWISE_WORKGROUP}u + lid;
   let e = t * 4u;
   if (e >= u.size) { return; }
-  let texel = vec2<u32>(t & ${TEXTURE_ROW_TEXELS - 1}u, t / ${TEXTURE_ROW_TEXELS}u);
+  let texel = ${texelCoords("t")};
   let k = u.k;
 ${loads.join("\n")}
 ${stores.join("\n")}

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep } from "./plan.ts";
+import { foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
 
 const WORKGROUP = 256;
 /** Largest supported rank. */
@@ -43,10 +43,10 @@ function kernel(
     }
   }
   const store = kind === "gather" ? "  dst[i] = select(u.value, ld(off), inside);" : "  dst[off] = ld(i);";
-  // Source value i: a storage load, or component i % 4 of texel i / 4 (2,048 texels a row).
+  // Source value i: a storage load, or component i % 4 of texel i / 4.
   const source = viaTexture
     ? `@group(0) @binding(1) var src: texture_2d<f32>;
-fn ld(i: u32) -> f32 { return textureLoad(src, vec2<u32>((i >> 2u) & 2047u, i >> 13u), 0)[i & 3u]; }`
+fn ld(i: u32) -> f32 { return textureLoad(src, ${texelCoords("i >> 2u")}, 0)[i & 3u]; }`
     : `@group(0) @binding(1) var<storage, read> src: array<f32>;
 fn ld(i: u32) -> f32 { return src[i]; }`;
   return {

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep } from "./plan.ts";
+import { foldWorkgroups, type KernelStep, texelCoords, TEXTURE_ROW_TEXELS } from "./plan.ts";
 
 /** Target bound on the loop iterations of one invocation (llvmpipe stops at 65,535). */
 export const MAX_LOOP_ITERATIONS = 4096;
@@ -264,8 +264,6 @@ export function tileKey(t: GemmTile): string {
 // textures, every texel fetch feeds 4 useful floats, and each invocation owns a tm x tn register block
 // (tm * tn * 4 FMAs per (tm + tn) texels). Invocations are independent (no workgroup memory, no barriers).
 
-/** Floats per texture row (engine TEXTURE_WIDTH = 2,048 texels). */
-export const TEXTURE_ROW_TEXELS = 2048;
 /** Largest operand read through a texture; bigger ones fall back to the storage-load kernels. 8,192 rows is
  * a common maxTextureDimension2D; the margin covers the engine sizing a texture from a pooled buffer, whose
  * bucket can be 25% larger than the tensor, when a plan's float counts are not passed to runPlan. */
@@ -391,7 +389,7 @@ export function texGemmCode(t: TexGemmSpec, split: boolean): string {
     if (b.texture) {
       lines.push(`@group(0) @binding(${i + 1}) var ${b.name}: texture_2d<f32>;`);
       lines.push(`fn ld_${b.name}(t: i32) -> vec4f {
-  return textureLoad(${b.name}, vec2<i32>(t & ${TEXTURE_ROW_TEXELS - 1}, t >> 11u), 0);
+  return textureLoad(${b.name}, ${texelCoords("t", "i32")}, 0);
 }`);
     } else {
       lines.push(`@group(0) @binding(${i + 1}) var<storage, read> ${b.name}: array<${b.type ?? "f32"}>;`);

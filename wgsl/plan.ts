@@ -42,6 +42,16 @@ export interface KernelStep {
   textures?: string[];
 }
 
+/** Texels per row of the engine's texture views of plan inputs (see {@link KernelStep.textures}). */
+export const TEXTURE_ROW_TEXELS = 2048;
+const TEXTURE_ROW_SHIFT = Math.log2(TEXTURE_ROW_TEXELS);
+
+/** WGSL coordinates, of type `type`, of texel `t` (a non-negative WGSL expression of that type) in such a view. */
+export function texelCoords(t: string, type: "i32" | "u32" = "u32"): string {
+  const suffix = type === "u32" ? "u" : "";
+  return `vec2<${type}>((${t}) & ${TEXTURE_ROW_TEXELS - 1}${suffix}, (${t}) >> ${TEXTURE_ROW_SHIFT}u)`;
+}
+
 /** A sequence of dispatches that computes `out` (f32 elements) from named inputs. */
 export interface KernelPlan {
   /** Number of f32 elements of the output buffer `out`. */

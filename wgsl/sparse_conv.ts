@@ -49,7 +49,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelPlan, type KernelStep } from "./plan.ts";
+import { foldWorkgroups, type KernelPlan, type KernelStep, texelCoords } from "./plan.ts";
 
 /** Bound on any loop's trip count per invocation in these kernels (llvmpipe stops at 65,535). */
 export const SPARSE_MAX_LOOP = 8192;
@@ -164,15 +164,11 @@ function header(fields: string[], list: { name: string; type: string; write: boo
     }
     return `@group(0) @binding(${i + 1}) var ${b.name}: texture_2d<f32>;
 fn ld_${b.name}(t: i32) -> vec4f {
-  return textureLoad(${b.name}, vec2<i32>(t & ${TEXTURE_ROW_TEXELS - 1}, t >> ${TEXTURE_ROW_SHIFT}u), 0);
+  return textureLoad(${b.name}, ${texelCoords("t", "i32")}, 0);
 }`;
   });
   return [params, ...decls].join("\n");
 }
-
-/** Texels per row of the engine's texture views of plan inputs (engine `TEXTURE_WIDTH`), and its log2. */
-const TEXTURE_ROW_TEXELS = 2048;
-const TEXTURE_ROW_SHIFT = 11;
 
 /**
  * Workgroups a site kernel's grid is interleaved over (see {@link siteWorkgroups}): a multiple of any likely
