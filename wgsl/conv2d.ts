@@ -13,7 +13,7 @@
  * - weight grad: rows = (tap, ci), columns = Cout, k = output pixels (split + reduced)
  *
  * Fallback (operands too large for a texture): the storage-load register-blocked body, where the uniform
- * GEMM operand (A, one scalar load per workgroup) is the spatially gathered tensor and lanes own channels:
+ * GEMM operand (A, one address per workgroup) is the spatially gathered tensor and lanes own channels:
  * - forward: rows = output positions (N*Hout*Wout), columns = Cout, k = (Cin, kh, kw)
  * - input grad: rows = input positions (N*H*W), columns = Cin, k = (Cout, kh, kw)
  * - weight grad: rows = (Cin, kh, kw), columns = Cout, k = output positions (split + reduced)

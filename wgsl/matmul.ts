@@ -42,7 +42,7 @@ export interface MatmulShape {
   broadcastB?: boolean;
 }
 
-/** Default tile: rows of A are uniform per workgroup (broadcast loads), lanes own columns of B. */
+/** Default tile: rows of A are uniform per workgroup (cached loads on GPUs), lanes own columns of B. */
 export const MATMUL_TILE: GemmTile = { tm: 16, tn: 16, wg: 16, ku: 4 };
 
 function matmulHooks(transA: boolean, transB: boolean, tm: number, tn: number): GemmHooks {
