@@ -4,11 +4,11 @@
  * the storage-load register-blocked body described here.
  *
  * C[row, col] = sum_k A(row, k) * B(k, col). Each workgroup owns `tm` rows, so every A load is uniform
- * across the workgroup (GPUs serve it from cache; llvmpipe loads an address once only when it is built from
- * constants, so there a workgroup-uniform load costs a lane-by-lane gather like any storage load: 30 ns per
- * lane either way, measured). Lanes own columns: `tn` columns each, interleaved so that neighbouring lanes
- * touch neighbouring columns (coalesced on GPUs). No workgroup memory and no barriers: both are expensive on llvmpipe and the
- * uniform-A scheme does not need them.
+ * across the workgroup (GPUs serve it from cache; llvmpipe does not: there a workgroup-uniform storage load
+ * costs the same lane-by-lane gather as any other, 30 ns per lane, measured). Lanes own columns: `tn`
+ * columns each, interleaved so that neighbouring lanes touch neighbouring columns (coalesced on GPUs). No
+ * workgroup memory and no barriers: both are expensive on llvmpipe and the uniform-A scheme does not need
+ * them.
  *
  * The k loop advances `ku` steps per iteration with the body unrolled in straight-line code, and the k range
  * can be split across workgroups (`splits`), so the loop-iteration count of every invocation stays bounded
