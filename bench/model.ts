@@ -19,6 +19,45 @@ import { measuredRecord } from "./kernels.ts";
 import { Budget, type GpuTimer, measure } from "./timing.ts";
 import { mulberry32, randomUniform } from "./reference.ts";
 
+/**
+ * Forward FLOPs of NetL and of NetR (the SPAIR variant) on an N x 3 x H x W batch, counted from the layer
+ * shapes (docs/architecture.md): 2 x multiply-adds of every convolution and transposed convolution at its
+ * output size; in the SC modules and the SNL modules' 1x1 convolution, only at the degraded sites (`density`
+ * of each level's sites); the SNL attention as 8 x C x (H + W) per degraded site (two steps, each a score
+ * and a weighted sum over the site's row and column). Element-wise ops, SFM, pooling and copies count 0.
+ */
+export function spairForwardFlops(
+  preset: Preset,
+  n: number,
+  h: number,
+  w: number,
+  density: number,
+): { netL: number; netR: number } {
+  const { width: C, growth: G } = ops.PRESETS[preset];
+  const px = [n * h * w, (n * h * w) / 4, (n * h * w) / 16];
+  const conv = (cin: number, cout: number, k: number, pixels: number) => 2 * cin * cout * k * k * pixels;
+  const dense = (c: number, g: number, pixels: number, layers = 4) => {
+    let f = conv(c + layers * g, c, 1, pixels);
+    for (let i = 0; i < layers; i++) f += conv(c + i * g, g, 3, pixels);
+    return f;
+  };
+  const encoder = (c: number, g: number) =>
+    conv(3, c, 3, px[0]) + dense(c, g, px[0]) + conv(c, 2 * c, 3, px[1]) + dense(2 * c, g, px[1]) +
+    conv(2 * c, 4 * c, 3, px[2]) + dense(4 * c, g, px[2]);
+  // 2x2 stride-2 transposed conv (cin -> cout at the finer level), then the 1x1 fusion of [up, skip].
+  const join = (cin: number, cout: number, pixels: number) =>
+    conv(cin, cout, 1, pixels) + conv(2 * cout, cout, 1, pixels);
+  const c = C / 2, g = G / 2;
+  const netL = encoder(c, g) + join(4 * c, 2 * c, px[1]) + dense(2 * c, g, px[1]) + join(2 * c, c, px[0]) +
+    dense(c, g, px[0]) + conv(c, 1, 3, px[0]);
+  const snl = (ch: number, pixels: number, lineSites: number) =>
+    2 * conv(ch, 4, 3, pixels) + density * conv(ch, ch, 1, pixels) + density * pixels * 8 * ch * lineSites;
+  const netR = encoder(C, G) + conv(C / 2, C, 1, px[0]) + conv(C, 2 * C, 1, px[1]) +
+    join(4 * C, 2 * C, px[1]) + density * dense(2 * C, G, px[1], 6) + snl(2 * C, px[1], (h + w) / 2) +
+    join(2 * C, C, px[0]) + density * dense(C, G, px[0], 6) + snl(C, px[0], h + w) + conv(C, 3, 3, px[0]);
+  return { netL, netR };
+}
+
 /** Options of {@link benchModel} and {@link benchTrain}. */
 export interface ModelBenchOptions {
   presets?: Preset[];
@@ -32,6 +71,9 @@ export interface ModelBenchOptions {
   density?: number;
   timer?: GpuTimer | null;
   log?: (r: BenchRecord) => void;
+  /** GFLOP/s of the conv 64->64 forward kernel measured in the same run: model records report their
+   * rate as a fraction of it. */
+  convGflops?: number;
 }
 
 /** A [n, 1, h, w] mask of 8x8 blocks, each degraded with probability `density` (blob-like, as real masks
@@ -111,6 +153,33 @@ function allFinite(data: Float32Array): boolean {
   return true;
 }
 
+/** NetL + NetR forward as one record: the sum of the two medians and the FLOPs of both. */
+function combinedForward(
+  preset: Preset,
+  shape: string,
+  [l, r]: BenchRecord[],
+  convGflops?: number,
+): BenchRecord {
+  const ms = l.medianMs + r.medianMs;
+  const gflops = (l.gflops * l.medianMs + r.gflops * r.medianMs) / ms;
+  return {
+    suite: "model",
+    engine: "spair-gpu",
+    adapter: l.adapter,
+    op: `spair_${preset}_forward`,
+    shape,
+    medianMs: ms,
+    minMs: l.minMs + r.minMs,
+    maxMs: l.maxMs + r.maxMs,
+    gflops: +gflops.toFixed(3),
+    correct: l.correct && r.correct,
+    maxRelError: Math.max(l.maxRelError, r.maxRelError),
+    firstRunMs: (l.firstRunMs ?? NaN) + (r.firstRunMs ?? NaN),
+    note: "NetL + NetR: sum of the two medians above; FLOPs of both (spairForwardFlops)",
+    ...(convGflops ? { convUtilization: +(gflops / convGflops).toFixed(4) } : {}),
+  };
+}
+
 /**
  * NetL and NetR forward latency (inference, batch 1) per preset at each size, after a warm-up run whose
  * time (with shader compilation) is reported as `firstRunMs`. `correct` means finite outputs (there is no
@@ -137,6 +206,7 @@ export async function benchModel(sizes: number[], opts: ModelBenchOptions = {}):
       const model = models.get(preset)!;
       const params = `params NetL ${model.netL.parameterCount()} NetR ${model.netR.parameterCount()}`;
       const prevPreset = PRESET_ORDER[PRESET_ORDER.indexOf(preset) - 1];
+      const pair: BenchRecord[] = [];
       for (const net of ["netl", "netr"] as const) {
         const key = (p: string, s: number) => `${net}/${p}/${s}`;
         const e = est.from([[key(preset, prevSize), `${prevSize} px`], [key(prevPreset, size), prevPreset]]);
@@ -183,15 +253,20 @@ export async function benchModel(sizes: number[], opts: ModelBenchOptions = {}):
           const finite = await check();
           release();
           est.set(key(preset, size), m.medianMs, "measured");
+          const flops = spairForwardFlops(preset, 1, size, size, density)[net === "netl" ? "netL" : "netR"];
           const note = `untrained weights; ${params}` +
             (net === "netr" ? `; synthetic ${density * 100}% block mask (8x8 blocks)` : "") +
             (fitted ? "; site lists fitted to the active count (ActiveSites.fitCapacity)" : "") +
             "; correct = finite output";
-          emit(measuredRecord({ suite: "model", op, shape }, m, 0, finite ? 0 : Infinity, note));
+          const record = measuredRecord({ suite: "model", op, shape }, m, flops, finite ? 0 : Infinity, note);
+          if (opts.convGflops) record.convUtilization = +(record.gflops / opts.convGflops).toFixed(4);
+          emit(record);
+          pair.push(record);
         } catch (err) {
           emit(skippedRecord("model", op, shape, `failed: ${err instanceof Error ? err.message : err}`));
         }
       }
+      if (pair.length === 2) emit(combinedForward(preset, shape, pair, opts.convGflops));
     }
     x.dispose();
   }
@@ -235,16 +310,24 @@ export async function benchTrain(
       }
       const module = net === "netl" ? model.netL : model.netR;
       const optimizer = new ops.Adam(module.parameters(), { lr: 1e-4 });
-      const g = net === "netr" ? syntheticGuidance(model, x, maskData) : null;
       let loss: ops.Tensor | null = null;
       try {
         const m = await measure(() => {
           loss?.dispose();
           loss = ops.tidy(() => {
             optimizer.zeroGrad();
-            const l = net === "netl"
-              ? ops.bceWithLogits(model.netL.forward(x).logits, maskT)
-              : ops.l1Loss(model.netR.forward(x, g!), target);
+            let l: ops.Tensor;
+            if (net === "netl") {
+              l = ops.bceWithLogits(model.netL.forward(x).logits, maskT);
+            } else {
+              // As in training: NetL runs frozen (no gradient) in every NetR step.
+              const g = syntheticGuidance(model, x, maskData);
+              l = ops.l1Loss(model.netR.forward(x, g), target);
+              ops.backward(l);
+              ops.disposeGuidance(g);
+              optimizer.step();
+              return l;
+            }
             ops.backward(l);
             optimizer.step();
             return l;
@@ -252,7 +335,7 @@ export async function benchTrain(
         }, { repeats: opts.repeats, budgetMs: opts.caseBudgetMs, timer: opts.timer, batchTargetMs: 0 });
         const value = await loss!.item();
         est.set(`${net}/${preset}`, m.medianMs, "measured");
-        const note = `Adam; ${net === "netl" ? "BCE on a" : "L1, synthetic guidance from a"} ${
+        const note = `Adam; ${net === "netl" ? "BCE on a" : "L1, NetL frozen forward in the step, a"} ${
           density * 100
         }% block mask; loss ${value.toPrecision(4)}; correct = finite loss`;
         const r = measuredRecord(
@@ -263,6 +346,7 @@ export async function benchTrain(
           note,
         );
         r.imagesPerSecond = +(batch / (m.medianMs / 1000)).toFixed(3);
+        r.stepsPerSecond = +(1000 / m.medianMs).toFixed(3);
         out.push(r);
         opts.log?.(r);
       } catch (err) {
@@ -272,7 +356,6 @@ export async function benchTrain(
       } finally {
         // Assigned in the closure above, which TypeScript's narrowing does not see.
         (loss as ops.Tensor | null)?.dispose();
-        if (g) ops.disposeGuidance(g);
         optimizer.zeroGrad();
         optimizer.dispose();
       }

@@ -87,6 +87,10 @@ export interface BenchRecord {
   gpuMaxMs?: number;
   /** Training throughput (images per second at the median), for the train suite. */
   imagesPerSecond?: number;
+  /** Training steps per second at the median, for the train suite. */
+  stepsPerSecond?: number;
+  /** For model records: GFLOP/s as a fraction of the conv 64->64 forward kernel's in the same run. */
+  convUtilization?: number;
   /** Why the case was not run (time budget); the timings are then NaN (null in JSON). */
   skipped?: string;
 }

@@ -121,7 +121,12 @@ export function markdownSummary(env: EnvRecord, records: BenchRecord[], wallSeco
   if (model.length) {
     const sizes = [...new Set(model.map((r) => r.shape))];
     const ops = [...new Set(model.map((r) => r.op))];
-    out.push("", "## Model forward (batch 1; median, first run with compilation in parentheses)", "");
+    out.push(
+      "",
+      "## Model forward (batch 1; median, GFLOP/s from the layer shapes (`spairForwardFlops`), share of the " +
+        "conv 64->64 forward kernel's GFLOP/s in this run; first run with compilation in parentheses)",
+      "",
+    );
     out.push(table(
       ["net / preset", ...sizes],
       ops.map((op) => [
@@ -130,7 +135,11 @@ export function markdownSummary(env: EnvRecord, records: BenchRecord[], wallSeco
           const r = model.find((m) => m.op === op && m.shape === s);
           if (!r) return "-";
           if (r.skipped) return shortSkip(r.skipped);
-          return `${formatMs(r.medianMs)} (${formatMs(r.firstRunMs)})${r.correct ? "" : " **non-finite**"}`;
+          const rate = Number.isFinite(r.gflops) ? `, ${r.gflops.toFixed(2)} GFLOP/s` : "";
+          const share = r.convUtilization ? `, ${(100 * r.convUtilization).toFixed(1)}% of conv` : "";
+          return `${formatMs(r.medianMs)}${rate}${share} (${formatMs(r.firstRunMs)})${
+            r.correct ? "" : " **non-finite**"
+          }`;
         }),
       ]),
     ));
@@ -140,12 +149,13 @@ export function markdownSummary(env: EnvRecord, records: BenchRecord[], wallSeco
   if (train.length) {
     out.push("", "## Training step (Adam)", "");
     out.push(table(
-      ["step", "batch", "median", "images/s", "spread", "first run", "finite loss"],
+      ["step", "batch", "median", "steps/s", "images/s", "spread", "first run", "finite loss"],
       train.map((r) =>
-        r.skipped ? [r.op, r.shape, shortSkip(r.skipped), "-", "-", "-", "-"] : [
+        r.skipped ? [r.op, r.shape, shortSkip(r.skipped), "-", "-", "-", "-", "-"] : [
           r.op,
           r.shape,
           formatMs(r.medianMs),
+          r.stepsPerSecond?.toFixed(2) ?? "-",
           r.imagesPerSecond?.toFixed(2) ?? "-",
           spread(r),
           formatMs(r.firstRunMs),

@@ -80,6 +80,42 @@ const textureBytes = (t: GPUTexture) => t.height * TEXTURE_ROW_BYTES;
 /** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
 export type BindingKind = "r" | "w" | "t";
 
+/** A pipeline some work needs, found by {@link Engine.collectPipelines} and built by
+ * {@link Engine.compilePipelines}. */
+export interface PipelineRequest {
+  /** The kernel's source and cache key. */
+  kernel: KernelSource;
+  /** Binding kinds (see {@link Engine.pipeline}). */
+  kinds: BindingKind[];
+}
+
+/** {@link Engine.pipelineStats}: how many distinct pipelines exist and how long creating them took. */
+export interface PipelineStats {
+  /** Distinct pipelines created (one per kernel code and binding signature). */
+  pipelines: number;
+  /** Wall-clock milliseconds spent creating them (shader compilation dominates on llvmpipe). */
+  compileMs: number;
+}
+
+/** One dispatch timed by {@link Engine.startProfile}: its kernel's cache key and GPU time. */
+export interface ProfiledDispatch {
+  /** Cache key of the dispatched kernel (its prefix names the kernel family). */
+  key: string;
+  /** GPU-timestamp time of the dispatch in ms (NaN when the adapter's timestamps are unusable). */
+  ms: number;
+}
+
+/** Called after each pipeline is created (see {@link Engine.onPipelineCompile}): its key, the time it took,
+ * the number of pipelines now, and, inside {@link Engine.compilePipelines}, its place in that batch. */
+export type PipelineCompileListener = (
+  info: { key: string; ms: number; count: number; batch?: { done: number; total: number } },
+) => void;
+
+const USAGE_COPY_SRC = 0x4;
+const USAGE_QUERY_RESOLVE = 0x200;
+/** Dispatches timed per profiling query set (two timestamps each; WebGPU allows 4,096 queries per set). */
+const PROFILE_DISPATCHES = 2048;
+
 const UNIFORM_SLOT = 256;
 const UNIFORM_SLOTS = 4096;
 
@@ -120,6 +156,25 @@ export class Engine {
   dispatchCount = 0;
   /** Queue submissions since creation. */
   submitCount = 0;
+  /** Called after each pipeline is created, e.g. to show "compiling GPU kernels" progress on a first run. */
+  onPipelineCompile: PipelineCompileListener | null = null;
+  #compileMs = 0;
+  /** While profiling: the query set of the current submit, its dispatches' keys, and earlier submits'. */
+  #profile: {
+    querySet: GPUQuerySet | null;
+    keys: string[];
+    pending: { staging: GPUBuffer; keys: string[] }[];
+    resolves: GPUBuffer[];
+  } | null = null;
+  /**
+   * Whether the driver compiles a pipeline's machine code at its first dispatch rather than at creation
+   * (llvmpipe and lavapipe do: creation only translates the shader). {@link compilePipelines} then runs
+   * each new pipeline once on dummy bindings, so the compile happens, and is timed, up front.
+   */
+  compilesAtFirstDispatch: boolean;
+  #dummies: { buffers: GPUBuffer[]; texture: GPUTexture | null } = { buffers: [], texture: null };
+  /** Set while {@link collectPipelines} runs: the pipelines asked for, by cache key; nothing is recorded. */
+  #collecting: Map<string, PipelineRequest> | null = null;
 
   private constructor(
     readonly device: GPUDevice,
@@ -133,6 +188,7 @@ export class Engine {
     this.readsViaTextures = /llvmpipe|lavapipe|swiftshader|microsoft basic render|warp/i.test(
       this.adapterDescription,
     );
+    this.compilesAtFirstDispatch = /llvmpipe|lavapipe/i.test(this.adapterDescription);
     this.#uniformBuffer = device.createBuffer({
       size: this.#uniformData.byteLength,
       usage: USAGE_UNIFORM | USAGE_COPY_DST,
@@ -229,36 +285,137 @@ export class Engine {
     pipeline: GPUComputePipeline;
     layout: GPUBindGroupLayout;
   } {
-    const key = kernel.key + "|" + kinds.join("");
+    const key = pipelineKey(kernel, kinds);
     let entry = this.#pipelines.get(key);
     if (!entry) {
-      const entries: GPUBindGroupLayoutEntry[] = [{
-        binding: 0,
-        visibility: STAGE_COMPUTE,
-        buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
-      }];
-      kinds.forEach((kind, i) =>
-        entries.push(
-          kind === "t"
-            ? { binding: i + 1, visibility: STAGE_COMPUTE, texture: { sampleType: "unfilterable-float" } }
-            : {
-              binding: i + 1,
-              visibility: STAGE_COMPUTE,
-              buffer: { type: kind === "w" ? "storage" : "read-only-storage" },
-            },
-        )
-      );
-      const layout = this.device.createBindGroupLayout({ entries, label: kernel.key });
-      const module = this.device.createShaderModule({ code: kernel.code, label: kernel.key });
-      const pipeline = this.device.createComputePipeline({
-        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-        compute: { module, entryPoint: "main" },
-        label: kernel.key,
-      });
-      entry = { pipeline, layout };
-      this.#pipelines.set(key, entry);
+      const start = performance.now();
+      const { layout, descriptor } = this.#pipelineDescriptor(kernel, kinds);
+      entry = { pipeline: this.device.createComputePipeline(descriptor), layout };
+      this.#pipelineCreated(key, entry, performance.now() - start);
     }
     return entry;
+  }
+
+  #pipelineDescriptor(kernel: KernelSource, kinds: BindingKind[]) {
+    const entries: GPUBindGroupLayoutEntry[] = [{
+      binding: 0,
+      visibility: STAGE_COMPUTE,
+      buffer: { type: "uniform", hasDynamicOffset: true, minBindingSize: UNIFORM_SLOT },
+    }];
+    kinds.forEach((kind, i) =>
+      entries.push(
+        kind === "t"
+          ? { binding: i + 1, visibility: STAGE_COMPUTE, texture: { sampleType: "unfilterable-float" } }
+          : {
+            binding: i + 1,
+            visibility: STAGE_COMPUTE,
+            buffer: { type: kind === "w" ? "storage" : "read-only-storage" },
+          },
+      )
+    );
+    const layout = this.device.createBindGroupLayout({ entries, label: kernel.key });
+    const module = this.device.createShaderModule({ code: kernel.code, label: kernel.key });
+    const descriptor: GPUComputePipelineDescriptor = {
+      layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+      label: kernel.key,
+    };
+    return { layout, descriptor };
+  }
+
+  #pipelineCreated(
+    key: string,
+    entry: { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout },
+    ms: number,
+    batch?: { done: number; total: number },
+  ): void {
+    this.#pipelines.set(key, entry);
+    this.#compileMs += ms;
+    this.onPipelineCompile?.({ key, ms, count: this.#pipelines.size, batch });
+  }
+
+  /** Distinct pipelines created so far and the time spent creating them. */
+  pipelineStats(): PipelineStats {
+    return { pipelines: this.#pipelines.size, compileMs: this.#compileMs };
+  }
+
+  /**
+   * Runs `fn` without recording or submitting any GPU work (dispatches, copies, uploads are skipped; tensors
+   * are still allocated, their contents undefined) and returns the pipelines it would need that are not
+   * compiled yet. Pass them to {@link compilePipelines} before the real run, e.g. a model forward on an input
+   * of the real shape inside `noGrad`. `fn` must not read data back.
+   */
+  collectPipelines(fn: () => unknown): PipelineRequest[] {
+    if (this.#collecting) throw new Error("collectPipelines: already collecting");
+    this.flush();
+    this.#collecting = new Map();
+    try {
+      fn();
+      return [...this.#collecting.values()];
+    } finally {
+      this.#collecting = null;
+      this.#pendingTextures = [];
+    }
+  }
+
+  /**
+   * Creates the given pipelines with `createComputePipelineAsync`, all requested at once: browsers (Dawn)
+   * compile them in parallel; Deno compiles one at a time but the caller can still show progress.
+   */
+  async compilePipelines(
+    requests: PipelineRequest[],
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<void> {
+    const todo = requests.filter((r) => !this.#pipelines.has(pipelineKey(r.kernel, r.kinds)));
+    let done = 0;
+    onProgress?.(0, todo.length);
+    const lazy = this.compilesAtFirstDispatch;
+    const create = async ({ kernel, kinds }: PipelineRequest) => {
+      const start = performance.now();
+      const { layout, descriptor } = this.#pipelineDescriptor(kernel, kinds);
+      const pipeline = await this.device.createComputePipelineAsync(descriptor);
+      const key = pipelineKey(kernel, kinds);
+      if (lazy) await this.#dispatchOnce(pipeline, layout, kinds);
+      if (!this.#pipelines.has(key)) {
+        this.#pipelineCreated(key, { pipeline, layout }, performance.now() - start);
+      }
+      onProgress?.(++done, todo.length);
+    };
+    // A lazily compiling driver compiles in the submitting thread: one at a time gives honest progress.
+    if (lazy) { for (const r of todo) await create(r); }
+    else await Promise.all(todo.map(create));
+  }
+
+  /** Runs one workgroup of `pipeline` on dummy bindings with zero uniforms and waits for it (see
+   * {@link compilesAtFirstDispatch}); out-of-range accesses are clamped by WebGPU's robustness rules. */
+  async #dispatchOnce(pipeline: GPUComputePipeline, layout: GPUBindGroupLayout, kinds: BindingKind[]) {
+    this.flush();
+    const d = this.#dummies;
+    while (d.buffers.length < kinds.length) {
+      d.buffers.push(this.device.createBuffer({ size: 4096, usage: 0x80 /* STORAGE */ }));
+    }
+    d.texture ??= this.device.createTexture({
+      size: [TEXTURE_WIDTH, this.#textureHeight(1)],
+      format: "rgba32float",
+      usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
+    });
+    const zeros = this.device.createBuffer({ size: UNIFORM_SLOT, usage: USAGE_UNIFORM });
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: zeros, size: UNIFORM_SLOT } }];
+    kinds.forEach((kind, i) =>
+      entries.push({
+        binding: i + 1,
+        resource: kind === "t" ? d.texture!.createView() : { buffer: d.buffers[i] },
+      })
+    );
+    const encoder = this.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, this.device.createBindGroup({ layout, entries }), [0]);
+    pass.dispatchWorkgroups(1);
+    pass.end();
+    this.device.queue.submit([encoder.finish()]);
+    await this.device.queue.onSubmittedWorkDone();
+    zeros.destroy();
   }
 
   /** Number of compiled pipelines (tests check that shapes do not force recompiles). */
@@ -266,12 +423,66 @@ export class Engine {
     return this.#pipelines.size;
   }
 
-  #computePass(): GPUComputePassEncoder {
+  #computePass(profileKey?: string): GPUComputePassEncoder {
+    const profile = this.#profile;
+    if (profile && profileKey !== undefined) {
+      // One pass per dispatch, timestamped at its start and end.
+      if (this.#pass) {
+        this.#pass.end();
+        this.#pass = null;
+      }
+      if (profile.keys.length === PROFILE_DISPATCHES) this.flush();
+      this.#encoder ??= this.device.createCommandEncoder();
+      profile.querySet ??= this.device.createQuerySet({ type: "timestamp", count: 2 * PROFILE_DISPATCHES });
+      const index = 2 * profile.keys.length;
+      profile.keys.push(profileKey);
+      this.#pass = this.#encoder.beginComputePass({
+        timestampWrites: {
+          querySet: profile.querySet,
+          beginningOfPassWriteIndex: index,
+          endOfPassWriteIndex: index + 1,
+        },
+      });
+      return this.#pass;
+    }
     if (!this.#pass) {
       this.#encoder ??= this.device.createCommandEncoder();
       this.#pass = this.#encoder.beginComputePass();
     }
     return this.#pass;
+  }
+
+  /**
+   * Starts timing every dispatch with GPU timestamps (each then runs in its own compute pass, which adds a
+   * little overhead). Needs the `timestamp-query` feature; returns false without it.
+   */
+  startProfile(): boolean {
+    if (!this.device.features.has("timestamp-query")) return false;
+    this.flush();
+    this.#profile = { querySet: null, keys: [], pending: [], resolves: [] };
+    return true;
+  }
+
+  /** Stops profiling and returns every dispatch recorded since {@link startProfile}, in order. */
+  async stopProfile(): Promise<ProfiledDispatch[]> {
+    const profile = this.#profile;
+    if (!profile) return [];
+    this.flush();
+    this.#profile = null;
+    const out: ProfiledDispatch[] = [];
+    for (const { staging, keys } of profile.pending) {
+      await staging.mapAsync(MAP_MODE_READ);
+      const stamps = new BigUint64Array(staging.getMappedRange().slice(0));
+      staging.unmap();
+      staging.destroy();
+      keys.forEach((key, i) => {
+        const ns = Number(stamps[2 * i + 1] - stamps[2 * i]);
+        out.push({ key, ms: stamps[2 * i + 1] >= stamps[2 * i] && stamps[2 * i] > 0n ? ns / 1e6 : NaN });
+      });
+    }
+    for (const b of profile.resolves) b.destroy();
+    profile.querySet?.destroy();
+    return out;
   }
 
   #commandEncoder(): GPUCommandEncoder {
@@ -292,6 +503,12 @@ export class Engine {
     workgroups: [number, number, number],
   ): void {
     if (uniforms.byteLength > UNIFORM_SLOT) throw new Error(`${kernel.key}: uniform block over 256 bytes`);
+    if (this.#collecting) {
+      const key = pipelineKey(kernel, kinds);
+      if (!this.#pipelines.has(key)) this.#collecting.set(key, { kernel, kinds });
+      this.#pendingTextures = [];
+      return;
+    }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
     const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
@@ -307,7 +524,7 @@ export class Engine {
       })
     );
     const bindGroup = this.device.createBindGroup({ layout, entries });
-    const pass = this.#computePass();
+    const pass = this.#computePass(this.#profile ? kernel.key : undefined);
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup, [slot * UNIFORM_SLOT]);
     pass.dispatchWorkgroups(workgroups[0], workgroups[1], workgroups[2]);
@@ -337,17 +554,19 @@ export class Engine {
    * Texels past `floats` are unspecified; kernels never read them.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
+    if (this.#collecting) return null as unknown as GPUTextureView; // never bound: nothing is recorded
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
       throw new Error(`tensor of ${floats} values is too large for a ${TEXTURE_WIDTH}-wide texture`);
     }
-    let texture = this.#texturePool.get(rows)?.pop();
+    const height = this.#textureHeight(rows);
+    let texture = this.#texturePool.get(height)?.pop();
     if (texture) {
       this.#texturePoolBytes -= textureBytes(texture);
     } else {
       texture = this.device.createTexture({
-        size: [TEXTURE_WIDTH, rows],
+        size: [TEXTURE_WIDTH, height],
         format: "rgba32float",
         usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
       });
@@ -368,6 +587,17 @@ export class Engine {
       );
     }
     return texture.createView();
+  }
+
+  /**
+   * The height of an operand texture of `rows` rows. llvmpipe compiles a separate variant of a pipeline for
+   * each combination of power-of-two and other heights among its textures; a power-of-two height gets extra
+   * rows so every texture is of the second kind, and each pipeline compiles once (and once only in
+   * {@link compilePipelines}, whose dummy texture is 3 rows high).
+   */
+  #textureHeight(rows: number): number {
+    if (!this.compilesAtFirstDispatch || (rows & (rows - 1)) !== 0) return rows;
+    return rows === 1 ? 3 : rows + 1;
   }
 
   /**
@@ -406,17 +636,20 @@ export class Engine {
 
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    if (this.#collecting) return;
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
+    if (this.#collecting) return;
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
 
   /** Uploads data into a buffer, after all work recorded so far (so a reused buffer is not overwritten
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+    if (this.#collecting) return;
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
   }
@@ -428,6 +661,18 @@ export class Engine {
       this.#pass = null;
     }
     if (!this.#encoder) return;
+    const profile = this.#profile;
+    if (profile?.querySet && profile.keys.length > 0) {
+      const bytes = 16 * profile.keys.length;
+      const resolve = this.device.createBuffer({ size: bytes, usage: USAGE_QUERY_RESOLVE | USAGE_COPY_SRC });
+      const staging = this.device.createBuffer({ size: bytes, usage: USAGE_MAP_READ | USAGE_COPY_DST });
+      this.#encoder.resolveQuerySet(profile.querySet, 0, 2 * profile.keys.length, resolve, 0);
+      this.#encoder.copyBufferToBuffer(resolve, 0, staging, 0, bytes);
+      profile.pending.push({ staging, keys: profile.keys });
+      // The query set is reused: this resolve runs before any later pass overwrites it (queue order).
+      profile.keys = [];
+      profile.resolves.push(resolve);
+    }
     if (this.#uniformUsed > 0) {
       this.device.queue.writeBuffer(
         this.#uniformBuffer,
@@ -464,6 +709,7 @@ export class Engine {
 
   /** Reads `bytes` bytes of a buffer back to the CPU (submits pending work first). */
   async read(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
+    if (this.#collecting) throw new Error("collectPipelines: the collected work must not read data back");
     const staging = this.device.createBuffer({
       size: Math.ceil(bytes / 4) * 4,
       usage: USAGE_MAP_READ | USAGE_COPY_DST,
@@ -490,8 +736,14 @@ export class Engine {
     for (const free of this.#texturePool.values()) for (const t of free) t.destroy();
     this.#texturePool.clear();
     this.#uniformBuffer.destroy();
+    for (const b of this.#dummies.buffers) b.destroy();
+    this.#dummies.texture?.destroy();
     this.device.destroy();
   }
+}
+
+function pipelineKey(kernel: KernelSource, kinds: BindingKind[]): string {
+  return kernel.key + "|" + kinds.join("");
 }
 
 let defaultEngine: Engine | null = null;

@@ -5,22 +5,74 @@ import { loadOpFixtures } from "./fixtures/load.ts";
 import * as ops from "../mod.ts";
 import { sfm } from "../layers/sparse/sfm.ts";
 
+/** The fused kernels reading through textures or storage, and the composed ops. */
+const FUSED_PATHS = [
+  { name: "fused, textures", fused: true, textures: true },
+  { name: "fused, storage", fused: true, textures: false },
+  { name: "composed", fused: false, textures: false },
+].map((p) => ({
+  name: p.name,
+  async run(fn: () => Promise<void>) {
+    const e = ops.engine();
+    const textures = e.readsViaTextures;
+    const fused = ops.setFusion(p.fused);
+    e.readsViaTextures = p.textures;
+    try {
+      await fn();
+    } finally {
+      e.readsViaTextures = textures;
+      ops.setFusion(fused);
+    }
+  },
+}));
+
 for (const fx of loadOpFixtures("sfm.json")) {
-  Deno.test(`sfm matches PyTorch: ${fx.name}`, async () => {
-    const f = ops.tensor(fx.inputs.f.data, fx.inputs.f.shape);
-    const mask = ops.tensor(fx.inputs.mask.data, fx.inputs.mask.shape);
-    f.requiresGrad = true;
-    const { out } = ops.tidy(() => {
-      const out = sfm(f, mask);
-      ops.backward(ops.sum(ops.mul(out, ops.tensor(fx.gradOutput.data, fx.gradOutput.shape))));
-      return { out };
+  for (const path of FUSED_PATHS) {
+    Deno.test(`sfm matches PyTorch (${path.name}): ${fx.name}`, () => path.run(() => checkFixture(fx)));
+  }
+}
+
+Deno.test("fused sfm equals the composed ops at 2x16x64x48, forward and gradient, both read paths", async () => {
+  const [n, c, h, w] = [2, 16, 64, 48];
+  const fData = randomArray(n * c * h * w, 11, -2, 3).map((v, i) => v * (1 + (i % 3)));
+  const mData = randomArray(n * h * w, 12, 0, 1).map((v, i) => (v < (i < h * w ? 0.1 : 0.7) ? 1 : 0));
+  const goData = randomArray(n * c * h * w, 13);
+  const results: Float32Array[][] = [];
+  for (const path of FUSED_PATHS) {
+    await path.run(async () => {
+      const f = ops.tensor(fData, [n, c, h, w]);
+      const mask = ops.tensor(mData, [n, 1, h, w]);
+      f.requiresGrad = true;
+      const out = ops.tidy(() => {
+        const out = sfm(f, mask);
+        ops.backward(ops.sum(ops.mul(out, ops.tensor(goData, out.shape))));
+        return out;
+      });
+      results.push([await out.data(), await f.grad!.data()]);
+      ops.dispose([f, mask, out, f.grad]);
     });
-    const outErr = relativeError(await out.data(), fx.output.data);
-    const gradErr = relativeError(await f.grad!.data(), fx.grads.f.data);
-    ops.dispose([f, mask, out, f.grad]);
-    assert.ok(outErr <= 1e-4, `forward error ${outErr}`);
-    assert.ok(gradErr <= 1e-4, `gradient error ${gradErr}`);
+  }
+  const [composedOut, composedGrad] = results[2];
+  for (const [out, grad] of results.slice(0, 2)) {
+    assert.ok(relativeError(out, composedOut) <= 1e-5, `forward ${relativeError(out, composedOut)}`);
+    assert.ok(relativeError(grad, composedGrad) <= 1e-5, `gradient ${relativeError(grad, composedGrad)}`);
+  }
+});
+
+async function checkFixture(fx: ReturnType<typeof loadOpFixtures>[number]): Promise<void> {
+  const f = ops.tensor(fx.inputs.f.data, fx.inputs.f.shape);
+  const mask = ops.tensor(fx.inputs.mask.data, fx.inputs.mask.shape);
+  f.requiresGrad = true;
+  const { out } = ops.tidy(() => {
+    const out = sfm(f, mask);
+    ops.backward(ops.sum(ops.mul(out, ops.tensor(fx.gradOutput.data, fx.gradOutput.shape))));
+    return { out };
   });
+  const outErr = relativeError(await out.data(), fx.output.data);
+  const gradErr = relativeError(await f.grad!.data(), fx.grads.f.data);
+  ops.dispose([f, mask, out, f.grad]);
+  assert.ok(outErr <= 1e-4, `forward error ${outErr}`);
+  assert.ok(gradErr <= 1e-4, `gradient error ${gradErr}`);
 }
 
 Deno.test("sfm invariants: clean sites bit-identical; degraded stats match clean stats; empty region = identity", async () => {

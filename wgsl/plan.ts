@@ -89,3 +89,92 @@ export function memoizePlans<A extends unknown[]>(build: (...args: A) => KernelP
     return plan;
   };
 }
+
+/** One binding of a {@link defineKernel} kernel: read-only storage, read-write storage, or texture. */
+export interface KernelBinding {
+  /** WGSL variable name; also the default plan-buffer name the step binds. */
+  name: string;
+  /** `r` read-only storage, `w` read-write storage, `t` rgba32float texture (see {@link KernelStep.textures}). */
+  kind: "r" | "w" | "t";
+  /** WGSL element type of a storage binding (default `f32`). */
+  type?: string;
+}
+
+/** A kernel's contract, declared once: {@link defineKernel} derives its WGSL header, uniform packing and
+ * binding list from it. */
+export interface KernelDefinition {
+  /** Cache key: must name every choice that changes the code (the code is generated from this definition). */
+  key: string;
+  /** Uniform fields in order, each `u32` or `f32` (at most 64). */
+  uniforms: Record<string, "u32" | "f32">;
+  /** Bindings 1..n, in order. */
+  bindings: KernelBinding[];
+  /** WGSL after the generated header: helper functions and `@compute ... fn main`. */
+  body: string;
+}
+
+/** A kernel made by {@link defineKernel}: its source and a step builder whose uniforms and bindings are
+ * checked against the definition. */
+export interface DefinedKernel {
+  /** The generated module. */
+  source: KernelSource;
+  /**
+   * A dispatch of this kernel. `values` gives every uniform field; `buffers` maps binding names to plan
+   * buffer names where they differ.
+   */
+  step(
+    values: Record<string, number>,
+    workgroups: [number, number, number],
+    buffers?: Record<string, string>,
+  ): KernelStep;
+}
+
+/**
+ * Declares a kernel once: generates the `Params` struct and the binding declarations of its WGSL, packs the
+ * uniform block from named values, and lists the step's buffers, writes and textures, so the three can
+ * never disagree.
+ */
+export function defineKernel(def: KernelDefinition): DefinedKernel {
+  const fields = Object.entries(def.uniforms);
+  if (fields.length > 64) throw new Error(`${def.key}: more than 64 uniform fields`);
+  // A struct of at least 4 scalars keeps the uniform block's size a multiple of 16 bytes.
+  const padded = [...fields];
+  while (padded.length % 4 !== 0 || padded.length === 0) padded.push([`pad${padded.length}`, "u32"]);
+  const header = [
+    `struct Params { ${padded.map(([n, t]) => `${n}: ${t},`).join(" ")} }`,
+    "@group(0) @binding(0) var<uniform> u: Params;",
+    ...def.bindings.map((b, i) =>
+      b.kind === "t"
+        ? `@group(0) @binding(${i + 1}) var ${b.name}: texture_2d<f32>;`
+        : `@group(0) @binding(${i + 1}) var<storage, ${
+          b.kind === "w" ? "read_write" : "read"
+        }> ${b.name}: array<${b.type ?? "f32"}>;`
+    ),
+  ].join("\n");
+  const source = { key: def.key, code: `${header}\n${def.body}` };
+  return {
+    source,
+    step(values, workgroups, buffers = {}) {
+      const data = new ArrayBuffer(padded.length * 4);
+      const u32 = new Uint32Array(data), f32 = new Float32Array(data);
+      fields.forEach(([name, type], i) => {
+        const v = values[name];
+        if (v === undefined || !Number.isFinite(v)) throw new Error(`${def.key}: uniform '${name}' is ${v}`);
+        if (type === "u32") u32[i] = v;
+        else f32[i] = v;
+      });
+      for (const name of Object.keys(values)) {
+        if (!(name in def.uniforms)) throw new Error(`${def.key}: unknown uniform '${name}'`);
+      }
+      const planName = (b: KernelBinding) => buffers[b.name] ?? b.name;
+      return {
+        kernel: source,
+        uniforms: data,
+        buffers: def.bindings.map(planName),
+        writes: def.bindings.filter((b) => b.kind === "w").map(planName),
+        textures: def.bindings.filter((b) => b.kind === "t").map(planName),
+        workgroups,
+      };
+    },
+  };
+}

@@ -27,6 +27,27 @@ function copy(src: Tensor, out: Tensor, spec: StridedCopy): void {
 /** Most buffer copies one pad or concat may record. */
 const MAX_COPY_RUNS = 1 << 16;
 
+/**
+ * Up to this many runs, a pad, slice or concat whose contiguous runs hold at least {@link MIN_RUN_FLOATS}
+ * values is done with buffer copies even when it fits a binding: a copy is a plain memcpy on every adapter,
+ * while the copy kernel pays index arithmetic per value (on llvmpipe a channel concat of a dense block ran
+ * 2-3x slower as a kernel).
+ */
+const FEW_RUNS = 256;
+const MIN_RUN_FLOATS = 1024;
+
+/** Runs (count, floats each) of a pad or slice done by {@link padByCopies}. */
+function padRuns(x: Tensor, out: Tensor, pads: readonly (readonly [number, number])[]): [number, number] {
+  let k = x.rank - 1;
+  while (k > 0 && pads[k][0] === 0 && pads[k][1] === 0) k--;
+  const xStrides = stridesOf(x.shape);
+  const overlap = (i: number) =>
+    Math.max(0, Math.min(out.shape[i], pads[i][0] + x.shape[i]) - Math.max(0, pads[i][0]));
+  let runs = 1;
+  for (let a = 0; a < k; a++) runs *= overlap(a);
+  return [runs, overlap(k) * xStrides[k]];
+}
+
 function exceedsBinding(tensors: readonly Tensor[]): boolean {
   const limit = engine().maxBindingBytes;
   return tensors.some((t) => t.size * 4 > limit);
@@ -137,7 +158,9 @@ export function pad(x: Tensor, pads: readonly (readonly [number, number])[], val
   const y = engine().op("pad", () => {
     const out = Tensor.empty(outShape);
     if (out.size === 0) return out;
-    if (exceedsBinding([x, out])) {
+    const [runs, runFloats] = padRuns(x, out, pads);
+    const zeroFill = value === 0 || pads.every(([before, after]) => before <= 0 && after <= 0);
+    if (exceedsBinding([x, out]) || (zeroFill && runs <= FEW_RUNS && runFloats >= MIN_RUN_FLOATS)) {
       padByCopies(x, out, pads, value);
       return out;
     }
@@ -190,7 +213,10 @@ export function concat(inputs: readonly Tensor[], axis: number): Tensor {
       offsets.push(offset);
       offset += t.shape[ax];
     }
-    if (exceedsBinding([...xs, out])) {
+    const outer = sizeOf(outShape.slice(0, ax));
+    const inner = sizeOf(outShape.slice(ax + 1));
+    const fewRuns = outer * xs.length <= FEW_RUNS && xs.every((t) => t.shape[ax] * inner >= MIN_RUN_FLOATS);
+    if (fewRuns || exceedsBinding([...xs, out])) {
       concatByCopies(xs, out, ax, offsets);
       return out;
     }

@@ -11,21 +11,78 @@
  * @module
  */
 
-import { noGrad } from "../../engine/autograd.ts";
-import type { Tensor } from "../../engine/tensor.ts";
-import { tidy } from "../../engine/tensor.ts";
+import { noGrad, record } from "../../engine/autograd.ts";
+import { engine } from "../../engine/device.ts";
+import { fusionEnabled } from "../../engine/fusion.ts";
+import { Tensor, tidy } from "../../engine/tensor.ts";
+import {
+  SFM_MAX_PLANE,
+  SFM_STATS_STRIDE,
+  sfmBackwardPlan,
+  type SfmGeometry,
+  sfmModulatePlan,
+  sfmStatsPlan,
+} from "../../wgsl/sfm.ts";
+import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
 import { add, addScalar, div, map, mul, sqrt, sub, where } from "../../engine/ops/elementwise.ts";
 import { sum } from "../../engine/ops/reduce.ts";
 
 /** Variance floor of SPAIR.md: sigma = sqrt(biased variance + 1e-5). */
 export const SFM_EPS = 1e-5;
 
-/** Mean and standard deviation of `f` over the sites where `weight` (0/1, [N,1,H,W]) is 1. */
-function regionStats(f: Tensor, weight: Tensor, count: Tensor): { mean: Tensor; std: Tensor } {
+/** Mean and sum of squared deviations from it of `f` over the sites where `weight` (0/1, [N,1,H,W]) is 1;
+ * `count` is their number (at least 1). */
+function regionMoments(f: Tensor, weight: Tensor, count: Tensor): { mean: Tensor; m2: Tensor } {
   const mean = div(sum(mul(f, weight), [2, 3], true), count);
   const centered = mul(sub(f, mean), weight);
-  const variance = div(sum(mul(centered, centered), [2, 3], true), count);
-  return { mean, std: sqrt(addScalar(variance, SFM_EPS)) };
+  return { mean, m2: sum(mul(centered, centered), [2, 3], true) };
+}
+
+/** Mean and standard deviation of `f` over the sites where `weight` (0/1, [N,1,H,W]) is 1. */
+function regionStats(f: Tensor, weight: Tensor, count: Tensor): { mean: Tensor; std: Tensor } {
+  const { mean, m2 } = regionMoments(f, weight, count);
+  return { mean, std: sqrt(addScalar(div(m2, count), SFM_EPS)) };
+}
+
+/** Partial SFM statistics of one image region per region of the mask: site counts ([N, 1, 1, 1]), means
+ * and sums of squared deviations from them ([N, C, 1, 1]). */
+export interface SfmMoments {
+  /** Degraded sites (mask 1). */
+  degradedCount: Tensor;
+  /** Mean of the degraded sites (0 without any). */
+  degradedMean: Tensor;
+  /** Sum of squared deviations of the degraded sites from their mean. */
+  degradedM2: Tensor;
+  /** Clean sites (mask 0). */
+  cleanCount: Tensor;
+  /** Mean of the clean sites (0 without any). */
+  cleanMean: Tensor;
+  /** Sum of squared deviations of the clean sites from their mean. */
+  cleanM2: Tensor;
+}
+
+/**
+ * The statistics SFM measures, as partial sums (no gradient): moments of disjoint parts of an image merge
+ * exactly into the whole image's (Chan et al.), so tiled restoration measures SFM over a whole image tile
+ * by tile with this and merges on the host.
+ */
+export function sfmMoments(f: Tensor, mask: Tensor): SfmMoments {
+  return noGrad(() =>
+    tidy(() => {
+      const degradedCount = sum(mask, [2, 3], true);
+      const cleanCount = map("f32(k.x) - a", [degradedCount], [mask.shape[2] * mask.shape[3]]);
+      const d = regionMoments(f, mask, map("max(a, 1.0)", [degradedCount]));
+      const c = regionMoments(f, map("1.0 - a", [mask]), map("max(a, 1.0)", [cleanCount]));
+      return {
+        degradedCount,
+        degradedMean: d.mean,
+        degradedM2: d.m2,
+        cleanCount,
+        cleanMean: c.mean,
+        cleanM2: c.m2,
+      };
+    })
+  );
 }
 
 /**
@@ -43,9 +100,14 @@ function regionStats(f: Tensor, weight: Tensor, count: Tensor): { mean: Tensor; 
  * ```
  */
 export function sfm(f: Tensor, mask: Tensor): Tensor {
-  if (mask.rank !== 4 || mask.shape[1] !== 1 || mask.shape[0] !== f.shape[0]) {
+  if (
+    f.rank !== 4 || mask.rank !== 4 || mask.shape[1] !== 1 || mask.shape[0] !== f.shape[0] ||
+    mask.shape[2] !== f.shape[2] || mask.shape[3] !== f.shape[3]
+  ) {
     throw new Error(`sfm: mask [${mask.shape}] does not match features [${f.shape}]`);
   }
+  const geometry = fusedGeometry(f);
+  if (geometry) return fusedSfm(f, mask, geometry);
   return tidy(() => {
     const { degradedCount, cleanCount, clean, gate } = noGrad(() => {
       const degradedCount = sum(mask, [2, 3], true);
@@ -63,6 +125,61 @@ export function sfm(f: Tensor, mask: Tensor): Tensor {
     const c = regionStats(f, clean, cleanCount);
     return modulate(f, gate, d, c);
   });
+}
+
+/** The fused kernels' geometry for `f`, or null where they do not apply (fusion off, odd plane sizes,
+ * planes too large for their loops, tensors too large for one binding). */
+function fusedGeometry(f: Tensor): SfmGeometry | null {
+  if (!fusionEnabled() || f.size === 0) return null;
+  const [batch, channels, h, w] = f.shape;
+  const plane = h * w;
+  const e = engine();
+  if (plane % 4 !== 0 || plane > SFM_MAX_PLANE || batch * channels > 65535) return null;
+  if (f.size * 4 > e.maxBindingBytes || f.size > MAX_TEXTURE_FLOATS) return null;
+  return { batch, channels, plane, textures: e.readsViaTextures };
+}
+
+/** Runs a plan over named tensors into a new tensor of `shape`. */
+function runPlan(
+  name: string,
+  plan: ReturnType<typeof sfmStatsPlan>,
+  inputs: Record<string, Tensor>,
+  shape: number[],
+): Tensor {
+  const e = engine();
+  return e.op(name, () => {
+    const out = Tensor.empty(shape);
+    const buffers: Record<string, GPUBuffer> = { out: out.buffer };
+    const sizes: Record<string, number> = {};
+    for (const [k, t] of Object.entries(inputs)) {
+      buffers[k] = t.buffer;
+      sizes[k] = t.size;
+    }
+    e.runPlan(plan, buffers, sizes);
+    return out;
+  });
+}
+
+/** SFM in two fused passes (statistics, then modulation) and a two-pass backward. */
+function fusedSfm(f: Tensor, mask: Tensor, g: SfmGeometry): Tensor {
+  const stats = runPlan("sfm", sfmStatsPlan(g, SFM_EPS), { f, mask }, [
+    g.batch,
+    g.channels,
+    SFM_STATS_STRIDE,
+  ]);
+  const out = runPlan("sfm", sfmModulatePlan(g), { f, mask, stats }, [...f.shape]);
+  if (!f.requiresGrad) {
+    stats.dispose();
+    return out;
+  }
+  record("sfm", [f, mask], out, (grad, [fSaved, maskSaved, statsSaved]) => [
+    runPlan("sfm_backward", sfmBackwardPlan(g), { g: grad, f: fSaved, mask: maskSaved, stats: statsSaved }, [
+      ...f.shape,
+    ]),
+    null,
+  ], [f, mask, stats]);
+  stats.dispose();
+  return out;
 }
 
 function modulate(
