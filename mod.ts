@@ -24,6 +24,10 @@ export {
   GpuOpError,
   initEngine,
   NoAdapterError,
+  type PipelineCompileListener,
+  type PipelineRequest,
+  type PipelineStats,
+  type ProfiledDispatch,
   setEngine,
 } from "./engine/device.ts";
 export type { BufferPool, MemoryStats } from "./engine/pool.ts";
@@ -105,10 +109,22 @@ export {
   stepLr,
 } from "./engine/optim.ts";
 export { Module, uniformInit } from "./engine/module.ts";
-export { decodeSafetensors, encodeSafetensors, type HostTensor } from "./engine/safetensors.ts";
+export {
+  type DecodeOptions,
+  decodeSafetensors,
+  encodeSafetensors,
+  type HostTensor,
+} from "./engine/safetensors.ts";
 export { Rng } from "./engine/random.ts";
 export { ActiveSites, binarizeMask, compactMask, maskPyramid } from "./layers/sparse/active.ts";
-export { sfm, type SfmStatistics, sfmWithStatistics } from "./layers/sparse/sfm.ts";
+export {
+  sfm,
+  type SfmMoments,
+  sfmMoments,
+  type SfmStatistics,
+  sfmWithStatistics,
+} from "./layers/sparse/sfm.ts";
+export { fusionEnabled, setFusion, withFusion } from "./engine/fusion.ts";
 export { SCModule, sparseConv2d } from "./layers/sparse/sparse_conv.ts";
 export { DenseNonLocal, type SnlMode, SNLModule, snlStep } from "./layers/sparse/snl.ts";
 export { Conv2d, DenseBlock, Upsample2x } from "./layers/blocks.ts";
@@ -116,28 +132,39 @@ export {
   type DecoderJoin,
   disposeGuidance,
   type Encoder,
+  type GlobalLayer,
   type GlobalLayerHooks,
+  type GlobalLayerInput,
   type Guidance,
   NetL,
   type NetLOutput,
   NetR,
-  type Preset,
-  PRESETS,
+  type NetRForwardOptions,
   type SpairConfig,
   SpairModel,
-  type Variant,
   variantFeatures,
 } from "./layers/spair.ts";
+export {
+  type Preset,
+  PRESETS,
+  type Task,
+  TASK_INFO,
+  TASKS,
+  type Variant,
+  type VariantFeatures,
+  VARIANTS,
+} from "./layers/vocabulary.ts";
+export { UserError } from "./engine/errors.ts";
 export {
   EXACT_GLOBAL_BYTES,
   loadModel,
   maxTileForBinding,
   type ModelInfo,
+  precompileRestore,
   RECEPTIVE_RADIUS,
   type Restored,
   type RestoreOptions,
   restorePlanar,
-  type Task,
-  TASKS,
   tileSpans,
-} from "./layers/restore.ts";
+  WeightsError,
+} from "./restore/restore.ts";

@@ -12,9 +12,12 @@
  * ```
  *
  * Suites: `kernels` (conv2d forward and forward+backward, matmul 1024^3, SC/SNL across mask densities, SFM),
- * `model` (NetL and NetR forward per preset at 256/512/1024 px), `train` (one NetL and one NetR Adam step
- * per preset at 128x128, batch 4), `peers` (tfjs-webgpu and jax-js on conv and matmul). `engine` and
- * `sparse` are the older names of the dense and sparse halves of `kernels`.
+ * `model` (NetL and NetR forward per preset at 256/512/1024 px, with FLOPs counted from the layer shapes and
+ * the rate as a share of the conv 64->64 kernel's, measured in the same run), `train` (one NetL and one NetR
+ * Adam step per preset at 64x64, batch 8; steps/s and images/s), `profile` (one NetR training step and one
+ * NetL + NetR forward by kernel family: GPU-timestamp time and dispatch count), `peers` (tfjs-webgpu and
+ * jax-js on conv and matmul). `engine` and `sparse` are the older names of the dense and sparse halves of
+ * `kernels`.
  *
  * Budget: model and train cases whose estimated run (4x the previous size or preset) exceeds `--budget`
  * seconds (default 30 for `all`, else 60), or whose warm-up and timed runs would pass `--time-limit`
@@ -25,38 +28,102 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import * as ops from "../mod.ts";
+import { type CommandSpec, FlagError, helpText, parseFlags } from "../cli/flags.ts";
 import type { Preset } from "../layers/spair.ts";
 import { type BenchRecord, PEER_ENGINES, type PeerEngine } from "./peers.ts";
 import { adapterSlug, environmentRecord } from "./env.ts";
 import { benchConv, benchMatmul, benchSparse, FULL_KERNELS, QUICK_KERNELS } from "./kernels.ts";
 import { benchModel, benchTrain } from "./model.ts";
+import { benchProfile, profileMarkdown } from "./profile.ts";
 import { markdownSummary } from "./summary.ts";
 import { Budget, GpuTimer } from "./timing.ts";
 
 /** Internal parts a suite name selects. */
-type Part = "dense" | "sparse" | "model" | "train" | "peers";
+type Part = "dense" | "sparse" | "model" | "train" | "peers" | "profile";
 
 /** Suite names and aliases accepted by `--suite`. */
 export const SUITES: Readonly<Record<string, Part[]>> = {
   all: ["dense", "peers", "sparse", "model", "train"],
   kernels: ["dense", "sparse"],
   model: ["model"],
+  profile: ["profile"],
   train: ["train"],
   peers: ["peers"],
   engine: ["dense"],
   sparse: ["sparse"],
 };
 
-class UsageError extends Error {}
+const UsageError = FlagError;
 
-function positive(name: string, v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!(n > 0)) throw new UsageError(`--${name} must be a positive number, got ${v}`);
-  return n;
-}
+/** `bench`'s flags, help and examples (the same table parses the arguments). */
+export const BENCH_SPEC: CommandSpec = {
+  name: "bench",
+  summary: "benchmarks: kernels, model, training step and peer WebGPU libraries (JSON lines + summary)",
+  usage: ["[flags]"],
+  flags: [
+    {
+      name: "suite",
+      kind: "string",
+      value: Object.keys(SUITES).join("|"),
+      default: "all",
+      help: "suites to run, comma-separated",
+    },
+    {
+      name: "adapter",
+      kind: "choice",
+      choices: ["low-power", "high-performance"],
+      defaultText: "the default adapter",
+      help: "GPU power preference",
+    },
+    { name: "json", kind: "string", value: "FILE", help: "also write the JSON lines to FILE" },
+    { name: "summary", kind: "string", value: "FILE.md", help: "also write the markdown summary to FILE.md" },
+    { name: "repeats", kind: "positive", defaultText: "per suite", help: "timed runs per case" },
+    {
+      name: "budget",
+      kind: "positive",
+      value: "SECONDS",
+      defaultText: "30 for all, else 60",
+      help: "skip model/train cases estimated to run longer",
+    },
+    {
+      name: "time-limit",
+      kind: "positive",
+      value: "MINUTES",
+      defaultText: "14 for all, else none",
+      help: "skip model/train cases that would end after this",
+    },
+    {
+      name: "peers",
+      kind: "string",
+      value: PEER_ENGINES.join(","),
+      defaultText: "all",
+      help: "peer libraries",
+    },
+    {
+      name: "presets",
+      kind: "string",
+      value: Object.keys(ops.PRESETS).join(","),
+      defaultText: "all",
+      help: "model presets",
+    },
+    {
+      name: "sizes",
+      kind: "string",
+      value: "256,512,1024",
+      defaultText: "256,512,1024",
+      help: "model input sizes",
+    },
+    { name: "quick", kind: "boolean", help: "shrink every case (smoke test)" },
+  ],
+  examples: [
+    { command: "bench --suite kernels", does: "time the engine's kernels" },
+    {
+      command: "bench --suite model --presets tiny --sizes 256 --json out.jsonl",
+      does: "time the tiny model at 256 px and keep the records",
+    },
+  ],
+};
 
 function list<T extends string>(name: string, v: string | undefined, allowed: readonly T[]): T[] | undefined {
   if (v === undefined) return undefined;
@@ -86,28 +153,11 @@ export interface BenchArgs {
 
 /** Parses `deno task bench` arguments; throws a usage error with a one-line message. */
 export function parseBenchArgs(args: string[]): BenchArgs {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      options: {
-        suite: { type: "string", default: "all" },
-        adapter: { type: "string" },
-        json: { type: "string" },
-        summary: { type: "string" },
-        repeats: { type: "string" },
-        budget: { type: "string" },
-        "time-limit": { type: "string" },
-        peers: { type: "string" },
-        presets: { type: "string" },
-        sizes: { type: "string" },
-        quick: { type: "boolean", default: false },
-      },
-    }));
-  } catch (e) {
-    throw new UsageError(e instanceof Error ? e.message : String(e));
-  }
-  const suiteNames = values.suite.split(",");
+  const parsed = parseFlags(BENCH_SPEC, args);
+  if (parsed.help) throw new UsageError("--help is handled by benchCommand");
+  const values = parsed.values as Record<string, string | undefined>;
+  const numbers = parsed.values as Record<string, number | undefined>;
+  const suiteNames = values.suite!.split(",");
   const parts = new Set<Part>();
   for (const s of suiteNames) {
     const p = SUITES[s];
@@ -123,7 +173,7 @@ export function parseBenchArgs(args: string[]): BenchArgs {
     if (!(n > 0 && n % 4 === 0)) throw new UsageError(`--sizes: ${s} is not a positive multiple of 4`);
     return n;
   });
-  const repeats = positive("repeats", values.repeats);
+  const repeats = numbers.repeats;
   return {
     parts,
     suiteNames,
@@ -132,14 +182,14 @@ export function parseBenchArgs(args: string[]): BenchArgs {
     summary: values.summary,
     repeats: repeats === undefined ? undefined : Math.ceil(repeats),
     // 30 s in `all` keeps the model and train suites to a few minutes on llvmpipe (see the module doc).
-    budgetS: positive("budget", values.budget) ?? (suiteNames.includes("all") ? 30 : 60),
+    budgetS: numbers.budget ?? (suiteNames.includes("all") ? 30 : 60),
     // `all` must fit in 15 minutes on a 2-core llvmpipe machine; single suites run unbounded by default.
-    timeLimitMin: positive("time-limit", values["time-limit"]) ??
+    timeLimitMin: numbers["time-limit"] ??
       (suiteNames.includes("all") ? 14 : Infinity),
     peers: list("peers", values.peers, PEER_ENGINES),
-    presets: list<Preset>("presets", values.presets, ["tiny", "small", "base"]),
+    presets: list<Preset>("presets", values.presets, Object.keys(ops.PRESETS) as Preset[]),
     sizes,
-    quick: values.quick,
+    quick: parsed.values.quick === true,
   };
 }
 
@@ -167,12 +217,17 @@ export async function runBench(a: BenchArgs, rawArgs: string[]): Promise<void> {
   const deadlineMs = a.timeLimitMin * 60_000 - (performance.now() - start);
   const all = a.suiteNames.includes("all");
 
-  if (a.parts.has("dense")) {
+  // The conv 64->64 forward kernel's rate is the yardstick of the model suite's utilization.
+  let convGflops: number | undefined;
+  if (a.parts.has("dense") || a.parts.has("model")) {
     // Dense kernels are timed as the engine is used, many runs per submit: samples of about a second, so the
     // ~10-20 ms an await on the queue costs on llvmpipe is spread over several runs (the batch is recorded).
     const t = { repeats: a.repeats ?? 5, budgetMs: 10_000, timer, batchTargetMs: 1_000 };
-    for (const r of await benchConv(t, sizes.conv)) log(r);
-    for (const r of await benchMatmul(t, sizes.matmul)) log(r);
+    for (const r of await benchConv(t, sizes.conv)) {
+      log(r);
+      if (r.op === "conv2d_fwd" && r.correct) convGflops = r.gflops;
+    }
+    if (a.parts.has("dense")) { for (const r of await benchMatmul(t, sizes.matmul)) log(r); }
   }
   if (a.parts.has("peers")) {
     const { runPeerBenchmarks } = await import("./peers.ts");
@@ -206,16 +261,23 @@ export async function runBench(a: BenchArgs, rawArgs: string[]): Promise<void> {
   };
   if (a.parts.has("model")) {
     const budget = new Budget(perRunMs, deadlineMs - (performance.now() - start) - trainReserve);
-    await benchModel(a.sizes ?? (a.quick ? [32] : [256, 512, 1024]), { ...common, budget });
+    await benchModel(a.sizes ?? (a.quick ? [32] : [256, 512, 1024]), { ...common, budget, convGflops });
   }
   if (a.parts.has("train")) {
     const budget = new Budget(perRunMs, deadlineMs - (performance.now() - start));
-    await benchTrain(a.quick ? 32 : 128, a.quick ? 1 : 4, { ...common, budget });
+    await benchTrain(a.quick ? 32 : 64, a.quick ? 1 : 8, { ...common, budget });
+  }
+  let profile = "";
+  if (a.parts.has("profile")) {
+    const results = await benchProfile(a.quick ? { batch: 1, size: 32, forwardSize: 32 } : {});
+    profile = profileMarkdown(results);
+    for (const r of results) emit({ suite: "profile", ...r });
   }
   timer?.destroy();
   file?.close();
 
-  const md = markdownSummary(env, records, (performance.now() - start) / 1000);
+  const md = markdownSummary(env, records, (performance.now() - start) / 1000) +
+    (profile ? `\n## Profile by kernel family\n\n${profile}` : "");
   console.log("\n" + md);
   if (a.summary) await Deno.writeTextFile(a.summary, md);
   console.error(
@@ -224,17 +286,24 @@ export async function runBench(a: BenchArgs, rawArgs: string[]): Promise<void> {
   );
 }
 
+/** `cli.ts bench [flags]`: prints the help, or runs the suites and exits (peer libraries' devices can keep
+ * the event loop alive). */
+export async function benchCommand(args: string[]): Promise<void> {
+  if (parseFlags(BENCH_SPEC, args).help) {
+    console.log(helpText(BENCH_SPEC));
+    return;
+  }
+  await runBench(parseBenchArgs(args), args);
+  Deno.exit(0);
+}
+
 if (import.meta.main) {
   if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
-  let args: BenchArgs;
   try {
-    args = parseBenchArgs(Deno.args);
+    await benchCommand(Deno.args);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     console.error(`bench: ${e.message}`);
     Deno.exit(2);
   }
-  await runBench(args, Deno.args);
-  // WebGPU devices held by peer libraries can keep the event loop alive.
-  Deno.exit(0);
 }

@@ -15,8 +15,8 @@
 import { parseArgs } from "node:util";
 import { engine, initEngine, restorePlanar, type Task, TASKS } from "../mod.ts";
 import { listPairs } from "../train/datasets.ts";
-import { type EvalReport, evaluate } from "../train/eval.ts";
-import { loadWeightsFile } from "../train/restore_cli.ts";
+import { type EvalReport, evaluate } from "../restore/eval.ts";
+import { loadWeightsFile } from "../restore/cli.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

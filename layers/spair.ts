@@ -23,20 +23,18 @@ import { type ActiveSites, binarizeMask, compactMask, maskPyramid } from "./spar
 import { sfm } from "./sparse/sfm.ts";
 import { SCModule } from "./sparse/sparse_conv.ts";
 import { SNLModule } from "./sparse/snl.ts";
+import { UserError } from "../engine/errors.ts";
+import {
+  isKeyOf,
+  namesOf,
+  type Preset,
+  PRESETS,
+  type Variant,
+  type VariantFeatures,
+  VARIANTS,
+} from "./vocabulary.ts";
 
-/** Model sizes: `tiny` (CPU-trainable demo), `small`, `base` (paper scale). */
-export type Preset = "tiny" | "small" | "base";
-
-/** Ablations of the paper's table 6: Net1 dense backbone; Net2 +SFM; Net3 +SC; Net4 Net3 + dense non-local;
- * SPAIR Net3 + SNL. */
-export type Variant = "Net1" | "Net2" | "Net3" | "Net4" | "SPAIR";
-
-/** Width C and dense-block growth g of each preset. */
-export const PRESETS: Record<Preset, { width: number; growth: number }> = {
-  tiny: { width: 16, growth: 8 },
-  small: { width: 32, growth: 16 },
-  base: { width: 64, growth: 32 },
-};
+export { type Preset, PRESETS, type Variant, type VariantFeatures, VARIANTS } from "./vocabulary.ts";
 
 /** Architecture of a SPAIR model. */
 export interface SpairConfig {
@@ -46,24 +44,13 @@ export interface SpairConfig {
   variant: Variant;
 }
 
-/** Which modules a variant uses. */
-export function variantFeatures(
-  variant: Variant,
-): { sfm: boolean; sc: boolean; nonLocal: "none" | "sparse" | "dense" } {
-  switch (variant) {
-    case "Net1":
-      return { sfm: false, sc: false, nonLocal: "none" };
-    case "Net2":
-      return { sfm: true, sc: false, nonLocal: "none" };
-    case "Net3":
-      return { sfm: true, sc: true, nonLocal: "none" };
-    case "Net4":
-      return { sfm: true, sc: true, nonLocal: "dense" };
-    case "SPAIR":
-      return { sfm: true, sc: true, nonLocal: "sparse" };
-    default:
-      throw new Error(`unknown variant '${variant}' (expected Net1, Net2, Net3, Net4 or SPAIR)`);
+/** Which modules a variant uses (see {@link VARIANTS}). */
+export function variantFeatures(variant: Variant): VariantFeatures {
+  if (!isKeyOf(VARIANTS, variant)) {
+    throw new UserError(`unknown variant '${variant}' (expected ${namesOf(VARIANTS)})`);
   }
+  const { sfm, sc, nonLocal } = VARIANTS[variant];
+  return { sfm, sc, nonLocal };
 }
 
 function checkInput(x: Tensor, net: string): void {
@@ -217,13 +204,37 @@ export interface Guidance {
 /**
  * Replacements for NetR's image-wide layers, SFM (per-image statistics) and the non-local modules (whole
  * rows and columns). Tiled restoration uses them to give every tile the whole image's statistics and
- * attention; a hook may also throw to stop the forward pass once it has seen the layer's input.
+ * attention.
  */
 export interface GlobalLayerHooks {
   /** Replaces `sfm(features, mask)` at `level` (0 full resolution, 1 half). */
   sfm?(level: 0 | 1, features: Tensor, mask: Tensor): Tensor;
   /** Replaces `module.forward(features, sites)` at `level`; `mask` is the level's mask. */
   nonLocal?(level: 0 | 1, features: Tensor, mask: Tensor, module: SNLModule): Tensor;
+}
+
+/** One of NetR's image-wide layers: SFM or a non-local module, at level 0 (full) or 1 (half resolution). */
+export interface GlobalLayer {
+  /** SFM or a non-local module (SNL, or dense for Net4). */
+  kind: "sfm" | "nonLocal";
+  /** 0 at full resolution, 1 at half. */
+  level: 0 | 1;
+}
+
+/** Options of {@link NetR.forward}. */
+export interface NetRForwardOptions {
+  /** Replacements for the image-wide layers. */
+  hooks?: GlobalLayerHooks;
+  /** Stop at this image-wide layer and return its input instead of the restored batch. */
+  stopAt?: GlobalLayer;
+}
+
+/** What {@link NetR.forward} returns with `stopAt`: the layer's input features and its level's mask. */
+export interface GlobalLayerInput {
+  /** [N, C, H, W] features the layer would have received. */
+  features: Tensor;
+  /** [N, 1, H, W] mask of the layer's level (a view; dispose it too). */
+  mask: Tensor;
 }
 
 /** The restoration network NetR (variant-dependent). */
@@ -249,7 +260,7 @@ export class NetR extends Module {
   /** 3x3 convolution to the RGB residual added to the input. */
   readonly tail: Conv2d;
   /** The modules this variant uses. */
-  readonly features: ReturnType<typeof variantFeatures>;
+  readonly features: VariantFeatures;
 
   /**
    * Creates the layers the variant uses, with PyTorch-default initialization.
@@ -283,20 +294,93 @@ export class NetR extends Module {
     this.tail = this.child("tail", new Conv2d(c, 3, 3, rng));
   }
 
-  /** SFM on F_R + P(F_L) before a strided convolution (Net2 and up); F_R alone for Net1. */
-  #guided(
-    level: 0 | 1,
-    fr: Tensor,
-    proj: Conv2d | null,
-    guidance: Guidance | undefined,
-    hooks: GlobalLayerHooks | undefined,
-  ): Tensor {
-    if (!proj || !guidance) return fr.view(fr.shape);
+  /** The image-wide layers this variant has, in forward order. */
+  get globalLayers(): GlobalLayer[] {
+    const layers: GlobalLayer[] = [];
+    if (this.features.sfm) layers.push({ kind: "sfm", level: 0 }, { kind: "sfm", level: 1 });
+    if (this.features.nonLocal !== "none") {
+      layers.push({ kind: "nonLocal", level: 1 }, { kind: "nonLocal", level: 0 });
+    }
+    return layers;
+  }
+
+  /** Restores a batch (values in [0, 1]); `guidance` is required for every variant but Net1.
+   * `options.hooks` replace the image-wide layers (see {@link GlobalLayerHooks}); with `options.stopAt`
+   * the pass ends at that layer and returns its input (see {@link GlobalLayerInput}). */
+  forward(x: Tensor, guidance?: Guidance, options?: NetRForwardOptions & { stopAt?: undefined }): Tensor;
+  /** Runs NetR up to the image-wide layer `options.stopAt` and returns that layer's input and mask. */
+  forward(
+    x: Tensor,
+    guidance: Guidance,
+    options: NetRForwardOptions & { stopAt: GlobalLayer },
+  ): GlobalLayerInput;
+  forward(x: Tensor, guidance?: Guidance, options: NetRForwardOptions = {}): Tensor | GlobalLayerInput {
+    checkInput(x, "NetR");
+    if (this.features.sfm && !guidance) throw new Error(`NetR ${this.config.variant} needs NetL's guidance`);
+    const { hooks, stopAt } = options;
+    if (
+      stopAt && !this.globalLayers.some((l) => l.kind === stopAt.kind && l.level === stopAt.level)
+    ) {
+      throw new Error(`NetR ${this.config.variant} has no ${stopAt.kind} layer at level ${stopAt.level}`);
+    }
+    const stopsAt = (kind: GlobalLayer["kind"], level: 0 | 1) =>
+      stopAt?.kind === kind && stopAt.level === level;
+    /** Ends the pass: disposes what was computed so far and hands over the layer's input. */
+    const stop = (features: Tensor, level: 0 | 1, ...done: Tensor[]): GlobalLayerInput => {
+      dispose(...done);
+      const mask = guidance!.masks[level];
+      return { features, mask: mask.view(mask.shape) };
+    };
+    const e = this.encoder;
+    const h = e.head.forward(x);
+    const e0 = e.block0.forward(h);
+    // SFM on F_R + P(F_L) before each strided convolution (Net2 and up); F_R alone for Net1.
+    const guided0 = this.#guidedInput(0, e0, this.guide0, guidance);
+    if (guided0 && stopsAt("sfm", 0)) return stop(guided0, 0, h, e0);
+    const s0 = guided0 ? this.#sfm(0, guided0, guidance!, hooks) : e0.view(e0.shape);
+    const d0 = e.down0.forward(s0);
+    const e1 = e.block1.forward(d0);
+    const guided1 = this.#guidedInput(1, e1, this.guide1, guidance);
+    if (guided1 && stopsAt("sfm", 1)) return stop(guided1, 1, h, e0, s0, d0, e1);
+    const s1 = guided1 ? this.#sfm(1, guided1, guidance!, hooks) : e1.view(e1.shape);
+    const d1 = e.down1.forward(s1);
+    const b = e.block2.forward(d1);
+    const j1 = this.join1.forward(b, e1);
+    let u1 = this.dec1.forward(j1, guidance?.sites[1] as ActiveSites);
+    if (this.nonLocal1) {
+      if (stopsAt("nonLocal", 1)) return stop(u1, 1, h, e0, s0, d0, e1, s1, d1, b, j1);
+      const n1 = this.#nonLocal(1, this.nonLocal1, u1, guidance!, hooks);
+      u1.dispose();
+      u1 = n1;
+    }
+    const j0 = this.join0.forward(u1, e0);
+    let u0 = this.dec0.forward(j0, guidance?.sites[0] as ActiveSites);
+    if (this.nonLocal0) {
+      if (stopsAt("nonLocal", 0)) return stop(u0, 0, h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0);
+      const n0 = this.#nonLocal(0, this.nonLocal0, u0, guidance!, hooks);
+      u0.dispose();
+      u0 = n0;
+    }
+    const residual = this.tail.forward(u0);
+    const out = add(x, residual);
+    dispose(h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0, u0, residual);
+    return out;
+  }
+
+  /** SFM's input F_R + P(F_L) at `level`, or null without SFM (Net1) or guidance. */
+  #guidedInput(level: 0 | 1, fr: Tensor, proj: Conv2d | null, guidance: Guidance | undefined): Tensor | null {
+    if (!proj || !guidance) return null;
     const p = proj.forward(guidance.features[level]);
     const sum = add(fr, p);
+    p.dispose();
+    return sum;
+  }
+
+  /** SFM (or the hook that replaces it) on `input`; consumes `input`. */
+  #sfm(level: 0 | 1, input: Tensor, guidance: Guidance, hooks: GlobalLayerHooks | undefined): Tensor {
     const mask = guidance.masks[level];
-    const out = hooks?.sfm ? hooks.sfm(level, sum, mask) : sfm(sum, mask);
-    dispose(p, sum);
+    const out = hooks?.sfm ? hooks.sfm(level, input, mask) : sfm(input, mask);
+    input.dispose();
     return out;
   }
 
@@ -310,40 +394,6 @@ export class NetR extends Module {
   ): Tensor {
     if (hooks?.nonLocal) return hooks.nonLocal(level, u, guidance.masks[level], module);
     return module.forward(u, guidance.sites[level]);
-  }
-
-  /** Restores a batch (values in [0, 1]); `guidance` is required for every variant but Net1. `hooks`
-   * replace the image-wide layers (see {@link GlobalLayerHooks}). */
-  forward(x: Tensor, guidance?: Guidance, hooks?: GlobalLayerHooks): Tensor {
-    checkInput(x, "NetR");
-    if (this.features.sfm && !guidance) throw new Error(`NetR ${this.config.variant} needs NetL's guidance`);
-    const e = this.encoder;
-    const h = e.head.forward(x);
-    const e0 = e.block0.forward(h);
-    const s0 = this.#guided(0, e0, this.guide0, guidance, hooks);
-    const d0 = e.down0.forward(s0);
-    const e1 = e.block1.forward(d0);
-    const s1 = this.#guided(1, e1, this.guide1, guidance, hooks);
-    const d1 = e.down1.forward(s1);
-    const b = e.block2.forward(d1);
-    const j1 = this.join1.forward(b, e1);
-    let u1 = this.dec1.forward(j1, guidance?.sites[1] as ActiveSites);
-    if (this.nonLocal1) {
-      const n1 = this.#nonLocal(1, this.nonLocal1, u1, guidance!, hooks);
-      u1.dispose();
-      u1 = n1;
-    }
-    const j0 = this.join0.forward(u1, e0);
-    let u0 = this.dec0.forward(j0, guidance?.sites[0] as ActiveSites);
-    if (this.nonLocal0) {
-      const n0 = this.#nonLocal(0, this.nonLocal0, u0, guidance!, hooks);
-      u0.dispose();
-      u0 = n0;
-    }
-    const residual = this.tail.forward(u0);
-    const out = add(x, residual);
-    dispose(h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0, u0, residual);
-    return out;
   }
 }
 

@@ -22,11 +22,11 @@
  */
 
 import { join } from "node:path";
-import { type Pair, type PairImages, readPair as readPairFromDisk } from "./datasets.ts";
-import { type LabError, labRmse, psnrRgb, psnrY, quantize8, ssimRgb, ssimY } from "./metrics.ts";
+import { type Pair, type PairImages, readPair as readPairFromDisk } from "../train/datasets.ts";
+import { type LabError, labRmse, psnrRgb, psnrY, quantize8, ssimRgb, ssimY } from "../train/metrics.ts";
 
-import { type Task, TASKS } from "../layers/restore.ts";
-import { diffMask } from "./synth.ts";
+import { type Task, TASKS } from "../layers/vocabulary.ts";
+import { diffMask } from "../train/synth.ts";
 
 export { type Task, TASKS };
 

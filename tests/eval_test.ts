@@ -1,4 +1,4 @@
-// train/eval.ts with fake restore functions on tiny synthetic pairs.
+// restore/eval.ts with fake restore functions on tiny synthetic pairs.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PNG } from "pngjs";
@@ -11,7 +11,7 @@ import {
   PSNR_CAP,
   SHADOW_THRESHOLD,
   writeEvalOutputs,
-} from "../train/eval.ts";
+} from "../restore/eval.ts";
 import { labRmse, psnrRgb, psnrY, ssimRgb, ssimY } from "../train/metrics.ts";
 
 const W = 16, H = 14, N = W * H;

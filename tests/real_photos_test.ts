@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import "./_setup.ts";
 import { restorePlanar, type Task } from "../mod.ts";
 import { readImage, toPlanarRgb } from "../train/image_io.ts";
-import { bundledWeights, loadWeightsFile } from "../train/restore_cli.ts";
+import { bundledWeights, loadWeightsFile } from "../restore/cli.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 

@@ -189,7 +189,7 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
       [
         "unknown task",
         ["restore", `${dir}/ok.png`, "--task", "snow", "-o", `${dir}/o1`],
-        /unknown task 'snow'/,
+        /--task must be one of rain, raindrop, shadow or blur, got snow/,
       ],
       ["missing weights", [
         "restore",

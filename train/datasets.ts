@@ -26,6 +26,7 @@
 
 import { join, relative, resolve } from "node:path";
 import { readImage, toPlanarRgb } from "./image_io.ts";
+import { UserError } from "../engine/errors.ts";
 
 /** One training / evaluation sample: file paths of the degraded input, its clean target and an optional mask. */
 export interface Pair {
@@ -46,7 +47,7 @@ export type Layout = "auto" | "pairs" | "rain13k" | "agan" | "istd" | "gopro" | 
 export const LAYOUTS: readonly Layout[] = ["auto", "pairs", "rain13k", "agan", "istd", "gopro", "realblur"];
 
 /** A dataset folder or list is missing, empty, inconsistent or malformed; the message is one line naming it. */
-export class DatasetError extends Error {
+export class DatasetError extends UserError {
   constructor(message: string) {
     super(message.replace(/\s+/g, " ").trim());
     this.name = "DatasetError";

@@ -1,6 +1,6 @@
 /**
  * Engine demo and smoke test: a tiny conv net (conv, relu, pool, upsample, skip concat, conv) fits a fixed
- * small batch with Adam. Used by `deno task demo` and by the training smoke test.
+ * small batch with Adam. Used by `deno run -A cli.ts demo` and by the training smoke test.
  *
  * @module
  */

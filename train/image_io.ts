@@ -7,8 +7,10 @@
  */
 
 import { Buffer } from "node:buffer";
+import { inflateSync } from "node:zlib";
 import { PNG } from "pngjs";
 import * as jpeg from "jpeg-js";
+import { UserError } from "../engine/errors.ts";
 
 /** A decoded image: interleaved HWC float32 samples in [0,1], plus what is needed to write it back alike. */
 export interface Image {
@@ -24,7 +26,7 @@ export interface Image {
 }
 
 /** An image could not be read or written; the message is one line: `"<path>: <problem>"`. */
-export class ImageError extends Error {
+export class ImageError extends UserError {
   constructor(path: string, problem: string) {
     super(`${path}: ${problem.replace(/\s+/g, " ").trim()}`);
     this.name = "ImageError";
@@ -57,10 +59,58 @@ function isJpeg(b: Uint8Array): boolean {
   return b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff;
 }
 
-/** Walks the PNG chunks so that truncation and bad CRCs get precise messages (pngjs reports them vaguely). */
-function checkPngChunks(b: Uint8Array, name: string): void {
+/**
+ * Largest image decoded by default, in pixels (width x height): 50 megapixels, e.g. 8660x5773. Restoring
+ * one holds about 220 bytes per pixel on the host with the bundled tiny models, about 11 GB (an estimate
+ * from the buffers kept: the decoded image, its planar copy, NetL's per-tile features, the blended output;
+ * tiles keep GPU memory bounded), so it fits a 24 GB machine. The header's size is checked before anything
+ * is decoded, so a small file claiming a huge image costs nothing.
+ */
+export const DEFAULT_MAX_PIXELS = 50_000_000;
+
+/** Options of {@link decodeImage} and {@link readImage}. */
+export interface DecodeImageOptions {
+  /** Refuse images with more pixels than this (default {@link DEFAULT_MAX_PIXELS}). */
+  maxPixels?: number;
+}
+
+function checkPixels(name: string, format: string, width: number, height: number, maxPixels: number): void {
+  if (width === 0 || height === 0) {
+    throw new ImageError(name, `corrupt ${format} (image size ${width}x${height})`);
+  }
+  if (width * height > maxPixels) {
+    throw new ImageError(
+      name,
+      `${width}x${height} is ${(width * height / 1e6).toFixed(1)} megapixels, over the limit of ` +
+        `${(maxPixels / 1e6).toFixed(1)} (raise it with --max-pixels if the machine has the memory)`,
+    );
+  }
+}
+
+/** Bytes of filtered scanlines a PNG of this header decompresses to (Adam7 passes when interlaced). */
+function pngDataBytes(width: number, height: number, bitsPerPixel: number, interlaced: boolean): number {
+  const rows = (w: number, h: number) => (w > 0 && h > 0 ? h * (1 + Math.ceil((w * bitsPerPixel) / 8)) : 0);
+  if (!interlaced) return rows(width, height);
+  const passes = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [
+    0,
+    1,
+    1,
+    2,
+  ]];
+  return passes.reduce(
+    (sum, [x0, y0, dx, dy]) => sum + rows(Math.ceil((width - x0) / dx), Math.ceil((height - y0) / dy)),
+    0,
+  );
+}
+
+/** Walks the PNG chunks so that truncation and bad CRCs get precise messages (pngjs reports them vaguely),
+ * checks the header's size against `maxPixels` before any decoding, and checks that the image data
+ * inflates completely to the size the header implies (pngjs fills short data with black rows). */
+function checkPngChunks(b: Uint8Array, name: string, maxPixels: number): void {
   const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
   let pos = 8;
+  const idat: Uint8Array[] = [];
+  let header: { width: number; height: number; bitsPerPixel: number; interlaced: boolean } | undefined;
   while (true) {
     if (pos + 12 > b.length) throw new ImageError(name, "truncated PNG (no IEND chunk)");
     const len = view.getUint32(pos);
@@ -71,8 +121,31 @@ function checkPngChunks(b: Uint8Array, name: string): void {
     if (crc32(b, pos + 4, end) !== view.getUint32(end)) {
       throw new ImageError(name, `corrupt PNG (bad CRC in ${type} chunk)`);
     }
-    if (type === "IEND") return;
+    if (pos === 8) {
+      if (type !== "IHDR" || len !== 13) throw new ImageError(name, "corrupt PNG (no IHDR chunk first)");
+      const [width, height, depth, colorType] = [view.getUint32(16), view.getUint32(20), b[24], b[25]];
+      const samples = ({ 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 } as Record<number, number>)[colorType];
+      if (samples === undefined) throw new ImageError(name, `corrupt PNG (colour type ${colorType})`);
+      checkPixels(name, "PNG", width, height, maxPixels);
+      header = { width, height, bitsPerPixel: samples * depth, interlaced: b[28] === 1 };
+    }
+    if (type === "IDAT") idat.push(b.subarray(pos + 8, end));
+    if (type === "IEND") break;
     pos = end + 4;
+  }
+  const expected = pngDataBytes(header!.width, header!.height, header!.bitsPerPixel, header!.interlaced);
+  const joined = new Uint8Array(idat.reduce((n, c) => n + c.length, 0));
+  idat.reduce((at, c) => (joined.set(c, at), at + c.length), 0);
+  let inflated: number;
+  try {
+    inflated = inflateSync(joined, { maxOutputLength: expected + 1 }).length;
+  } catch (e) {
+    const message = (e as Error).message;
+    if (/buffer|maxOutputLength|larger than/i.test(message)) return; // more data than needed: pngjs ignores it
+    throw new ImageError(name, `corrupt PNG (image data does not inflate: ${message})`);
+  }
+  if (inflated < expected) {
+    throw new ImageError(name, `corrupt PNG (image data is short: ${inflated} of ${expected} bytes)`);
   }
 }
 
@@ -85,8 +158,8 @@ interface PngMeta {
   data: Uint8Array | Uint16Array;
 }
 
-function decodePng(bytes: Uint8Array, name: string): Image {
-  checkPngChunks(bytes, name);
+function decodePng(bytes: Uint8Array, name: string, maxPixels: number): Image {
+  checkPngChunks(bytes, name, maxPixels);
   let meta: PngMeta;
   try {
     // skipRescale keeps 16-bit samples (Uint16Array) and sub-byte gray levels unscaled; pngjs always
@@ -128,9 +201,12 @@ function decodePng(bytes: Uint8Array, name: string): Image {
   };
 }
 
-/** Number of components of the first frame header (SOFn), or 0 when none is found. */
-function jpegComponents(b: Uint8Array): { components: number; lastSos: number } {
-  let components = 0;
+/** Number of components and size of the first frame header (SOFn; 0 when none is found), and the
+ * position of the last scan. */
+function jpegComponents(
+  b: Uint8Array,
+): { components: number; width: number; height: number; lastSos: number } {
+  let components = 0, width = 0, height = 0;
   let lastSos = -1;
   let pos = 2;
   while (pos + 4 <= b.length) {
@@ -146,7 +222,11 @@ function jpegComponents(b: Uint8Array): { components: number; lastSos: number } 
     if (m === 0xd9) break;
     const len = (b[pos + 2] << 8) | b[pos + 3];
     const isSof = m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc;
-    if (isSof && components === 0 && pos + 9 < b.length) components = b[pos + 9];
+    if (isSof && components === 0 && pos + 9 < b.length) {
+      components = b[pos + 9];
+      height = (b[pos + 5] << 8) | b[pos + 6];
+      width = (b[pos + 7] << 8) | b[pos + 8];
+    }
     if (m === 0xda) {
       lastSos = pos;
       // Entropy-coded data follows: skip to the next real marker (0xFF not followed by 0x00 or RSTn).
@@ -161,7 +241,7 @@ function jpegComponents(b: Uint8Array): { components: number; lastSos: number } 
     }
     pos += 2 + len;
   }
-  return { components, lastSos };
+  return { components, width, height, lastSos };
 }
 
 function hasEoiAfter(b: Uint8Array, from: number): boolean {
@@ -169,13 +249,20 @@ function hasEoiAfter(b: Uint8Array, from: number): boolean {
   return false;
 }
 
-function decodeJpeg(bytes: Uint8Array, name: string): Image {
-  const { components, lastSos } = jpegComponents(bytes);
+function decodeJpeg(bytes: Uint8Array, name: string, maxPixels: number): Image {
+  const { components, lastSos, width: w, height: h } = jpegComponents(bytes);
   // jpeg-js decodes a cut-off scan silently (grey blocks), so a missing EOI after the last scan is checked here.
   if (lastSos < 0 || !hasEoiAfter(bytes, lastSos)) throw new ImageError(name, "truncated JPEG");
+  checkPixels(name, "JPEG", w, h, maxPixels);
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
-    decoded = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false });
+    // jpeg-js has its own limits (100 MP, 512 MB); ours above replaces them.
+    decoded = jpeg.decode(bytes, {
+      useTArray: true,
+      formatAsRGBA: false,
+      maxResolutionInMP: maxPixels / 1e6 + 1,
+      maxMemoryUsageInMB: Math.ceil((maxPixels * 16) / 2 ** 20) + 512,
+    });
   } catch (e) {
     throw new ImageError(name, `corrupt JPEG (${(e as Error).message})`);
   }
@@ -188,16 +275,19 @@ function decodeJpeg(bytes: Uint8Array, name: string): Image {
   return { width, height, channels, bitDepth: 8, format: "jpeg", data: out };
 }
 
-/** Decodes PNG or JPEG bytes, detecting the format by its magic bytes; `name` prefixes error messages. */
-export function decodeImage(bytes: Uint8Array, name: string): Image {
-  if (isPng(bytes)) return decodePng(bytes, name);
-  if (isJpeg(bytes)) return decodeJpeg(bytes, name);
+/** Decodes PNG or JPEG bytes, detecting the format by its magic bytes; `name` prefixes error messages.
+ * Images over `options.maxPixels` (default {@link DEFAULT_MAX_PIXELS}) are refused before decoding. */
+export function decodeImage(bytes: Uint8Array, name: string, options: DecodeImageOptions = {}): Image {
+  const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
+  if (isPng(bytes)) return decodePng(bytes, name, maxPixels);
+  if (isJpeg(bytes)) return decodeJpeg(bytes, name, maxPixels);
   if (bytes.length === 0) throw new ImageError(name, "empty file");
   throw new ImageError(name, "unsupported image format (expected PNG or JPEG)");
 }
 
-/** Reads and decodes a PNG or JPEG file. Throws {@link ImageError} (one line naming `path`) on any failure. */
-export async function readImage(path: string): Promise<Image> {
+/** Reads and decodes a PNG or JPEG file. Throws {@link ImageError} (one line naming `path`) on any failure,
+ * including an image over `options.maxPixels` (checked before decoding). */
+export async function readImage(path: string, options: DecodeImageOptions = {}): Promise<Image> {
   let bytes: Uint8Array;
   try {
     bytes = await Deno.readFile(path);
@@ -206,7 +296,7 @@ export async function readImage(path: string): Promise<Image> {
     if (e instanceof Deno.errors.IsADirectory) throw new ImageError(path, "is a directory");
     throw new ImageError(path, `cannot read (${(e as Error).message})`);
   }
-  return decodeImage(bytes, path);
+  return decodeImage(bytes, path, options);
 }
 
 function checkImage(img: Image): void {
@@ -271,8 +361,8 @@ export function formatFromPath(path: string): "png" | "jpeg" {
 }
 
 /**
- * Encodes and writes an image atomically: the bytes go to `path.tmp-<random>` which is then renamed over
- * `path`, so readers never see a half-written file. The temp file is removed on failure. `format` defaults
+ * Encodes and writes an image atomically (see {@link writeFileAtomic}): the bytes go to `path.tmp-<random>`,
+ * are flushed to disk and then renamed over `path`, so readers never see a half-written file. The temp file is removed on failure. `format` defaults
  * to the one implied by the extension.
  */
 export async function writeImageAtomic(
@@ -289,13 +379,37 @@ export async function writeImageAtomic(
     if (e instanceof ImageError) throw e;
     throw new ImageError(path, `cannot encode (${(e as Error).message})`);
   }
+  try {
+    await writeFileAtomic(path, bytes);
+  } catch (e) {
+    throw new ImageError(path, `cannot write (${(e as Error).message})`);
+  }
+}
+
+/** Temp files of {@link writeFileAtomic} are named `<target>.tmp-<8 hex digits>`. */
+export const TEMP_FILE_PATTERN: RegExp = /\.tmp-[0-9a-f]{8}$/;
+
+/**
+ * Writes bytes or text to `path` atomically and durably: a temp file in the same folder
+ * (`path.tmp-<8 hex digits>`), flushed to disk with fsync, then renamed over `path`, so neither a crash
+ * nor a power loss leaves a half-written or empty file under the final name. The temp file is removed
+ * on failure.
+ */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    await Deno.writeFile(tmp, bytes);
+    const file = await Deno.open(tmp, { write: true, createNew: true });
+    try {
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+      for (let at = 0; at < bytes.length;) at += await file.write(bytes.subarray(at));
+      await file.sync();
+    } finally {
+      file.close();
+    }
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
-    throw new ImageError(path, `cannot write (${(e as Error).message})`);
+    throw e;
   }
 }
 

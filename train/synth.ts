@@ -9,12 +9,13 @@
  */
 
 import { Rng } from "../engine/random.ts";
+import { type Task, TASKS } from "../layers/vocabulary.ts";
 
-/** The four degradations SPAIR restores. */
-export type SynthTask = "rain" | "raindrop" | "shadow" | "blur";
+/** The four degradations SPAIR restores (the project's {@link Task}s). */
+export type SynthTask = Task;
 
-/** All tasks, in a fixed order. */
-export const SYNTH_TASKS: readonly SynthTask[] = ["rain", "raindrop", "shadow", "blur"];
+/** All tasks, in a fixed order (the project's `TASKS`). */
+export const SYNTH_TASKS: readonly SynthTask[] = TASKS;
 
 /**
  * Threshold tau of the ground-truth mask rule `mean_over_RGB(|degraded - clean|) > tau` (SPAIR.md section 2)

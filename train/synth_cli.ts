@@ -5,7 +5,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import {
   fromPlanarRgb,
   type Image,
@@ -15,14 +14,11 @@ import {
   writeImageAtomic,
 } from "./image_io.ts";
 import { SYNTH_TASKS, synthesize, type SynthTask } from "./synth.ts";
+import { UserError } from "../engine/errors.ts";
+import { type CommandSpec, helpText, parseFlags } from "../cli/flags.ts";
 
-/** A usage or input problem, reported to the user as one line (cli.ts prints `error: <message>`). */
-export class SynthUsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SynthUsageError";
-  }
-}
+/** A usage or input problem, reported to the user as one line. */
+export class SynthUsageError extends UserError {}
 
 /** One synthesized training triple; `name` is `<stem>_<k>`. */
 export interface SynthPair {
@@ -112,17 +108,55 @@ export async function* synthesizePairs(
   }
 }
 
-function positiveInt(name: string, v: string | undefined, fallback: number): number {
-  if (v === undefined) return fallback;
-  const x = Number(v);
-  if (!Number.isInteger(x) || x < 1) {
-    throw new SynthUsageError(`--${name} must be a positive integer, got ${v}`);
-  }
-  return x;
-}
+/** `synth`'s flags, help and examples. */
+export const SYNTH_SPEC: CommandSpec = {
+  name: "synth",
+  summary: "synthesize degraded/clean/mask training pairs from a folder of clean photos",
+  usage: ["--task TASK --in DIR --out DIR [flags]", "--contact-sheets DIR --in DIR"],
+  flags: [
+    { name: "task", kind: "choice", choices: SYNTH_TASKS, help: "degradation to synthesize (required)" },
+    { name: "in", kind: "string", value: "DIR", help: "folder of clean PNG/JPEG photos (required)" },
+    {
+      name: "out",
+      kind: "string",
+      value: "DIR",
+      help: "output folder: input/, target/ and mask/ (required)",
+    },
+    { name: "seed", kind: "non-negative-int", default: 0, help: "seed of the synthesis" },
+    { name: "per-image", kind: "positive-int", default: 1, help: "pairs per photo" },
+    {
+      name: "crop",
+      kind: "string",
+      value: "WxH",
+      help: "random crop of each photo, e.g. 256x256 (default: whole)",
+    },
+    {
+      name: "scale",
+      kind: "string",
+      value: "F",
+      default: "1",
+      help: "downscale factor in (0, 1] before cropping",
+    },
+    {
+      name: "contact-sheets",
+      kind: "string",
+      value: "DIR",
+      help: "instead: write one JPEG contact sheet per task of the first three photos",
+    },
+  ],
+  examples: [
+    {
+      command: "synth --task rain --in photos/ --out data/rain --per-image 4",
+      does: "four rainy versions of each photo",
+    },
+    {
+      command: "synth --task shadow --in photos/ --out data/shadow --crop 256x256 --seed 7",
+      does: "shadowed 256 px crops",
+    },
+  ],
+};
 
-const USAGE = "usage: synth --task rain|raindrop|shadow|blur --in DIR --out DIR [--seed N] [--per-image K] " +
-  "[--crop WxH] [--scale F] | synth --contact-sheets DIR --in DIR";
+const USAGE = "see `synth --help`";
 
 /**
  * `synth` command. Writes `OUT/input/<stem>_<k>.png` (degraded), `OUT/target/<stem>_<k>.png` (clean) and
@@ -130,32 +164,15 @@ const USAGE = "usage: synth --task rain|raindrop|shadow|blur --in DIR --out DIR 
  * `--contact-sheets DIR` it instead writes one JPEG contact sheet per task of the first three inputs.
  */
 export async function runSynth(args: string[]): Promise<void> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      options: {
-        task: { type: "string" },
-        in: { type: "string" },
-        out: { type: "string" },
-        seed: { type: "string" },
-        "per-image": { type: "string" },
-        crop: { type: "string" },
-        scale: { type: "string" },
-        "contact-sheets": { type: "string" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    throw new SynthUsageError(`${(e as Error).message.split("\n")[0]}; ${USAGE}`);
+  const parsed = parseFlags(SYNTH_SPEC, args, (m) => new SynthUsageError(m));
+  if (parsed.help) {
+    console.log(helpText(SYNTH_SPEC));
+    return;
   }
+  const values = parsed.values as Record<string, string | undefined>;
+  const seed = parsed.values.seed as number;
+  const perImage = parsed.values["per-image"] as number;
   if (!values.in) throw new SynthUsageError(`--in is required; ${USAGE}`);
-  const seedText = values.seed ?? "0";
-  const seed = Number(seedText);
-  if (!Number.isInteger(seed) || seed < 0) {
-    throw new SynthUsageError(`--seed must be a non-negative integer, got ${seedText}`);
-  }
   const files = await listImages(values.in);
   if (values["contact-sheets"] !== undefined) {
     await Deno.mkdir(values["contact-sheets"], { recursive: true });
@@ -173,7 +190,6 @@ export async function runSynth(args: string[]): Promise<void> {
     );
   }
   if (!values.out) throw new SynthUsageError(`--out is required; ${USAGE}`);
-  const perImage = positiveInt("per-image", values["per-image"], 1);
   let crop: [number, number] | undefined;
   if (values.crop !== undefined) {
     const m = values.crop.match(/^(\d+)x(\d+)$/);

@@ -13,10 +13,12 @@ import {
   assignData,
   backward,
   clipGradNorm,
+  concat,
   decodeSafetensors,
   disposeGuidance,
   encodeSafetensors,
   engine,
+  full,
   type HostTensor,
   l1Loss,
   mseLoss,
@@ -26,15 +28,27 @@ import {
   Rng,
   scale,
   SpairModel,
+  square,
+  sum,
   type Task,
   TASKS,
   type Tensor,
   tensor,
   tidy,
+  UserError,
   type Variant,
+  VARIANTS,
 } from "../mod.ts";
+import { isKeyOf, namesOf } from "../layers/vocabulary.ts";
 import { listPairs, type Pair } from "./datasets.ts";
-import { type Image, readImage, toPlanarRgb, writeImageAtomic } from "./image_io.ts";
+import {
+  type Image,
+  readImage,
+  TEMP_FILE_PATTERN,
+  toPlanarRgb,
+  writeFileAtomic,
+  writeImageAtomic,
+} from "./image_io.ts";
 import { rgbToY, ssimRgb, ssimY } from "./metrics.ts";
 import { diffMask, SYNTH_TAU } from "./synth.ts";
 import { balancedPosWeight, weightedBceWithLogits } from "./losses.ts";
@@ -119,7 +133,7 @@ export function defaultConfig(task: Task): TrainConfig {
 }
 
 /** A user-facing training error (printed as one line). */
-export class TrainError extends Error {}
+export class TrainError extends UserError {}
 
 /** Keys newer than the first run format: a run's config.json written before them gets their defaults. */
 const LATER_KEYS = ["cropFocus", "clipGradNorm", "outputInit", "loss", "mseWeight", "posWeight"] as const;
@@ -131,10 +145,84 @@ function mustBeOneOf(key: string, value: unknown, allowed: readonly string[]): v
   throw new TrainError(`${key} must be ${list}, got ${value}`);
 }
 
+/** Settings a resumed run may change (`train --resume DIR --lr 1e-4`): none of them changes what a
+ * checkpoint means. Each change is recorded in the `history` list of the run's config.json. */
+export const RESUMABLE_KEYS = [
+  "stepsL",
+  "stepsR",
+  "lr",
+  "lrHalveEpochs",
+  "checkpointEvery",
+  "logEvery",
+  "validateEvery",
+] as const satisfies readonly (keyof TrainConfig)[];
+
+/** Levenshtein distance between two short strings. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[b.length];
+}
+
+/** The valid key closest to `key` (case-insensitive edit distance). */
+export function nearestKey(key: string, valid: readonly string[]): string {
+  const k = key.toLowerCase();
+  return valid.reduce((best, v) =>
+    editDistance(k, v.toLowerCase()) < editDistance(k, best.toLowerCase()) ? v : best
+  );
+}
+
+/** Throws a {@link TrainError} naming the first key of `object` that is not a config key (and the nearest
+ * one that is). `extra` lists further accepted keys. */
+function checkConfigKeys(object: Record<string, unknown>, extra: readonly string[] = []): void {
+  const valid = [...Object.keys(defaultConfig("rain")), ...extra];
+  for (const key of Object.keys(object)) {
+    if (!valid.includes(key)) {
+      throw new TrainError(`unknown key '${key}' (did you mean '${nearestKey(key, valid)}'?)`);
+    }
+  }
+}
+
+/** Reads a `--config FILE` (a JSON object of config keys; a run's config.json works too, its `history`
+ * is ignored). Unknown keys are refused with the nearest valid key, so a typo is never silently dropped. */
+export async function readConfigFile(path: string): Promise<Partial<TrainConfig>> {
+  let object: Record<string, unknown>;
+  try {
+    object = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new TrainError(`${path}: unreadable config file (${(e as Error).message.split("\n")[0]})`);
+  }
+  if (typeof object !== "object" || object === null || Array.isArray(object)) {
+    throw new TrainError(`${path}: a config file holds one JSON object of settings`);
+  }
+  try {
+    checkConfigKeys(object, ["history"]);
+  } catch (e) {
+    throw new TrainError(`${path}: ${(e as Error).message}`);
+  }
+  const { history: _history, ...config } = object;
+  return config as Partial<TrainConfig>;
+}
+
 /** Checks a config and returns it, or throws a one-line {@link TrainError}. */
 export function validateConfig(c: TrainConfig): TrainConfig {
   const defaults = defaultConfig(c.task);
   for (const key of LATER_KEYS) if (c[key] === undefined) Object.assign(c, { [key]: defaults[key] });
+  for (const [key, value] of Object.entries(defaults)) {
+    const got = (c as unknown as Record<string, unknown>)[key];
+    if (typeof value === "number" && !(typeof got === "number" && Number.isFinite(got))) {
+      throw new TrainError(`${key} must be a finite number, got ${JSON.stringify(got) ?? "nothing"}`);
+    }
+    if (typeof value === "string" && got !== undefined && typeof got !== "string") {
+      throw new TrainError(`${key} must be a string, got ${JSON.stringify(got) ?? "nothing"}`);
+    }
+  }
   const positive = [
     "crop",
     "cropFocus",
@@ -162,9 +250,11 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
   if (!TASKS.includes(c.task)) throw new TrainError(`unknown task ${c.task} (expected ${TASKS.join("|")})`);
-  if (!(c.preset in PRESETS)) throw new TrainError(`unknown preset ${c.preset} (expected tiny|small|base)`);
-  if (!["Net1", "Net2", "Net3", "Net4", "SPAIR"].includes(c.variant)) {
-    throw new TrainError(`unknown variant ${c.variant} (expected Net1|Net2|Net3|Net4|SPAIR)`);
+  if (!isKeyOf(PRESETS, c.preset)) {
+    throw new TrainError(`unknown preset ${c.preset} (expected ${namesOf(PRESETS)})`);
+  }
+  if (!isKeyOf(VARIANTS, c.variant)) {
+    throw new TrainError(`unknown variant ${c.variant} (expected ${namesOf(VARIANTS)})`);
   }
   if (!c.data) throw new TrainError("no training data: pass --data DIR");
   return c;
@@ -318,18 +408,8 @@ export function runFiles(dir: string) {
   };
 }
 
-/** Writes bytes to `path` atomically: a temp file in the same folder, then a rename. */
-export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  try {
-    if (typeof data === "string") await Deno.writeTextFile(tmp, data);
-    else await Deno.writeFile(tmp, data);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-}
+/** Writes bytes to `path` atomically and durably (temp file, fsync, rename); see `image_io.ts`. */
+export { writeFileAtomic };
 
 /** Progress report of {@link train}. */
 export interface TrainProgress {
@@ -350,11 +430,17 @@ export interface TrainOptions {
   onMessage?: (line: string) => void;
   /** Stop (after a checkpoint) once this many steps ran in this process; tests use it. */
   maxStepsThisRun?: number;
+  /** Settings to change when resuming (only {@link RESUMABLE_KEYS}; others are refused). */
+  changes?: Partial<TrainConfig>;
+  /** Test hook: sees each step's gradients after backward, before they are checked and applied. */
+  inspectGradients?: (stage: 1 | 2, step: number, params: Tensor[]) => void;
 }
 
 /** Result of {@link train}. */
 export interface TrainResult {
   finished: boolean;
+  /** The signal (SIGINT, SIGTERM) that stopped the run early, if one did. */
+  signal?: Deno.Signal;
   position: RunPosition;
   /** Milliseconds spent training in this process. */
   elapsedMs: number;
@@ -387,6 +473,24 @@ async function saveCheckpoint(
   );
 }
 
+/** The checkpoint's metadata, or null unless it is well formed. */
+function parseCheckpointMeta(text: string): CheckpointMeta | null {
+  let meta: CheckpointMeta;
+  try {
+    meta = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  const p = meta?.position;
+  const o = meta?.optimizer;
+  const fine = typeof meta === "object" && meta !== null && (p?.stage === 1 || p?.stage === 2) &&
+    count(p.step) && typeof meta.trainMs === "number" && meta.trainMs >= 0 &&
+    (o === null || (typeof o === "object" && typeof o.kind === "string" && count(o.step) &&
+      Array.isArray(o.lrs) && o.lrs.every((v) => typeof v === "number")));
+  return fine ? meta : null;
+}
+
 async function readCheckpoint(
   dir: string,
 ): Promise<{ meta: CheckpointMeta; model: Record<string, HostTensor>; optim: Record<string, HostTensor> }> {
@@ -403,8 +507,9 @@ async function readCheckpoint(
   } catch (e) {
     throw new TrainError(`${path}: corrupt checkpoint (${(e as Error).message})`);
   }
-  const meta = JSON.parse(decoded.metadata.checkpoint ?? "null") as CheckpointMeta | null;
-  if (!meta) throw new TrainError(`${path}: not a training checkpoint`);
+  if (decoded.metadata.checkpoint === undefined) throw new TrainError(`${path}: not a training checkpoint`);
+  const meta = parseCheckpointMeta(decoded.metadata.checkpoint);
+  if (!meta) throw new TrainError(`${path}: corrupt checkpoint (its position metadata is garbled)`);
   const model: Record<string, HostTensor> = {};
   const optim: Record<string, HostTensor> = {};
   for (const [name, t] of Object.entries(decoded.tensors)) {
@@ -636,8 +741,16 @@ export async function createRun(dir: string, config: TrainConfig): Promise<void>
   await writeFileAtomic(runFiles(dir).config, JSON.stringify(config, null, 2) + "\n");
 }
 
-/** Reads a run folder's config. */
-export async function readRunConfig(dir: string): Promise<TrainConfig> {
+/** One change of a resumed run's settings, as recorded in config.json's `history`. */
+export interface ConfigChange {
+  /** When it was made (ISO time) and where the run stood. */
+  time: string;
+  stage: 1 | 2;
+  step: number;
+  changed: Record<string, { from: unknown; to: unknown }>;
+}
+
+async function readRunFile(dir: string): Promise<{ config: TrainConfig; history: ConfigChange[] }> {
   const path = runFiles(dir).config;
   try {
     await Deno.stat(path);
@@ -645,40 +758,181 @@ export async function readRunConfig(dir: string): Promise<TrainConfig> {
     throw new TrainError(`${dir}: no training run to resume (no config.json there)`);
   }
   try {
-    return validateConfig(JSON.parse(await Deno.readTextFile(path)));
+    const { history = [], ...config } = JSON.parse(await Deno.readTextFile(path));
+    checkConfigKeys(config);
+    return { config: validateConfig(config), history };
   } catch (e) {
     if (e instanceof TrainError) throw new TrainError(`${path}: ${e.message}`);
     throw new TrainError(`${path}: no readable run config (${(e as Error).message.split("\n")[0]})`);
   }
 }
 
+/** Reads a run folder's config. */
+export async function readRunConfig(dir: string): Promise<TrainConfig> {
+  return (await readRunFile(dir)).config;
+}
+
+/** The run folder's lock file: an exclusive OS file lock held while a process trains in the folder. The
+ * OS releases it when the process dies, however it dies, so a killed run never blocks its resume. */
+export function lockPath(dir: string): string {
+  return `${dir}/lock`;
+}
+
+/** Takes the run folder's lock, or throws a {@link TrainError} naming the process that holds it. */
+export async function lockRun(dir: string): Promise<{ release(): void }> {
+  const path = lockPath(dir);
+  for (let attempt = 0;; attempt++) {
+    const file = await Deno.open(path, { read: true, write: true, create: true });
+    if (!(await file.tryLock(true))) {
+      file.close();
+      const holder = await Deno.readTextFile(path).then((t) => t.trim(), () => "");
+      throw new TrainError(
+        `${dir} is in use by another training process${holder ? ` (${holder})` : ""}; ` +
+          `wait for it to finish or stop it (Ctrl-C) first`,
+      );
+    }
+    // A holder that released and removed the file between our open and lock leaves us a dead inode.
+    const [mine, named] = await Promise.all([file.stat(), Deno.stat(path).catch(() => null)]);
+    if (named?.ino !== mine.ino && attempt < 3) {
+      file.close();
+      continue;
+    }
+    await file.truncate(0);
+    await file.write(new TextEncoder().encode(`pid ${Deno.pid} since ${new Date().toISOString()}\n`));
+    return {
+      release() {
+        Deno.removeSync(path);
+        file.close();
+      },
+    };
+  }
+}
+
+/** Removes temp files that an interrupted atomic write left in the run folder (ours only: the run's own
+ * file names or previews followed by `.tmp-<8 hex digits>`). */
+async function removeStaleTemps(dir: string): Promise<void> {
+  const names = Object.values(runFiles(dir)).map((p) => p.slice(dir.length + 1));
+  for (
+    const [folder, ours] of [
+      [dir, (base: string) => names.includes(base)],
+      [runFiles(dir).previews, (base: string) => /^stage[12]-step\d{6}\.png$/.test(base)],
+    ] as const
+  ) {
+    const entries: Deno.DirEntry[] = [];
+    try {
+      for await (const e of Deno.readDir(folder)) entries.push(e);
+    } catch {
+      continue; // no previews folder yet
+    }
+    for (const e of entries) {
+      if (e.isFile && TEMP_FILE_PATTERN.test(e.name) && ours(e.name.replace(TEMP_FILE_PATTERN, ""))) {
+        await Deno.remove(`${folder}/${e.name}`).catch(() => {});
+      }
+    }
+  }
+}
+
+/** Applies the settings a resume may change (see {@link RESUMABLE_KEYS}) and refuses any other. */
+function applyResumeChanges(
+  config: TrainConfig,
+  changes: Partial<TrainConfig>,
+): { config: TrainConfig; changed: ConfigChange["changed"] } {
+  const changed: ConfigChange["changed"] = {};
+  for (const [key, to] of Object.entries(changes)) {
+    const from = (config as unknown as Record<string, unknown>)[key];
+    if (to === undefined || to === from) continue;
+    if (!(RESUMABLE_KEYS as readonly string[]).includes(key)) {
+      throw new TrainError(
+        `${key} cannot change when resuming (a resume may change ${RESUMABLE_KEYS.join(", ")}); ` +
+          `start a new run with --run to change it`,
+      );
+    }
+    changed[key] = { from, to };
+  }
+  return { config: validateConfig({ ...config, ...changes }), changed };
+}
+
 /** Runs (or resumes) the training run in `dir` to its end or until stopped by a signal. */
 export async function train(dir: string, options: TrainOptions = {}): Promise<TrainResult> {
-  const config = options.config ? validateConfig(options.config) : await readRunConfig(dir);
+  if (options.config && options.changes) throw new TrainError("changes apply to a resumed run only");
   const files = runFiles(dir);
   const say = options.onMessage ?? (() => {});
-  if (options.config) await assertNoRun(dir);
+  let config: TrainConfig;
+  let history: ConfigChange[] = [];
+  let changed: ConfigChange["changed"] = {};
+  if (options.config) {
+    config = validateConfig(options.config);
+    await assertNoRun(dir);
+  } else {
+    ({ config, history } = await readRunFile(dir));
+    ({ config, changed } = applyResumeChanges(config, options.changes ?? {}));
+  }
   // Data first: a bad file stops a new run before anything is written.
   const trainPairs = await loadPairs(config.data, config.layout, config.tau);
+  const small = trainPairs.find((p) => p.width < config.crop || p.height < config.crop);
+  if (small) {
+    throw new TrainError(
+      `${config.data}: ${small.name} is ${small.width}x${small.height}, smaller than the ` +
+        `${config.crop}x${config.crop} crop (lower --crop)`,
+    );
+  }
   const valPairs = config.val
     ? (await loadPairs(config.val, config.layout, config.tau, config.valCount)).map((p) =>
       centreCrop(p, config.valCrop)
     )
     : [];
-  if (options.config) await createRun(dir, config);
-  say(`${trainPairs.length} training pairs from ${config.data}, ${valPairs.length} validation pairs`);
-
-  const model = new SpairModel({ preset: config.preset, variant: config.variant }, config.seed);
   const skipL = config.variant === "Net1";
   let position: RunPosition = { stage: skipL || config.stepsL === 0 ? 2 : 1, step: 0 };
   let resumed: Awaited<ReturnType<typeof readCheckpoint>> | null = null;
-  let trainMs = 0;
-  try {
-    await Deno.stat(files.checkpoint);
+  if (!options.config && await Deno.stat(files.checkpoint).then(() => true, () => false)) {
     resumed = await readCheckpoint(dir);
-  } catch (e) {
-    if (e instanceof TrainError) throw e;
+    position = resumed.meta.position;
   }
+  if (changed.stepsL && position.stage === 2 && !skipL) {
+    throw new TrainError(`stepsL cannot change: stage 1 of ${dir} is finished`);
+  }
+  const stageSteps0 = position.stage === 1 ? config.stepsL : config.stepsR;
+  if (position.step > stageSteps0) {
+    throw new TrainError(
+      `${position.stage === 1 ? "stepsL" : "stepsR"} ${stageSteps0} is below the ${position.step} steps ` +
+        `stage ${position.stage} of ${dir} has done`,
+    );
+  }
+  if (options.config) await Deno.mkdir(dir, { recursive: true });
+  const lock = await lockRun(dir);
+  try {
+    if (options.config) await createRun(dir, config);
+    await removeStaleTemps(dir);
+    if (Object.keys(changed).length) {
+      history.push({ time: new Date().toISOString(), ...position, changed });
+      await writeFileAtomic(files.config, JSON.stringify({ ...config, history }, null, 2) + "\n");
+      say(
+        `changed ${
+          Object.entries(changed).map(([k, v]) => `${k} ${v.from} -> ${v.to}`).join(", ")
+        } (recorded in ${files.config})`,
+      );
+    }
+    return await trainLocked(dir, config, trainPairs, valPairs, position, resumed, options);
+  } finally {
+    lock.release();
+  }
+}
+
+async function trainLocked(
+  dir: string,
+  config: TrainConfig,
+  trainPairs: LoadedPair[],
+  valPairs: LoadedPair[],
+  position: RunPosition,
+  resumed: Awaited<ReturnType<typeof readCheckpoint>> | null,
+  options: TrainOptions,
+): Promise<TrainResult> {
+  const files = runFiles(dir);
+  const say = options.onMessage ?? (() => {});
+  say(`${trainPairs.length} training pairs from ${config.data}, ${valPairs.length} validation pairs`);
+  const skipL = config.variant === "Net1";
+  let trainMs = 0;
+  const model = new SpairModel({ preset: config.preset, variant: config.variant }, config.seed);
   if (!resumed && config.outputInit === "zero") {
     // NetR starts as the identity (its output conv adds a zero residual to the input), so restoration
     // improves on the input from the first step instead of first unlearning a random residual.
@@ -687,17 +941,22 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
   }
   if (resumed) {
     model.loadStateDict(resumed.model, files.checkpoint);
-    position = resumed.meta.position;
     trainMs = resumed.meta.trainMs;
     await trimLog(files.log, position, position.stage === 1 && position.step === config.stepsL);
     say(`resuming stage ${position.stage} after step ${position.step}`);
+  } else {
+    // Killed before its first checkpoint: the run starts over, so its log does too.
+    await trimLog(files.log, position, false);
   }
   await Deno.mkdir(files.previews, { recursive: true });
 
-  let stopRequested = false;
-  const onSignal = () => (stopRequested = true);
+  let stopRequested: Deno.Signal | undefined;
+  const onSignals = new Map<Deno.Signal, () => void>();
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  for (const s of signals) {
+    onSignals.set(s, () => (stopRequested ??= s));
+    Deno.addSignalListener(s, onSignals.get(s)!);
+  }
   const started = performance.now();
   let stepsThisRun = 0;
   try {
@@ -707,6 +966,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
       if (stage === 1 && (skipL || steps === 0)) continue;
       const net = stage === 1 ? model.netL : model.netR;
       const optimizer = new Adam(net.parameters(), { lr: config.lr });
+      const params = optimizer.groups.flatMap((g) => g.params);
       const density = trainPairs.reduce((a, p) => a + p.mask.reduce((x, y) => x + y, 0) / p.mask.length, 0) /
         trainPairs.length;
       const posWeight = config.posWeight || balancedPosWeight(density);
@@ -745,7 +1005,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
         const lr = learningRate(config, step, trainPairs.length);
         optimizer.setLr(lr);
         const shape = [batch.count, 3, batch.size, batch.size];
-        const loss = tidy(() => {
+        const health = tidy(() => {
           optimizer.zeroGrad();
           const x = tensor(batch.input, shape);
           let l: Tensor;
@@ -760,23 +1020,36 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
             if (guidance) disposeGuidance(guidance);
           }
           backward(l);
-          if (config.clipGradNorm > 0) {
-            clipGradNorm(optimizer.groups.flatMap((g) => g.params), config.clipGradNorm).dispose();
-          }
-          optimizer.step();
-          return l;
+          options.inspectGradients?.(stage, step, params);
+          // [loss, sum of squared gradients]: one readback tells whether anything became NaN or Inf.
+          let squares = full([1], 0);
+          for (const p of params) if (p.grad) squares = add(squares, sum(square(p.grad)).view([1]));
+          return concat([l.view([1]), squares], 0);
         });
         engine().flush();
         // Prepare the next batch on the CPU while the GPU runs this step.
         next = step < steps ? sampleBatch(trainPairs, config, stage, step + 1) : null;
-        const value = await loss.item();
-        loss.dispose();
-        if (!Number.isFinite(value)) {
+        const [value, gradSquares] = await health.data();
+        health.dispose();
+        // Checked before the update and before any checkpoint: a run stopped here keeps its last
+        // checkpoint, every weight in it finite.
+        if (!Number.isFinite(value) || !Number.isFinite(gradSquares)) {
           throw new TrainError(
-            `loss became ${value} at stage ${stage} step ${step}; stopped, last good checkpoint kept in ` +
-              `${files.checkpoint} (try a lower --lr)`,
+            `${
+              Number.isFinite(value)
+                ? `gradient norm became ${Math.sqrt(gradSquares)}`
+                : `loss became ${value}`
+            }` +
+              ` at stage ${stage} step ${step}; stopped before the update. The last checkpoint is kept; ` +
+              `continue from it with a lower learning rate: deno task train --resume ${dir} --lr ${
+                config.lr / 4
+              }`,
           );
         }
+        tidy(() => {
+          if (config.clipGradNorm > 0) clipGradNorm(params, config.clipGradNorm).dispose();
+          optimizer.step();
+        });
         stepsThisRun++;
         stageSteps++;
         position = { stage, step };
@@ -828,7 +1101,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
         }
         if (stopRequested || limitReached) {
           optimizer.dispose();
-          return { finished: false, position, elapsedMs: performance.now() - started };
+          return { finished: false, position, elapsedMs: performance.now() - started, signal: stopRequested };
         }
       }
       optimizer.dispose();
@@ -843,7 +1116,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
     await saveModel(files.model, model, config, { trainSeconds: (totalMs / 1000).toFixed(0) });
     return { finished: true, position, elapsedMs: performance.now() - started };
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    for (const s of signals) Deno.removeSignalListener(s, onSignals.get(s)!);
     for (const p of model.parameters()) p.dispose();
   }
 }

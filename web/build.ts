@@ -1,6 +1,7 @@
 /**
  * Builds the browser demo into a self-contained static site: `index.html`, the esbuild bundle `app.js`
- * (the library and the page logic) and a copy of the bundled `weights/*.safetensors`.
+ * (the library and the page logic), the bundled samples (`samples/*.png` and their `SOURCES.md`) and a
+ * copy of the bundled `weights/*.safetensors`.
  *
  * ```sh
  * deno run -A web/build.ts                 # → web/dist/
@@ -33,12 +34,16 @@ export interface BuildResult {
   bundleBytes: number;
   /** Weights files copied into `weights/`. */
   weights: string[];
+  /** Sample images copied into `samples/`. */
+  samples: string[];
 }
 
-/** Bundles `web/app.ts` with esbuild and writes the site (index.html, app.js, weights/) to `outdir`. */
+/** Bundles `web/app.ts` with esbuild and writes the site (index.html, app.js, samples/, weights/) to
+ * `outdir`. */
 export async function buildWeb(options: BuildOptions = {}): Promise<BuildResult> {
   const outdir = options.outdir ?? new URL("dist", webDir).pathname;
   await Deno.mkdir(`${outdir}/weights`, { recursive: true });
+  await Deno.mkdir(`${outdir}/samples`, { recursive: true });
   try {
     await esbuild.build({
       entryPoints: [new URL("app.ts", webDir).pathname],
@@ -56,6 +61,13 @@ export async function buildWeb(options: BuildOptions = {}): Promise<BuildResult>
     await esbuild.stop();
   }
   await Deno.copyFile(new URL("index.html", webDir), `${outdir}/index.html`);
+  // The page offers these as one-click samples; their licences travel with them.
+  const samples: string[] = [];
+  for await (const entry of Deno.readDir(new URL("samples/", rootDir))) {
+    if (!entry.isFile || !(entry.name.endsWith(".png") || entry.name === "SOURCES.md")) continue;
+    await Deno.copyFile(new URL(`samples/${entry.name}`, rootDir), `${outdir}/samples/${entry.name}`);
+    if (entry.name.endsWith(".png")) samples.push(entry.name);
+  }
   const weights: string[] = [];
   if (options.copyWeights ?? true) {
     try {
@@ -69,7 +81,7 @@ export async function buildWeb(options: BuildOptions = {}): Promise<BuildResult>
     }
   }
   const bundleBytes = (await Deno.stat(`${outdir}/app.js`)).size;
-  return { outdir, bundleBytes, weights: weights.sort() };
+  return { outdir, bundleBytes, weights: weights.sort(), samples: samples.sort() };
 }
 
 const CONTENT_TYPES: Record<string, string> = {
@@ -79,6 +91,7 @@ const CONTENT_TYPES: Record<string, string> = {
   safetensors: "application/octet-stream",
   png: "image/png",
   jpg: "image/jpeg",
+  md: "text/markdown; charset=utf-8",
 };
 
 /** A request handler serving the files under `dir` (GET only; `/` is `index.html`). `extra` maps URL
@@ -110,7 +123,9 @@ export function staticHandler(
 if (import.meta.main) {
   const result = await buildWeb();
   console.log(
-    `built ${result.outdir}: app.js ${(result.bundleBytes / 1024).toFixed(0)} KiB, weights: ${
+    `built ${result.outdir}: app.js ${(result.bundleBytes / 1024).toFixed(0)} KiB, samples: ${
+      result.samples.join(", ")
+    }, weights: ${
       result.weights.join(", ") || "none (train them into weights/, or open the page with ?weights=URL)"
     }`,
   );
