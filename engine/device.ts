@@ -376,10 +376,14 @@ export class Engine {
       const pipeline = await this.device.createComputePipelineAsync(descriptor);
       const key = pipelineKey(kernel, kinds);
       if (lazy) await this.#dispatchOnce(pipeline, layout, kinds);
+      done++;
       if (!this.#pipelines.has(key)) {
-        this.#pipelineCreated(key, { pipeline, layout }, performance.now() - start);
+        this.#pipelineCreated(key, { pipeline, layout }, performance.now() - start, {
+          done,
+          total: todo.length,
+        });
       }
-      onProgress?.(++done, todo.length);
+      onProgress?.(done, todo.length);
     };
     // A lazily compiling driver compiles in the submitting thread: one at a time gives honest progress.
     if (lazy) { for (const r of todo) await create(r); }
