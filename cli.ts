@@ -273,7 +273,8 @@ async function trainCommand(args: string[]): Promise<number | void> {
     onMessage: (line) => status.print(line),
     onProgress: (p) => {
       const line = `${p.stage === 1 ? "NetL" : "NetR"} epoch ${p.epoch} step ${p.step}/${p.steps} loss ` +
-        `${p.loss.toFixed(5)} ${p.imagesPerSecond.toFixed(2)} img/s ETA ${formatSeconds(p.etaSeconds)}`;
+        `${p.loss.toFixed(5)} ${p.stepsPerSecond.toFixed(2)} steps/s ${p.imagesPerSecond.toFixed(2)} img/s ` +
+        `ETA ${formatSeconds(p.etaSeconds)}`;
       status.update(line, p.step === p.steps);
     },
   });

@@ -92,7 +92,7 @@ export function blockMask(n: number, h: number, w: number, density: number, seed
 }
 
 /** NetR guidance from NetL's features on `x` and the given mask. Dispose with `disposeGuidance`. */
-function syntheticGuidance(model: ops.SpairModel, x: ops.Tensor, maskData: Float32Array): Guidance {
+export function syntheticGuidance(model: ops.SpairModel, x: ops.Tensor, maskData: Float32Array): Guidance {
   return ops.noGrad(() => {
     const { logits, features } = model.netL.forward(x);
     logits.dispose();

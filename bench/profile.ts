@@ -10,7 +10,7 @@
 
 import * as ops from "../mod.ts";
 import type { Preset } from "../layers/spair.ts";
-import { blockMask } from "./model.ts";
+import { blockMask, syntheticGuidance } from "./model.ts";
 import { randomUniform } from "./reference.ts";
 
 /** Kernel families of the profile, in print order. */
@@ -116,17 +116,7 @@ export async function benchProfile(opts: ProfileOptions = {}): Promise<ProfileRe
     const optimizer = new ops.Adam(model.netR.parameters(), { lr: 1e-4 });
     const step = () => {
       ops.tidy(() => {
-        const g = ops.noGrad(() => {
-          const { logits, features } = model.netL.forward(x);
-          logits.dispose();
-          const m = ops.tensor(mask, [batch, 1, size, size]);
-          const [m0, m1] = ops.maskPyramid(m, 2);
-          return {
-            masks: [m0, m1] as [ops.Tensor, ops.Tensor],
-            sites: [ops.compactMask(m0), ops.compactMask(m1)] as [ops.ActiveSites, ops.ActiveSites],
-            features,
-          };
-        });
+        const g = syntheticGuidance(model, x, mask);
         optimizer.zeroGrad();
         const l = ops.l1Loss(model.netR.forward(x, g), target);
         ops.backward(l);
@@ -145,15 +135,7 @@ export async function benchProfile(opts: ProfileOptions = {}): Promise<ProfileRe
     const forward = () => {
       ops.tidy(() =>
         ops.noGrad(() => {
-          const { logits, features } = model.netL.forward(x);
-          logits.dispose();
-          const m = ops.tensor(mask, [1, 1, fsize, fsize]);
-          const [m0, m1] = ops.maskPyramid(m, 2);
-          const g = {
-            masks: [m0, m1] as [ops.Tensor, ops.Tensor],
-            sites: [ops.compactMask(m0), ops.compactMask(m1)] as [ops.ActiveSites, ops.ActiveSites],
-            features,
-          };
+          const g = syntheticGuidance(model, x, mask);
           model.netR.forward(x, g);
           ops.disposeGuidance(g);
         })

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { UserError } from "../engine/errors.ts";
+import { editDistance, UserError } from "../engine/errors.ts";
 
 /** A mistake on the command line: unknown flag, missing or malformed value. */
 export class FlagError extends UserError {}
@@ -120,20 +120,9 @@ function looksLikeValue(arg: string): boolean {
 
 /** The table entry closest to an unknown name (for "did you mean"), if any is close. */
 function nearest(name: string, flags: Flag[]): string | undefined {
-  const distance = (a: string, b: string) => {
-    let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-    for (let i = 1; i <= a.length; i++) {
-      const next = [i];
-      for (let j = 1; j <= b.length; j++) {
-        next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-      }
-      row = next;
-    }
-    return row[b.length];
-  };
   let best: [number, string] | undefined;
   for (const f of flags) {
-    const d = distance(name, f.name);
+    const d = editDistance(name, f.name);
     if (d <= Math.max(2, Math.floor(name.length / 3)) && (!best || d < best[0])) best = [d, f.name];
   }
   return best?.[1];

@@ -221,12 +221,10 @@ export function decodeSafetensors(bytes: Uint8Array, options: DecodeOptions = {}
     metadata = { ...(raw as Record<string, string>) };
   }
   const checksum = metadata[CHECKSUM_KEY];
-  if (checksum !== undefined) {
-    delete metadata[CHECKSUM_KEY];
-    if (sha256Hex(bytes.subarray(base)) !== checksum) {
-      throw new Error("checksum mismatch: the tensor data is damaged (SHA-256 differs from the one stored)");
-    }
-  }
+  delete metadata[CHECKSUM_KEY];
+  // Errors in order of how much they explain: a malformed or truncated entry, then damaged data (checksum),
+  // then non-finite values (which damage could also cause).
+  let nonFinite: string | null = null;
   for (const [name, value] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     const entry = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
@@ -258,15 +256,17 @@ export function decodeSafetensors(bytes: Uint8Array, options: DecodeOptions = {}
         ? f16ToF32(dv.getUint16(i * 2, true))
         : new Float32Array(new Uint32Array([dv.getUint16(i * 2, true) << 16]).buffer)[0];
     }
-    if (!options.allowNonFinite) {
+    if (!options.allowNonFinite && nonFinite === null) {
       const bad = data.findIndex((v) => !Number.isFinite(v));
       if (bad >= 0) {
-        throw new Error(
-          `safetensors: tensor ${name} holds ${data[bad]} at index ${bad} (weights must be finite)`,
-        );
+        nonFinite = `safetensors: tensor ${name} holds ${data[bad]} at index ${bad} (weights must be finite)`;
       }
     }
     tensors[name] = { shape: shape as number[], data };
   }
+  if (checksum !== undefined && sha256Hex(bytes.subarray(base)) !== checksum) {
+    throw new Error("checksum mismatch: the tensor data is damaged (SHA-256 differs from the one stored)");
+  }
+  if (nonFinite) throw new Error(nonFinite);
   return { tensors, metadata };
 }

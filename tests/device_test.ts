@@ -40,3 +40,48 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   assert.deepEqual(await out.data(), data);
   ops.dispose([x, out]);
 });
+
+Deno.test("collectPipelines lists a forward's new pipelines without running it; compilePipelines builds them", async () => {
+  const e = testEngine;
+  // A conv shape no other test uses (odd channel counts give their own register blocks).
+  const x = ops.tensor(randomArray(2 * 5 * 12 * 16, 41), [2, 5, 12, 16]);
+  const w = ops.tensor(randomArray(3 * 5 * 9, 42), [3, 5, 3, 3]);
+  const b = ops.tensor(randomArray(3, 43), [3]);
+  const run = () => ops.relu(ops.conv2d(x, w, b, { padding: 1 }));
+  const before = e.pipelineStats().pipelines;
+  const dispatches = e.dispatchCount;
+  const requests = e.collectPipelines(() => ops.tidy(() => run().dispose()));
+  assert.ok(requests.length > 0, "nothing to compile: the test would prove nothing");
+  assert.equal(e.dispatchCount, dispatches, "collecting recorded dispatches");
+  assert.equal(e.pipelineStats().pipelines, before, "collecting created pipelines");
+  const progress: number[] = [];
+  const batches: string[] = [];
+  const previous = e.onPipelineCompile;
+  e.onPipelineCompile = (info) => info.batch && batches.push(`${info.batch.done}/${info.batch.total}`);
+  try {
+    await e.compilePipelines(requests, (done) => progress.push(done));
+  } finally {
+    e.onPipelineCompile = previous;
+  }
+  assert.equal(e.pipelineStats().pipelines, before + requests.length);
+  assert.deepEqual(progress, [...Array(requests.length + 1).keys()]);
+  assert.equal(batches.length, requests.length);
+  // The real run needs nothing more, and computes the right values.
+  const y = run();
+  assert.equal(e.pipelineStats().pipelines, before + requests.length, "the run compiled a pipeline");
+  const got = await y.data();
+  const xs = await x.data(), ws = await w.data(), bs = await b.data();
+  const [n, o, h, c] = [1, 2, 5, 3]; // one sampled output
+  let want = bs[o];
+  for (let ci = 0; ci < 5; ci++) {
+    for (let r = 0; r < 3; r++) {
+      for (let q = 0; q < 3; q++) {
+        const ih = h + r - 1, iw = c + q - 1;
+        if (ih < 0 || ih >= 12 || iw < 0 || iw >= 16) continue;
+        want += xs[((n * 5 + ci) * 12 + ih) * 16 + iw] * ws[((o * 5 + ci) * 3 + r) * 3 + q];
+      }
+    }
+  }
+  assert.ok(Math.abs(got[((n * 3 + o) * 12 + h) * 16 + c] - Math.max(0, want)) < 1e-5);
+  ops.dispose([x, w, b, y]);
+});

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { randomArray } from "./_setup.ts";
 import * as ops from "../mod.ts";
-import { blockMask } from "../bench/model.ts";
+import { blockMask, syntheticGuidance } from "../bench/model.ts";
 
 async function lossCurve(fused: boolean, steps: number): Promise<number[]> {
   const previous = ops.setFusion(fused);
@@ -17,16 +17,7 @@ async function lossCurve(fused: boolean, steps: number): Promise<number[]> {
   try {
     for (let step = 0; step < steps; step++) {
       losses.push(ops.tidy(() => {
-        const g = ops.noGrad(() => {
-          const { logits, features } = model.netL.forward(x);
-          logits.dispose();
-          const [m0, m1] = ops.maskPyramid(ops.tensor(maskData, [n, 1, h, w]), 2);
-          return {
-            masks: [m0, m1] as [ops.Tensor, ops.Tensor],
-            sites: [ops.compactMask(m0), ops.compactMask(m1)] as [ops.ActiveSites, ops.ActiveSites],
-            features,
-          };
-        });
+        const g = syntheticGuidance(model, x, maskData);
         optimizer.zeroGrad();
         const loss = ops.l1Loss(model.netR.forward(x, g), target);
         ops.backward(loss);

@@ -190,24 +190,33 @@ Deno.test("conv2d and add on new shapes reuse the compiled pipelines", async () 
   const w = randomArray(Co * 4 * 9, 11);
   const b = randomArray(Co, 12);
   const shift = randomArray(Co, 13);
-  const shapes = [[1, 4, 8, 8], [2, 4, 12, 10], [1, 4, 5, 17], [3, 4, 7, 3]];
+  // The first round compiles each path (rows of whole texels read directly, others repacked); the second
+  // round's new sizes must reuse those pipelines, since sizes travel in uniforms.
+  const rounds = [
+    [[1, 4, 8, 8], [2, 4, 12, 10], [1, 4, 5, 17], [3, 4, 7, 3]],
+    [[2, 4, 12, 16], [1, 4, 9, 14], [3, 4, 6, 21], [1, 4, 11, 5]],
+  ];
   let compiled = -1;
-  for (const [k, shape] of shapes.entries()) {
-    const x = randomArray(shape.reduce((p, d) => p * d, 1), 20 + k);
-    const y = ops.tidy(() => {
-      const conv = ops.conv2d(ops.tensor(x, shape), ops.tensor(w, [Co, 4, 3, 3]), ops.tensor(b), {
-        padding: 1,
+  for (const [round, shapes] of rounds.entries()) {
+    for (const [k, shape] of shapes.entries()) {
+      const x = randomArray(shape.reduce((p, d) => p * d, 1), 20 + k);
+      const y = ops.tidy(() => {
+        const conv = ops.conv2d(ops.tensor(x, shape), ops.tensor(w, [Co, 4, 3, 3]), ops.tensor(b), {
+          padding: 1,
+        });
+        const shifted = ops.add(conv, ops.tensor(shift, [1, Co, 1, 1])); // broadcast (strided) add
+        return ops.add(shifted, shifted); // same-shape (flat) add
       });
-      const shifted = ops.add(conv, ops.tensor(shift, [1, Co, 1, 1])); // broadcast (strided) add
-      return ops.add(shifted, shifted); // same-shape (flat) add
-    });
-    const got = await take(y);
-    if (k === 0) compiled = testEngine.pipelineCount;
-    else assert.equal(testEngine.pipelineCount, compiled, `shape [${shape}] compiled a new pipeline`);
-    const ref = conv3x3Ref(x, shape, w, b, Co);
-    const plane = shape[2] * shape[3];
-    const want = ref.map((v, i) => 2 * (v + shift[Math.floor(i / plane) % Co]));
-    assert.ok(relativeError(got, want) < 1e-5, `shape [${shape}]: wrong values`);
+      const got = await take(y);
+      if (round === 1) {
+        assert.equal(testEngine.pipelineCount, compiled, `shape [${shape}] compiled a new pipeline`);
+      }
+      const ref = conv3x3Ref(x, shape, w, b, Co);
+      const plane = shape[2] * shape[3];
+      const want = ref.map((v, i) => 2 * (v + shift[Math.floor(i / plane) % Co]));
+      assert.ok(relativeError(got, want) < 1e-5, `shape [${shape}]: wrong values`);
+    }
+    compiled = testEngine.pipelineCount;
   }
 });
 

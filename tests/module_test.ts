@@ -4,7 +4,7 @@ import "./_setup.ts";
 import * as ops from "../mod.ts";
 import { TinyNet } from "../train/demo.ts";
 
-Deno.test("safetensors: byte layout follows the spec (u64 header length, 8-aligned JSON header, F32 data)", () => {
+Deno.test("safetensors: byte layout follows the spec (u64 header length, 8-aligned JSON header, F32 data)", async () => {
   const bytes = ops.encodeSafetensors({
     b: { shape: [2], data: new Float32Array([1.5, -2]) },
     a: { shape: [1, 1], data: new Float32Array([3]) },
@@ -15,7 +15,10 @@ Deno.test("safetensors: byte layout follows the spec (u64 header length, 8-align
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
   assert.deepEqual(header.a, { dtype: "F32", shape: [1, 1], data_offsets: [0, 4] });
   assert.deepEqual(header.b, { dtype: "F32", shape: [2], data_offsets: [4, 12] });
-  assert.deepEqual(header.__metadata__, { format: "pt" });
+  // The data section's SHA-256 travels in the metadata (checked on load).
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes.slice(8 + n)));
+  const hex = [...digest].map((v) => v.toString(16).padStart(2, "0")).join("");
+  assert.deepEqual(header.__metadata__, { format: "pt", data_sha256: hex });
   assert.equal(bytes.length, 8 + n + 12);
   assert.equal(view.getFloat32(8 + n, true), 3);
   assert.equal(view.getFloat32(8 + n + 8, true), -2);

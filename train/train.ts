@@ -39,6 +39,7 @@ import {
   type Variant,
   VARIANTS,
 } from "../mod.ts";
+import { editDistance } from "../engine/errors.ts";
 import { isKeyOf, namesOf } from "../layers/vocabulary.ts";
 import { listPairs, type Pair } from "./datasets.ts";
 import {
@@ -156,19 +157,6 @@ export const RESUMABLE_KEYS = [
   "logEvery",
   "validateEvery",
 ] as const satisfies readonly (keyof TrainConfig)[];
-
-/** Levenshtein distance between two short strings. */
-function editDistance(a: string, b: string): number {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) {
-      next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    row = next;
-  }
-  return row[b.length];
-}
 
 /** The valid key closest to `key` (case-insensitive edit distance). */
 export function nearestKey(key: string, valid: readonly string[]): string {
@@ -418,6 +406,9 @@ export interface TrainProgress {
   steps: number;
   epoch: number;
   loss: number;
+  /** Training steps per second of this stage in this process. */
+  stepsPerSecond: number;
+  /** Images per second (steps per second times the batch). */
   imagesPerSecond: number;
   etaSeconds: number;
 }
@@ -1062,11 +1053,20 @@ async function trainLocked(
           steps,
           epoch,
           loss: value,
+          stepsPerSecond: stageSteps / elapsed,
           imagesPerSecond,
           etaSeconds: ((steps - step) * batch.count) / imagesPerSecond,
         });
         if (step % config.logEvery === 0 || step === steps) {
-          await appendLog(files.log, { stage, step, epoch, loss: value, lr, imagesPerSecond });
+          await appendLog(files.log, {
+            stage,
+            step,
+            epoch,
+            loss: value,
+            lr,
+            stepsPerSecond: stageSteps / elapsed,
+            imagesPerSecond,
+          });
         }
         const last = step === steps;
         const limitReached = options.maxStepsThisRun !== undefined && stepsThisRun >= options.maxStepsThisRun;

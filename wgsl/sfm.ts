@@ -10,7 +10,13 @@
  * @module
  */
 
-import { type DefinedKernel, defineKernel, type KernelPlan, texelCoords } from "./plan.ts";
+import {
+  type DefinedKernel,
+  defineKernel,
+  type KernelBinding,
+  type KernelPlan,
+  texelCoords,
+} from "./plan.ts";
 
 /** Floats per plane in the statistics buffer: degraded mean, std, clean mean, std, valid, counts, 0. */
 export const SFM_STATS_STRIDE = 8;
@@ -56,6 +62,24 @@ fn workgroup_sum(lid: u32, v: vec4<f32>) -> vec4<f32> {
   return total;
 }`;
 
+/** Start of the per-plane reductions: one workgroup per (image, channel) plane; `f0`, `m0` are the first
+ * texels of the plane and of its image's mask. */
+const REDUCE_MAIN = `@compute @workgroup_size(${REDUCE_LANES})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let plane = wg.x + wg.y * nwg.x;
+  if (plane >= u.planes) { return; }
+  let f0 = plane * u.plane_texels;
+  let m0 = (plane / u.channels) * u.plane_texels;`;
+
+/** Start of the element-wise passes: workgroup row `y` is the plane, `t` the texel (4 sites). */
+const MAP_MAIN = `@compute @workgroup_size(${MAP_LANES})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+  let plane = wg.y;
+  let within = gid.x;
+  if (within >= u.plane_texels) { return; }
+  let t = plane * u.plane_texels + within;`;
+
 const kernels = new Map<string, DefinedKernel>();
 function cached(key: string, make: () => DefinedKernel): DefinedKernel {
   let k = kernels.get(key);
@@ -65,22 +89,21 @@ function cached(key: string, make: () => DefinedKernel): DefinedKernel {
 
 const planeUniforms = { planes: "u32", channels: "u32", plane_texels: "u32", eps: "f32" } as const;
 
+/** One SFM kernel (per plane-texel uniforms), keyed by name and read path, built once. */
+function sfmKernel(name: string, textures: boolean, bindings: KernelBinding[], body: string): DefinedKernel {
+  const key = `sfm-${name}${textures ? "-tex" : ""}`;
+  return cached(key, () => defineKernel({ key, uniforms: planeUniforms, bindings, body }));
+}
+
 function statsKernel(textures: boolean): DefinedKernel {
-  return cached(`sfm-stats${textures ? "-tex" : ""}`, () =>
-    defineKernel({
-      key: `sfm-stats${textures ? "-tex" : ""}`,
-      uniforms: planeUniforms,
-      bindings: [planeInput("f", textures), planeInput("mask", textures), { name: "stats", kind: "w" }],
-      body: `${loader("f", textures)}
+  return sfmKernel(
+    "stats",
+    textures,
+    [planeInput("f", textures), planeInput("mask", textures), { name: "stats", kind: "w" }],
+    `${loader("f", textures)}
 ${loader("mask", textures)}
 ${REDUCE}
-@compute @workgroup_size(${REDUCE_LANES})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let plane = wg.x + wg.y * nwg.x;
-  if (plane >= u.planes) { return; }
-  let f0 = plane * u.plane_texels;
-  let m0 = (plane / u.channels) * u.plane_texels;
+${REDUCE_MAIN}
   var sums = vec4<f32>(0.0);
   for (var t = lid; t < u.plane_texels; t = t + ${REDUCE_LANES}u) {
     let f = load_f(f0 + t);
@@ -115,60 +138,47 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     stats[o + 7u] = 0.0;
   }
 }`,
-    }));
+  );
 }
 
 function modulateKernel(textures: boolean): DefinedKernel {
-  return cached(`sfm-modulate${textures ? "-tex" : ""}`, () =>
-    defineKernel({
-      key: `sfm-modulate${textures ? "-tex" : ""}`,
-      uniforms: planeUniforms,
-      bindings: [
-        planeInput("f", textures),
-        planeInput("mask", textures),
-        { name: "stats", kind: "r" },
-        { name: "out", kind: "w", type: "vec4<f32>" },
-      ],
-      body: `${loader("f", textures)}
+  return sfmKernel(
+    "modulate",
+    textures,
+    [
+      planeInput("f", textures),
+      planeInput("mask", textures),
+      { name: "stats", kind: "r" },
+      { name: "out", kind: "w", type: "vec4<f32>" },
+    ],
+    `${loader("f", textures)}
 ${loader("mask", textures)}
-@compute @workgroup_size(${MAP_LANES})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
-  let plane = wg.y;
-  let within = gid.x;
-  if (within >= u.plane_texels) { return; }
-  let t = plane * u.plane_texels + within;
+${MAP_MAIN}
   let f = load_f(t);
   let m = load_mask((plane / u.channels) * u.plane_texels + within);
   let o = plane * ${SFM_STATS_STRIDE}u;
   let modulated = (f - stats[o]) * stats[o + 3u] / stats[o + 1u] + stats[o + 2u];
   out[t] = select(f, modulated, m * stats[o + 4u] != vec4<f32>(0.0));
 }`,
-    }));
+  );
 }
 
 function gradSumsKernel(textures: boolean): DefinedKernel {
-  return cached(`sfm-grad-sums${textures ? "-tex" : ""}`, () =>
-    defineKernel({
-      key: `sfm-grad-sums${textures ? "-tex" : ""}`,
-      uniforms: planeUniforms,
-      bindings: [
-        planeInput("g", textures),
-        planeInput("f", textures),
-        planeInput("mask", textures),
-        { name: "stats", kind: "r" },
-        { name: "sums", kind: "w" },
-      ],
-      body: `${loader("g", textures)}
+  return sfmKernel(
+    "grad-sums",
+    textures,
+    [
+      planeInput("g", textures),
+      planeInput("f", textures),
+      planeInput("mask", textures),
+      { name: "stats", kind: "r" },
+      { name: "sums", kind: "w" },
+    ],
+    `${loader("g", textures)}
 ${loader("f", textures)}
 ${loader("mask", textures)}
 ${REDUCE}
-@compute @workgroup_size(${REDUCE_LANES})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let plane = wg.x + wg.y * nwg.x;
-  if (plane >= u.planes) { return; }
-  let f0 = plane * u.plane_texels;
-  let m0 = (plane / u.channels) * u.plane_texels;
+${REDUCE_MAIN}
   let o = plane * ${SFM_STATS_STRIDE}u;
   let md = stats[o];
   let sd = stats[o + 1u];
@@ -184,31 +194,25 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     sums[plane * 2u + 1u] = s.y;
   }
 }`,
-    }));
+  );
 }
 
 function gradKernel(textures: boolean): DefinedKernel {
-  return cached(`sfm-grad${textures ? "-tex" : ""}`, () =>
-    defineKernel({
-      key: `sfm-grad${textures ? "-tex" : ""}`,
-      uniforms: planeUniforms,
-      bindings: [
-        planeInput("g", textures),
-        planeInput("f", textures),
-        planeInput("mask", textures),
-        { name: "stats", kind: "r" },
-        { name: "sums", kind: "r" },
-        { name: "out", kind: "w", type: "vec4<f32>" },
-      ],
-      body: `${loader("g", textures)}
+  return sfmKernel(
+    "grad",
+    textures,
+    [
+      planeInput("g", textures),
+      planeInput("f", textures),
+      planeInput("mask", textures),
+      { name: "stats", kind: "r" },
+      { name: "sums", kind: "r" },
+      { name: "out", kind: "w", type: "vec4<f32>" },
+    ],
+    `${loader("g", textures)}
 ${loader("f", textures)}
 ${loader("mask", textures)}
-@compute @workgroup_size(${MAP_LANES})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
-  let plane = wg.y;
-  let within = gid.x;
-  if (within >= u.plane_texels) { return; }
-  let t = plane * u.plane_texels + within;
+${MAP_MAIN}
   let g = load_g(t);
   let o = plane * ${SFM_STATS_STRIDE}u;
   if (stats[o + 4u] == 0.0) {
@@ -231,7 +235,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg
   let clean = g + s0 / nc + (f - mc) * (s1 / (nc * sc));
   out[t] = select(clean, degraded, m != vec4<f32>(0.0));
 }`,
-    }));
+  );
 }
 
 function uniforms(g: SfmGeometry, eps: number) {
