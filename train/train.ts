@@ -988,15 +988,11 @@ async function trainLocked(
           for (const t of Object.values(tensors)) t.dispose();
         }
       }
-      const stageStart = performance.now();
-      let stageSteps = 0;
-      let next = firstStep <= steps ? sampleBatch(trainPairs, config, stage, firstStep) : null;
-      for (let step = firstStep; step <= steps; step++) {
-        const batch = next!;
-        const lr = learningRate(config, step, trainPairs.length);
-        optimizer.setLr(lr);
+      /** Loss and summed squared gradients ([2], one readback) of a step on `batch`; the gradients stay in
+       * the parameters' `.grad` for the update. */
+      const stepHealth = (batch: HostBatch, step: number, dryRun: boolean) => {
         const shape = [batch.count, 3, batch.size, batch.size];
-        const health = tidy(() => {
+        return tidy(() => {
           optimizer.zeroGrad();
           const x = tensor(batch.input, shape);
           let l: Tensor;
@@ -1011,12 +1007,29 @@ async function trainLocked(
             if (guidance) disposeGuidance(guidance);
           }
           backward(l);
-          options.inspectGradients?.(stage, step, params);
+          if (!dryRun) options.inspectGradients?.(stage, step, params);
           // [loss, sum of squared gradients]: one readback tells whether anything became NaN or Inf.
           let squares = full([1], 0);
           for (const p of params) if (p.grad) squares = add(squares, sum(square(p.grad)).view([1]));
           return concat([l.view([1]), squares], 0);
         });
+      };
+      let stageStart = performance.now();
+      let stageSteps = 0;
+      let next = firstStep <= steps ? sampleBatch(trainPairs, config, stage, firstStep) : null;
+      if (next) {
+        // Compile the step's GPU kernels up front (a dry run records nothing), so a first run on a cold shader
+        // cache reports "compiling GPU kernels n/m" instead of stalling silently in its first step.
+        const requests = engine().collectPipelines(() => stepHealth(next!, firstStep, true).dispose());
+        optimizer.zeroGrad(); // the dry run's gradients hold nothing
+        await engine().compilePipelines(requests);
+        stageStart = performance.now(); // steps/s and the ETA count training, not compiling
+      }
+      for (let step = firstStep; step <= steps; step++) {
+        const batch = next!;
+        const lr = learningRate(config, step, trainPairs.length);
+        optimizer.setLr(lr);
+        const health = stepHealth(batch, step, false);
         engine().flush();
         // Prepare the next batch on the CPU while the GPU runs this step.
         next = step < steps ? sampleBatch(trainPairs, config, stage, step + 1) : null;
