@@ -165,6 +165,7 @@ export {
   type Restored,
   type RestoreOptions,
   restorePlanar,
+  restoreTileCount,
   tileSpans,
   WeightsError,
 } from "./restore/restore.ts";

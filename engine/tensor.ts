@@ -10,6 +10,7 @@
 
 import { engine } from "./device.ts";
 import type { GradNode } from "./autograd.ts";
+import type { KernelPlan } from "../wgsl/plan.ts";
 
 /** A tensor shape, outermost dimension first. */
 export type Shape = readonly number[];
@@ -208,4 +209,19 @@ export function dispose(value: unknown): void {
 export function assignData(t: Tensor, values: ArrayLike<number>): void {
   if (values.length !== t.size) throw new Error(`assignData: ${values.length} values for ${t.describe()}`);
   engine().write(t.buffer, 0, values instanceof Float32Array ? values : Float32Array.from(values));
+}
+
+/**
+ * Records `plan` with its named inputs bound to tensors and `out` to `out`; returns `out`. Inputs read as
+ * textures are copied at their exact float count, not the pooled buffer's size.
+ */
+export function runPlanInto(plan: KernelPlan, inputs: Record<string, Tensor>, out: Tensor): Tensor {
+  const bound: Record<string, GPUBuffer> = { out: out.buffer };
+  const sizes: Record<string, number> = {};
+  for (const [name, t] of Object.entries(inputs)) {
+    bound[name] = t.buffer;
+    sizes[name] = t.size;
+  }
+  engine().runPlan(plan, bound, sizes);
+  return out;
 }

@@ -107,6 +107,16 @@ function restoreLayout(model: SpairModel, width: number, height: number, options
   return tileLayout(width, height, tile, overlap);
 }
 
+/** How many tiles {@link restorePlanar} cuts a `width` x `height` image into with these options. */
+export function restoreTileCount(
+  model: SpairModel,
+  width: number,
+  height: number,
+  options: RestoreOptions = {},
+): number {
+  return restoreLayout(model, width, height, options).tiles.length;
+}
+
 /**
  * Compiles, before any work, the GPU pipelines a restoration of a `width` x `height` image needs: a dry run
  * of the networks on each tile shape lists them (`Engine.collectPipelines`, nothing executes), then

@@ -12,17 +12,15 @@
  */
 
 import {
-  engine,
   initEngine,
   loadModel,
-  maxTileForBinding,
   type ModelInfo,
   precompileRestore,
   restorePlanar,
+  restoreTileCount,
   type SpairModel,
   type Task,
   TASKS,
-  tileSpans,
 } from "../mod.ts";
 
 /** What the page exposes as `globalThis.spairDemo` (tests and the console read it). */
@@ -60,8 +58,6 @@ export interface DemoState {
 const params = new URLSearchParams(location.search);
 const TILE = Number(params.get("tile") ?? 512);
 const MAX_SIDE = Number(params.get("max") ?? 1024);
-/** Default overlap of {@link restorePlanar}, to foresee its tiles' shapes. */
-const OVERLAP = 96;
 
 const demo: DemoState = { state: "loading", stages: [] };
 (globalThis as unknown as { spairDemo: DemoState }).spairDemo = demo;
@@ -227,16 +223,6 @@ async function modelFor(task: Task): Promise<{ model: SpairModel; info: ModelInf
   return current;
 }
 
-/** How many tiles {@link restorePlanar} will run (its tiling rule, foreseen). */
-function tileCount(model: SpairModel, width: number, height: number): number {
-  const tile = Math.max(
-    16,
-    Math.min(Math.floor(TILE / 4) * 4, maxTileForBinding(model.config, engine().maxBindingBytes)),
-  );
-  const overlap = Math.min(OVERLAP, Math.floor(tile / 2));
-  return tileSpans(height, tile, overlap).length * tileSpans(width, tile, overlap).length;
-}
-
 /**
  * Creates the pipelines a restoration of this image needs, all at once with `createComputePipelineAsync`:
  * browsers compile them in parallel, where compiling them one by one during the first forward pass would
@@ -273,7 +259,7 @@ function restore(): void {
       const compiled = await precompile(model, pic);
       const compileMs = performance.now() - c0;
       // Tiled runs add passes for the image-wide layers: the total is known from the first tile on.
-      const tiles = tileCount(model, pic.width, pic.height) === 1 ? "1" : "…";
+      const tiles = restoreTileCount(model, pic.width, pic.height, { tile: TILE }) === 1 ? "1" : "…";
       stage(`Restoring tile 1/${tiles} (${pic.width}×${pic.height}, ${task})…`, 0);
       const t0 = performance.now();
       const { restored, mask } = await restorePlanar(model, pic.planar, pic.width, pic.height, {

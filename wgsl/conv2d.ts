@@ -815,9 +815,10 @@ function weightGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
  * The register block for a GEMM with `cols` output columns, by a cost rule rather than a list of shapes:
  * columns past `cols` in the last block are wasted FMAs, and a narrow block reloads the A operand for every
  * few columns, so `tn` minimizes padded columns x (1 + 8 / tn) over 4, 8, 16 (and 32 up to `maxTn`). A
- * narrow block takes more rows (`tm` 32) to keep its loads amortized. The model's growth convolutions (4 or 8
- * output channels) ran 2-4x faster this way than in the 16- or 32-wide blocks of the large layers, which the
- * rule keeps for 64 channels.
+ * narrow block takes more rows (`tm` 32) to keep its loads amortized. The large layers keep their 16- or
+ * 32-wide blocks. Measurements: bench/results/llvmpipe-dev-harness-2026-12-04.txt (per shape and tile;
+ * weight gradients of 8-channel convs 2-7x faster) and the profile before/after (the 256 px forward's conv
+ * time halved).
  */
 export function convTileFor(cols: number, maxTn: number, wg = 64): TexTile {
   let best = 16, bestCost = Infinity;

@@ -8,7 +8,7 @@
 
 import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
-import { Tensor } from "../tensor.ts";
+import { runPlanInto as run, Tensor } from "../tensor.ts";
 import {
   conv2dForwardPlan,
   conv2dInputGradPlan,
@@ -58,22 +58,6 @@ function check(x: Tensor, w: Tensor, op: string, channelAxis: number): void {
       `${op}: input has ${x.shape[1]} channels but weight [${w.shape}] expects ${w.shape[channelAxis]}`,
     );
   }
-}
-
-function run(
-  plan: ReturnType<typeof conv2dForwardPlan>,
-  buffers: Record<string, Tensor>,
-  out: Tensor,
-): Tensor {
-  const bound: Record<string, GPUBuffer> = { out: out.buffer };
-  // Exact float counts, so inputs read as textures are copied at their size, not the pooled bucket's.
-  const sizes: Record<string, number> = {};
-  for (const [name, t] of Object.entries(buffers)) {
-    bound[name] = t.buffer;
-    sizes[name] = t.size;
-  }
-  engine().runPlan(plan, bound, sizes);
-  return out;
 }
 
 /** Geometry of a convolution with input x [N,Cin,H,W] and weight [Cout,Cin,kh,kw]. */

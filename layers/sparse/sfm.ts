@@ -14,7 +14,7 @@
 import { noGrad, record } from "../../engine/autograd.ts";
 import { engine } from "../../engine/device.ts";
 import { fusionEnabled } from "../../engine/fusion.ts";
-import { Tensor, tidy } from "../../engine/tensor.ts";
+import { runPlanInto, Tensor, tidy } from "../../engine/tensor.ts";
 import {
   SFM_MAX_PLANE,
   SFM_STATS_STRIDE,
@@ -24,6 +24,7 @@ import {
   sfmStatsPlan,
 } from "../../wgsl/sfm.ts";
 import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
+import type { KernelPlan } from "../../wgsl/plan.ts";
 import { add, addScalar, div, map, mul, sqrt, sub, where } from "../../engine/ops/elementwise.ts";
 import { sum } from "../../engine/ops/reduce.ts";
 
@@ -139,25 +140,9 @@ function fusedGeometry(f: Tensor): SfmGeometry | null {
   return { batch, channels, plane, textures: e.readsViaTextures };
 }
 
-/** Runs a plan over named tensors into a new tensor of `shape`. */
-function runPlan(
-  name: string,
-  plan: ReturnType<typeof sfmStatsPlan>,
-  inputs: Record<string, Tensor>,
-  shape: number[],
-): Tensor {
-  const e = engine();
-  return e.op(name, () => {
-    const out = Tensor.empty(shape);
-    const buffers: Record<string, GPUBuffer> = { out: out.buffer };
-    const sizes: Record<string, number> = {};
-    for (const [k, t] of Object.entries(inputs)) {
-      buffers[k] = t.buffer;
-      sizes[k] = t.size;
-    }
-    e.runPlan(plan, buffers, sizes);
-    return out;
-  });
+/** Runs a plan over named tensors into a new tensor of `shape`, as the engine op `name`. */
+function runPlan(name: string, plan: KernelPlan, inputs: Record<string, Tensor>, shape: number[]): Tensor {
+  return engine().op(name, () => runPlanInto(plan, inputs, Tensor.empty(shape)));
 }
 
 /** SFM in two fused passes (statistics, then modulation) and a two-pass backward. */
@@ -168,10 +153,6 @@ function fusedSfm(f: Tensor, mask: Tensor, g: SfmGeometry): Tensor {
     SFM_STATS_STRIDE,
   ]);
   const out = runPlan("sfm", sfmModulatePlan(g), { f, mask, stats }, [...f.shape]);
-  if (!f.requiresGrad) {
-    stats.dispose();
-    return out;
-  }
   record("sfm", [f, mask], out, (grad, [fSaved, maskSaved, statsSaved]) => [
     runPlan("sfm_backward", sfmBackwardPlan(g), { g: grad, f: fSaved, mask: maskSaved, stats: statsSaved }, [
       ...f.shape,
