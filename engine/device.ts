@@ -97,6 +97,23 @@ export interface PipelineStats {
    * ({@link Engine.compilesAtFirstDispatch}), this includes the compile only for pipelines made by
    * {@link Engine.compilePipelines}; the others compile, untimed, in the work that first uses them. */
   compileMs: number;
+  /** Of those, pipelines whose machine code a helper thread compiled (see {@link Engine.compileThreads}). */
+  helperCompiled: number;
+}
+
+/** {@link Engine.compileThreads}' default: the CPU count up to 4 where Deno runs and Mesa's shader cache is on
+ * (helpers hand their machine code over through it), else 1. */
+function defaultCompileThreads(): number {
+  const deno = (globalThis as { Deno?: { env: { get(name: string): string | undefined } } }).Deno;
+  if (!deno) return 1;
+  let cacheOff: string | undefined;
+  try {
+    cacheOff = deno.env.get("MESA_SHADER_CACHE_DISABLE") ?? deno.env.get("MESA_GLSL_CACHE_DISABLE");
+  } catch {
+    return 1; // no env permission: cannot tell whether the cache is on
+  }
+  if (cacheOff && /^(1|true|yes)$/i.test(cacheOff)) return 1;
+  return Math.max(1, Math.min(4, navigator.hardwareConcurrency ?? 1));
 }
 
 /** One dispatch timed by {@link Engine.startProfile}: its kernel's cache key and GPU time. */
@@ -162,6 +179,7 @@ export class Engine {
   /** Called after each pipeline is created, e.g. to show "compiling GPU kernels" progress on a first run. */
   onPipelineCompile: PipelineCompileListener | null = null;
   #compileMs = 0;
+  #helperCompiled = 0;
   /** While profiling: the query set of the current submit, its dispatches' keys, and earlier submits'. */
   #profile: {
     querySet: GPUQuerySet | null;
@@ -175,6 +193,14 @@ export class Engine {
    * each new pipeline once on dummy bindings, so the compile happens, and is timed, up front.
    */
   compilesAtFirstDispatch: boolean;
+  /**
+   * Threads {@link compilePipelines} compiles on where the driver compiles at first dispatch: this one plus
+   * helper workers (`engine/compile_worker.ts`), each with its own device, whose machine code reaches this
+   * thread through the driver's on-disk shader cache. Defaults to the CPU count up to 4 in Deno on llvmpipe
+   * or lavapipe with Mesa's shader cache enabled, 1 (no helpers) elsewhere.
+   */
+  compileThreads: number;
+  #powerPreference: GPUPowerPreference | undefined;
   /** Bindings of {@link compilePipelines}' one-workgroup dispatches: storage buffers, a texture, zero uniforms. */
   #dummies: { buffers: GPUBuffer[]; texture: GPUTexture | null; uniforms: GPUBuffer | null } = {
     buffers: [],
@@ -188,6 +214,8 @@ export class Engine {
     readonly device: GPUDevice,
     readonly adapterInfo: GPUAdapterInfo | null,
     requestedBindingLimit = Infinity,
+    ownsDevice = false,
+    powerPreference?: GPUPowerPreference,
   ) {
     this.pool = new BufferPool(device);
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
@@ -197,6 +225,8 @@ export class Engine {
       this.adapterDescription,
     );
     this.compilesAtFirstDispatch = /llvmpipe|lavapipe/i.test(this.adapterDescription);
+    this.compileThreads = this.compilesAtFirstDispatch && ownsDevice ? defaultCompileThreads() : 1;
+    this.#powerPreference = powerPreference;
     this.#uniformBuffer = device.createBuffer({
       size: this.#uniformData.byteLength,
       usage: USAGE_UNIFORM | USAGE_COPY_DST,
@@ -230,7 +260,13 @@ export class Engine {
       f === "timestamp-query" || f === "shader-f16"
     ) as GPUFeatureName[];
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures: features });
-    return new Engine(device, adapter.info ?? null, options.limits?.maxStorageBufferBindingSize);
+    return new Engine(
+      device,
+      adapter.info ?? null,
+      options.limits?.maxStorageBufferBindingSize,
+      true,
+      options.powerPreference,
+    );
   }
 
   /** Device limits in force. */
@@ -344,7 +380,11 @@ export class Engine {
 
   /** Distinct pipelines created so far and the time spent creating them. */
   pipelineStats(): PipelineStats {
-    return { pipelines: this.#pipelines.size, compileMs: this.#compileMs };
+    return {
+      pipelines: this.#pipelines.size,
+      compileMs: this.#compileMs,
+      helperCompiled: this.#helperCompiled,
+    };
   }
 
   /**
@@ -393,9 +433,89 @@ export class Engine {
       }
       onProgress?.(done, todo.length);
     };
-    // A lazily compiling driver compiles in the submitting thread: one at a time gives honest progress.
-    if (lazy) { for (const r of todo) await create(r); }
-    else await Promise.all(todo.map(create));
+    if (!lazy) {
+      await Promise.all(todo.map(create));
+      return;
+    }
+    // A lazily compiling driver compiles in the submitting thread, so helpers compile in threads of their
+    // own. Largest first: the big kernels dominate, and a pool balances best when the long jobs start early.
+    const order = [...todo].sort((a, b) => b.kernel.code.length - a.kernel.code.length);
+    const helpers = Math.min(this.compileThreads - 1, order.length - 1);
+    if (helpers > 0) await this.#compileWithHelpers(order, helpers, create);
+    else for (const r of order) await create(r);
+  }
+
+  /**
+   * Compiles `queue` here and on `helpers` worker threads. A helper's pipeline is created here too once it
+   * is done: the driver then finds its machine code in the on-disk cache. A helper that fails (no adapter,
+   * another adapter, an error) is dropped and its request goes back to the queue, so the worst case is
+   * compiling everything here.
+   */
+  async #compileWithHelpers(
+    queue: PipelineRequest[],
+    helpers: number,
+    create: (r: PipelineRequest) => Promise<void>,
+  ): Promise<void> {
+    const compiledElsewhere: PipelineRequest[] = [];
+    const inFlight = new Map<Worker, PipelineRequest>();
+    const workers = new Set<Worker>();
+    let wake: (() => void) | null = null;
+    const notify = () => {
+      wake?.();
+      wake = null;
+    };
+    const give = (w: Worker) => {
+      const request = queue.shift();
+      if (request) {
+        inFlight.set(w, request);
+        w.postMessage({ type: "compile", request });
+      }
+    };
+    const drop = (w: Worker) => {
+      const request = inFlight.get(w);
+      if (request) queue.unshift(request);
+      inFlight.delete(w);
+      workers.delete(w);
+      w.terminate();
+      notify();
+    };
+    for (let i = 0; i < helpers; i++) {
+      let w: Worker;
+      try {
+        w = new Worker(new URL("./compile_worker.ts", import.meta.url).href, { type: "module" });
+      } catch {
+        break;
+      }
+      workers.add(w);
+      w.onmessage = (event: MessageEvent) => {
+        const message = event.data;
+        if (message.type === "ready" && message.adapter === this.adapterDescription) give(w);
+        else if (message.type === "done") {
+          compiledElsewhere.push(inFlight.get(w)!);
+          inFlight.delete(w);
+          give(w);
+          notify();
+        } else drop(w);
+      };
+      w.onerror = (event: ErrorEvent) => {
+        event.preventDefault();
+        drop(w);
+      };
+      w.postMessage({ type: "init", powerPreference: this.#powerPreference });
+    }
+    try {
+      while (true) {
+        // Loading a helper's pipeline is a cache hit: take those first, so progress follows the work done.
+        const loaded = compiledElsewhere.shift();
+        if (loaded) this.#helperCompiled++;
+        const request = loaded ?? queue.shift();
+        if (request) await create(request);
+        else if (inFlight.size > 0) await new Promise<void>((resolve) => (wake = resolve));
+        else break;
+      }
+    } finally {
+      for (const w of workers) w.terminate();
+    }
   }
 
   /** Runs one workgroup of `pipeline` on dummy bindings with zero uniforms and waits for it (see

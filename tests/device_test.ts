@@ -85,3 +85,66 @@ Deno.test("collectPipelines lists a forward's new pipelines without running it; 
   assert.ok(Math.abs(got[((n * 3 + o) * 12 + h) * 16 + c] - Math.max(0, want)) < 1e-5);
   ops.dispose([x, w, b, y]);
 });
+
+Deno.test("compilePipelines shares a batch with helper threads on lazily compiling drivers; values stay right", async () => {
+  const e = testEngine;
+  // Convolutions no other test compiles (their own channel counts), so the batch is new to this process.
+  const x = ops.tensor(randomArray(1 * 7 * 8 * 16, 51), [1, 7, 8, 16]);
+  const w = ops.tensor(randomArray(6 * 7 * 9, 52), [6, 7, 3, 3]);
+  const w1 = ops.tensor(randomArray(5 * 6, 53), [5, 6, 1, 1]);
+  // Element-wise expressions of this test only: more new pipelines than helpers.
+  const run = () =>
+    ops.map("a * 0.5 - 0.0625", [
+      ops.conv2d(ops.map("max(a, 0.0) * 1.5 + 0.125", [ops.conv2d(x, w, null, { padding: 1 })]), w1),
+    ]);
+  const requests = e.collectPipelines(() => ops.tidy(() => run().dispose()));
+  assert.ok(requests.length >= 3, `only ${requests.length} new pipelines: the test would prove little`);
+  const threads = e.compileThreads;
+  const before = e.pipelineStats();
+  e.compileThreads = e.compilesAtFirstDispatch ? 3 : 1;
+  const progress: number[] = [];
+  try {
+    await e.compilePipelines(requests, (done) => progress.push(done));
+  } finally {
+    e.compileThreads = threads;
+  }
+  const after = e.pipelineStats();
+  assert.equal(after.pipelines, before.pipelines + requests.length);
+  assert.deepEqual(progress, [...Array(requests.length + 1).keys()]);
+  if (e.compilesAtFirstDispatch) {
+    assert.ok(after.helperCompiled > before.helperCompiled, "no pipeline came from a helper thread");
+  }
+  const y = run();
+  assert.equal(e.pipelineStats().pipelines, after.pipelines, "the run compiled a pipeline");
+  // Dense reference of the two convolutions.
+  const xs = await x.data(), ws = await w.data(), w1s = await w1.data(), got = await y.data();
+  const hidden = new Float32Array(6 * 8 * 16);
+  for (let o = 0; o < 6; o++) {
+    for (let h = 0; h < 8; h++) {
+      for (let c = 0; c < 16; c++) {
+        let v = 0;
+        for (let ci = 0; ci < 7; ci++) {
+          for (let r = 0; r < 3; r++) {
+            for (let q = 0; q < 3; q++) {
+              const ih = h + r - 1, iw = c + q - 1;
+              if (ih >= 0 && ih < 8 && iw >= 0 && iw < 16) {
+                v += xs[(ci * 8 + ih) * 16 + iw] * ws[((o * 7 + ci) * 3 + r) * 3 + q];
+              }
+            }
+          }
+        }
+        hidden[(o * 8 + h) * 16 + c] = Math.max(0, v) * 1.5 + 0.125;
+      }
+    }
+  }
+  let worst = 0;
+  for (let o = 0; o < 5; o++) {
+    for (let p = 0; p < 8 * 16; p++) {
+      let v = 0;
+      for (let ci = 0; ci < 6; ci++) v += hidden[ci * 128 + p] * w1s[o * 6 + ci];
+      worst = Math.max(worst, Math.abs(got[o * 128 + p] - (v * 0.5 - 0.0625)));
+    }
+  }
+  assert.ok(worst < 1e-4, `max error ${worst}`);
+  ops.dispose([x, w, w1, y]);
+});

@@ -407,7 +407,9 @@ function convCoreStep(
       tapOff = ((tap / u.kw) * u.dH * u.Wp + (tap % u.kw) * u.dW) * u.C4;
     }`,
     outIndex: (i, j) => `(n_${i} * u.cols + col0 + ${j}) * HWout + hw_${i}`,
-    epilogue: bias ? (v, _i, j) => `${v} + bias[colc_${j}]` : undefined,
+    // One load per column after the loop: a load per store made LLVM take 4x as long (13 s) to compile.
+    epilogue: bias ? (v, _i, j) => `${v} + bias_${j}` : undefined,
+    epilogueSetup: bias ? biasLoads(tn) : undefined,
   };
   const rows = g.N * g.Hout * g.Wout, taps = g.kh * g.kw;
   const outSize = rows * g.O;
@@ -580,7 +582,9 @@ function directConvPlan(
     }`,
     outIndex: (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
-    epilogue: bias ? (v, _i, j) => `${v} + bias[colc_${j}]` : undefined,
+    // One load per column after the loop: a load per store made LLVM take 4x as long (13 s) to compile.
+    epilogue: bias ? (v, _i, j) => `${v} + bias_${j}` : undefined,
+    epilogueSetup: bias ? biasLoads(tn) : undefined,
   };
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {
@@ -617,6 +621,10 @@ function directConvPlan(
   }
   return { outSize, scratch, steps: stepsOut };
 }
+
+/** The bias of each of a register block's `tn` columns, loaded once before the stores. */
+const biasLoads = (tn: number) =>
+  Array.from({ length: tn }, (_, j) => `  let bias_${j} = bias[colc_${j}];`).join("\n");
 
 /** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
 const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;

@@ -322,6 +322,8 @@ export interface TexGemmSpec {
   /** Extra store condition (bool WGSL expression) besides row/column range. */
   outGuard?: (i: number, j: number) => string;
   epilogue?: (value: string, i: number, j: number) => string;
+  /** Statements after the loop, before the stores, that the epilogue reads (not emitted for split kernels). */
+  epilogueSetup?: string;
 }
 
 const TEX_BASE_PARAMS = [
@@ -455,6 +457,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   if (t.postStep) lines.push(t.postStep);
   lines.push("  }");
+  if (!split && t.epilogueSetup) lines.push(t.epilogueSetup);
   for (const i of range(tm)) {
     for (const j of range(tn)) {
       const idx = t.outIndex(i, j);
