@@ -393,11 +393,24 @@ function convCoreStep(
     kSub: 4,
     a: { layout: "k", texel: (i) => `xb_${i} + tapOff + c4` },
     b: { layout: "k", texel: (j) => `wb_${j} + ks` },
-    params: ["C4", "taps", "Hp", "Wp", "Hout", "Wout", "sH", "sW", "dH", "dW", "kw"],
+    params: [
+      "C4",
+      "taps",
+      "Hp",
+      "Wp",
+      "Hout",
+      "Wout",
+      "sH",
+      "sW",
+      "dH",
+      "dW",
+      "kw",
+      ...(split ? [] : ["hasBias"]),
+    ],
     inputs: [
       { name: "xp", texture: true },
       { name: "wp", texture: true },
-      ...(bias ? [{ name: "bias" }] : []),
+      ...(split ? [] : [{ name: "bias" }]),
     ],
     setup: setup.join("\n"),
     postStep: `    c4++;
@@ -407,16 +420,15 @@ function convCoreStep(
       tapOff = ((tap / u.kw) * u.dH * u.Wp + (tap % u.kw) * u.dW) * u.C4;
     }`,
     outIndex: (i, j) => `(n_${i} * u.cols + col0 + ${j}) * HWout + hw_${i}`,
-    // One load per column after the loop: a load per store made LLVM take 4x as long (13 s) to compile.
-    epilogue: bias ? (v, _i, j) => `${v} + bias_${j}` : undefined,
-    epilogueSetup: bias ? biasLoads(tn) : undefined,
+    epilogue: (v, _i, j) => `${v} + bias_${j}`,
+    epilogueSetup: biasLoads(tn),
   };
   const rows = g.N * g.Hout * g.Wout, taps = g.kh * g.kw;
   const outSize = rows * g.O;
   const inputs = spec.inputs.map((b) => b.name);
   const step: KernelStep = {
     kernel: {
-      key: `conv-tex-${tm}x${tn}-wg${wg}${bias ? "-bias" : ""}${split ? "-split" : ""}`,
+      key: `conv-tex-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -432,6 +444,7 @@ function convCoreStep(
       g.dH,
       g.dW,
       g.kw,
+      ...(split ? [] : [bias ? 1 : 0]),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
     textures: ["xp", "wp"],
@@ -460,6 +473,7 @@ function convCorePlan(
   const split = sched.splits > 1;
   const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched, tile)];
   const scratch: Record<string, number> = { xp: xFloats, wp: wFloats };
+  if (!split && !hasBias) scratch.bias = NO_BIAS_FLOATS;
   if (split) {
     scratch.partials = sched.splits * outSize;
     steps.push(
@@ -523,7 +537,6 @@ function directConvPlan(
   const steps = C4 * g.kh;
   const sched = texSchedule(rows, g.O, steps, 1, tm, tn);
   const split = sched.splits > 1;
-  const bias = hasBias && !split;
   const setup: string[] = [`  let lineBlock = rowBlock % u.lineBlocks;
   let nh = rowBlock / u.lineBlocks;
   let oh = nh % u.Hout;
@@ -567,11 +580,23 @@ function directConvPlan(
     kSub: 4 * g.kw,
     a: { layout: "custom", loads: aLoads, value: aValue },
     b: { layout: "custom", loads: bLoads, value: (j, s) => `tb_${j}_${s >> 2}.${comp[s & 3]}` },
-    params: ["C", "C4", "Hs", "Ws", "Hout", "Wout", "P0", "Q0", "dH", "lineBlocks"],
+    params: [
+      "C",
+      "C4",
+      "Hs",
+      "Ws",
+      "Hout",
+      "Wout",
+      "P0",
+      "Q0",
+      "dH",
+      "lineBlocks",
+      ...(split ? [] : ["hasBias"]),
+    ],
     inputs: [
       { name: src, texture: true },
       { name: "wp", texture: true },
-      ...(bias ? [{ name: "bias" }] : []),
+      ...(split ? [] : [{ name: "bias" }]),
     ],
     setup: setup.join("\n"),
     preStep: preStep.join("\n"),
@@ -582,16 +607,13 @@ function directConvPlan(
     }`,
     outIndex: (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
-    // One load per column after the loop: a load per store made LLVM take 4x as long (13 s) to compile.
-    epilogue: bias ? (v, _i, j) => `${v} + bias_${j}` : undefined,
-    epilogueSetup: bias ? biasLoads(tn) : undefined,
+    epilogue: (v, _i, j) => `${v} + bias_${j}`,
+    epilogueSetup: biasLoads(tn),
   };
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${bias ? "-bias" : ""}${
-        split ? "-split" : ""
-      }`,
+      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -606,6 +628,7 @@ function directConvPlan(
       g.Q0,
       g.dH,
       rowBlocksPerLine,
+      ...(split ? [] : [hasBias ? 1 : 0]),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
     textures: [src, "wp"],
@@ -613,6 +636,7 @@ function directConvPlan(
     workgroups: texWorkgroups(sched, wg),
   };
   const scratch: Record<string, number> = { wp: wFloats };
+  if (!split && !hasBias) scratch.bias = NO_BIAS_FLOATS;
   const stepsOut = [packW, gemm];
   if (split) {
     scratch.partials = sched.splits * outSize;
@@ -622,9 +646,18 @@ function directConvPlan(
   return { outSize, scratch, steps: stepsOut };
 }
 
-/** The bias of each of a register block's `tn` columns, loaded once before the stores. */
+/**
+ * The bias of each of a register block's `tn` columns, loaded once after the loop (a load per store made
+ * LLVM take 4x as long to compile: 13 s for a 16x32 block). The texture kernels always bind a bias, and
+ * the `hasBias` uniform says whether it is one: with and without a bias they are one pipeline, not two.
+ * Without one, the binding is a small scratch buffer whose contents `select` ignores (robust access keeps
+ * its reads in bounds).
+ */
 const biasLoads = (tn: number) =>
-  Array.from({ length: tn }, (_, j) => `  let bias_${j} = bias[colc_${j}];`).join("\n");
+  Array.from({ length: tn }, (_, j) => `  let bias_${j} = select(0.0, bias[colc_${j}], u.hasBias != 0);`)
+    .join("\n");
+/** Floats of the stand-in bias binding of a convolution without bias. */
+const NO_BIAS_FLOATS = 4;
 
 /** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
 const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;
