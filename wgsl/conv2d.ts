@@ -722,7 +722,34 @@ function forwardTexPlan(
  * Input gradient as a stride-1 convolution of zero-inserted, padded dy with the flipped, transposed kernel:
  * dx[ih] = sum_r' P[ih + r' * dil] * w[kh - 1 - r'] with P[h] = dy[(h - P0) / stride], P0 = (kh-1)*dil - pad.
  */
-function inputGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
+function inputGradTexPlan(s: Conv2dShape, tile: TexTile, directTile: TexTile | null): KernelPlan | null {
+  const taps = s.kh * s.kw;
+  const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
+  if (directTile && s.strideH === 1 && s.strideW === 1) {
+    // Stride 1: no zeros to insert, so the direct kernel reads dy where it is (no repack of dy).
+    const direct = directConvPlan(
+      {
+        N: s.N,
+        C: s.Cout,
+        Hs: s.Hout,
+        Ws: s.Wout,
+        O: s.Cin,
+        Hout: s.H,
+        Wout: s.W,
+        kh: s.kh,
+        kw: s.kw,
+        P0,
+        Q0,
+        dH: s.dilH,
+        dW: s.dilW,
+      },
+      "dy",
+      packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
+      false,
+      directTile,
+    );
+    if (direct) return direct;
+  }
   const Hp = span(s.H, 1, s.kh, s.dilH), Wp = span(s.W, 1, s.kw, s.dilW);
   const g: CoreGeom = {
     N: s.N,
@@ -739,8 +766,6 @@ function inputGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
     kh: s.kh,
     kw: s.kw,
   };
-  const taps = s.kh * s.kw;
-  const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
   return convCorePlan(
     g,
     packNhwcStep("dy", "xp", s.N, s.Cout, s.Hout, s.Wout, Hp, Wp, P0, Q0, s.strideH, s.strideW),
@@ -896,9 +921,10 @@ export function conv2dForwardPlan(
 export function conv2dInputGradPlan(
   s: Conv2dShape,
   texTile: TexTile = convTileFor(s.Cin, CONV_TEX_TILE.tn),
+  directTile: TexTile | null = convTileFor(s.Cin, CONV_DIRECT_TILE.tn),
 ): KernelPlan {
   if (s.N * s.Cin * s.H * s.W > 0) {
-    const tex = inputGradTexPlan(s, texTile);
+    const tex = inputGradTexPlan(s, texTile, directTile);
     if (tex) return tex;
   }
   const taps = s.kh * s.kw;
