@@ -776,6 +776,117 @@ function inputGradTexPlan(s: Conv2dShape, tile: TexTile, directTile: TexTile | n
 }
 
 /**
+ * Stride-1 weight gradient reading x and dy in place (NCHW rows of whole texels; no repacks): rows =
+ * (ci, kernel row r, tap column q) in the weight's own order, columns = Cout, k = (n, oh, 4 output pixels).
+ * One dy texel is 4 neighbouring output pixels of one channel row; the x values they meet at the kw taps of
+ * one (ci, r) lie in one row window of a few texels, loaded once per iteration for the kw rows of the block
+ * that share it, so `tm` is a multiple of kw. Needs W and Wout multiples of 4; the caller checks stride 1.
+ */
+function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
+  const { tn, wg } = tile;
+  const taps = s.kh * s.kw;
+  const tm = Math.max(s.kw, Math.floor(tile.tm / s.kw) * s.kw);
+  const xFloats = s.N * s.Cin * s.H * s.W, dyFloats = s.N * s.Cout * s.Hout * s.Wout;
+  if (s.W % 4 !== 0 || s.Wout % 4 !== 0 || xFloats > MAX_TEXTURE_FLOATS || dyFloats > MAX_TEXTURE_FLOATS) {
+    return null;
+  }
+  const groups = tm / s.kw;
+  // Window of the 4 output pixels' taps in x: texel shift and offset inside the texel (compile-time).
+  const off = ((-s.padW % 4) + 4) % 4;
+  const texels = Math.ceil((off + 4 + (s.kw - 1) * s.dilW) / 4);
+  const rows = s.Cin * taps, cols = s.Cout, steps = s.N * s.Hout * (s.Wout / 4);
+  const outSize = cols * rows;
+  const sched = texSchedule(rows, cols, steps, 1, tm, tn);
+  const split = sched.splits > 1;
+  const setup: string[] = [`  let W4 = u.W >> 2u;
+  let Wo4 = u.Wout >> 2u;
+  let grp0 = row0 / ${s.kw};`];
+  for (let g = 0; g < groups; g++) {
+    setup.push(`  let ci_${g} = (grp0 + ${g}) / ${s.kh};
+  let r_${g} = (grp0 + ${g}) % ${s.kh};
+  let ciOk_${g} = ci_${g} < u.Cin;`);
+  }
+  for (let j = 0; j < tn; j++) setup.push(`  let dyc_${j} = colc_${j} * u.Hout * Wo4;`);
+  setup.push(`  var ow4 = stepBegin % Wo4;
+  var oh = (stepBegin / Wo4) % u.Hout;
+  var n = stepBegin / (Wo4 * u.Hout);`);
+  const preStep = [`    let t0 = (ow4 * 4 - ${off} - u.Q0) >> 2u;
+    let dyb = (n * u.Cout * u.Hout + oh) * Wo4 + ow4;`];
+  for (let t = 0; t < texels; t++) preStep.push(`    let colOk_${t} = u32(t0 + ${t}) < u32(W4);`);
+  for (let g = 0; g < groups; g++) {
+    preStep.push(`    let ih_${g} = oh + r_${g} * u.dH - u.P0;
+    let ok_${g} = ciOk_${g} && u32(ih_${g}) < u32(u.H);
+    let xRow_${g} = ((n * u.Cin + ci_${g}) * u.H + ih_${g}) * W4 + t0;`);
+  }
+  const aLoads = [];
+  for (let g = 0; g < groups; g++) {
+    for (let t = 0; t < texels; t++) {
+      aLoads.push({ name: `ta_${g}_${t}`, texel: `xRow_${g} + ${t}`, mask: `ok_${g} && colOk_${t}` });
+    }
+  }
+  const comp = ["x", "y", "z", "w"];
+  // Row i is tap column q = i % kw of group i / kw; pixel s of the 4 meets window position off + s + q * dW.
+  const aValue = (i: number, st: number) => {
+    const p = off + st + (i % s.kw) * s.dilW;
+    return `ta_${Math.floor(i / s.kw)}_${p >> 2}.${comp[p & 3]}`;
+  };
+  const spec: TexGemmSpec = {
+    tm,
+    tn,
+    wg,
+    kSub: 4,
+    a: { layout: "custom", loads: aLoads, value: aValue },
+    b: {
+      layout: "custom",
+      loads: Array.from({ length: tn }, (_, j) => ({ name: `tb_${j}`, texel: `dyb + dyc_${j}` })),
+      value: (j, st) => `tb_${j}.${comp[st]}`,
+    },
+    params: ["Cin", "Cout", "H", "W", "Hout", "Wout", "P0", "Q0", "dH"],
+    inputs: [{ name: "x", texture: true }, { name: "dy", texture: true }],
+    setup: setup.join("\n"),
+    preStep: preStep.join("\n"),
+    postStep: `    ow4++;
+    if (ow4 == Wo4) {
+      ow4 = 0;
+      oh++;
+      if (oh == u.Hout) {
+        oh = 0;
+        n++;
+      }
+    }`,
+    outIndex: (i, j) => `(col0 + ${j}) * u.rows + row0 + ${i}`,
+  };
+  const gemm: KernelStep = {
+    kernel: {
+      key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
+      code: texGemmCode(spec, split),
+    },
+    uniforms: packI32([
+      ...texBaseUniforms(rows, cols, steps, 1, sched, outSize),
+      s.Cin,
+      s.Cout,
+      s.H,
+      s.W,
+      s.Hout,
+      s.Wout,
+      s.padH,
+      s.padW,
+      s.dilH,
+    ]),
+    buffers: ["x", "dy", split ? "partials" : "out"],
+    textures: ["x", "dy"],
+    writes: [split ? "partials" : "out"],
+    workgroups: texWorkgroups(sched, wg),
+  };
+  if (!split) return { outSize, scratch: {}, steps: [gemm] };
+  return {
+    outSize,
+    scratch: { partials: sched.splits * outSize },
+    steps: [gemm, reduceSplitsStep(outSize, sched.splits)],
+  };
+}
+
+/**
  * Weight gradient: rows = (tap, ci) with ci padded to 4, columns = Cout, k = output pixels (4 per loop
  * iteration, split across invocations). Both operands are NHWC texels (4 channels at one pixel).
  */
@@ -937,12 +1048,17 @@ export function conv2dInputGradPlan(
 export function conv2dWeightGradPlan(
   s: Conv2dShape,
   texTile: TexTile = convTileFor(s.Cout, CONV_TEX_TILE.tn),
+  directTile: TexTile | null = texTile,
 ): KernelPlan {
   const taps = s.kh * s.kw;
   const tile = { ...convTile(s.Cout, 4) };
   const extent = { rows: s.Cin * taps, cols: s.Cout, kLen: s.N * s.Hout * s.Wout, batches: 1 };
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
+  if (outSize > 0 && directTile && s.strideH === 1 && s.strideW === 1) {
+    const direct = weightGradDirectPlan(s, directTile);
+    if (direct) return direct;
+  }
   if (outSize > 0) {
     const tex = weightGradTexPlan(s, texTile);
     if (tex) return tex;
