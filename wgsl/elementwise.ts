@@ -28,12 +28,21 @@ function header(numInputs: number): string {
   shape: array<vec4<u32>, 2>,
   strides: array<vec4<u32>, 6>,
   origin: vec4<u32>,
+  recip: array<vec4<f32>, 2>,
 }
 @group(0) @binding(0) var<uniform> u: Params;
 ${bindings}
 @group(0) @binding(${numInputs + 1}) var<storage, read_write> out: array<f32>;
 fn dim(d: u32) -> u32 { return u.shape[d / 4u][d % 4u]; }
 fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[i / 4u][i % 4u]; }
+// (n / dim(d), n % dim(d)) for n < 2^22 through the f32 reciprocal (SIMD CPUs divide integers lane by lane):
+// f32(n) is exact and n * recip is off by less than one, so one correction step makes it exact.
+fn divmod(n: u32, d: u32) -> vec2<u32> {
+  let m = dim(d);
+  var q = u32(f32(n) * u.recip[d / 4u][d % 4u]);
+  if (q * m > n) { q -= 1u; } else if (n - q * m >= m) { q += 1u; }
+  return vec2<u32>(q, n - q * m);
+}
 `;
 }
 
@@ -90,6 +99,7 @@ export function elementwiseKernel(
   variant: "flat" | "flat-texture" | "strided",
   rank: number,
   scalarInputs: boolean[],
+  floatDivision = false,
 ): { key: string; code: string } {
   if (variant === "flat-texture") {
     const key = `ew:flat-texture:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
@@ -104,7 +114,10 @@ export function elementwiseKernel(
     const lines = ["  var rem = i + u.base;"];
     for (let j = 0; j < numInputs; j++) lines.push(`  var off_${INPUT_NAMES[j]} = 0u;`);
     for (let d = rank - 1; d >= 0; d--) {
-      lines.push(`  { let coord = rem % dim(${d}u); rem = rem / dim(${d}u);`);
+      // The outermost coordinate is what remains.
+      if (d === 0) lines.push("  { let coord = rem;");
+      else if (floatDivision) lines.push(`  { let qr = divmod(rem, ${d}u); let coord = qr.y; rem = qr.x;`);
+      else lines.push(`  { let coord = rem % dim(${d}u); rem = rem / dim(${d}u);`);
       for (let j = 0; j < numInputs; j++) {
         lines.push(`    off_${INPUT_NAMES[j]} += coord * stride(${j}u, ${d}u);`);
       }
@@ -127,8 +140,38 @@ ${body}
   out[i] = ${expr};
 }
 `;
-  const key = `ew:${variant}:${rank}:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
+  const fdiv = variant === "strided" && floatDivision ? ":fdiv" : "";
+  const key = `ew:${variant}:${rank}${fdiv}:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
   return { key, code };
+}
+
+/** Walks up to this many elements split indices through f32 reciprocals (exact there). */
+export const FLOAT_DIVISION_LIMIT = 1 << 22;
+
+/**
+ * Merges neighbouring axes that every input walks as one (both broadcast, or contiguous: the outer stride is
+ * the inner stride times the inner length) and drops axes of length 1, so a channel mask [N,1,H,W] against
+ * [N,C,H,W] walks [N, C, H*W]: fewer index divisions per element.
+ */
+export function collapseAxes(
+  shape: readonly number[],
+  strides: readonly (readonly number[])[],
+): { shape: number[]; strides: number[][] } {
+  const outShape: number[] = [];
+  const outStrides: number[][] = strides.map(() => []);
+  for (let d = 0; d < shape.length; d++) {
+    if (shape[d] === 1) continue;
+    const last = outShape.length - 1;
+    if (last >= 0 && strides.every((s, j) => outStrides[j][last] === s[d] * shape[d])) {
+      outShape[last] *= shape[d];
+      strides.forEach((s, j) => (outStrides[j][last] = s[d]));
+    } else {
+      outShape.push(shape[d]);
+      strides.forEach((s, j) => outStrides[j].push(s[d]));
+    }
+  }
+  if (outShape.length === 0) return { shape: [1], strides: strides.map(() => [0]) };
+  return { shape: outShape, strides: outStrides };
 }
 
 /**
@@ -143,7 +186,7 @@ export function elementwiseUniforms(
   inputStrides: readonly (readonly number[])[],
   origins: readonly number[] = [],
 ): ArrayBuffer {
-  const buffer = new ArrayBuffer(16 + 16 + 32 + 96 + 16);
+  const buffer = new ArrayBuffer(16 + 16 + 32 + 96 + 16 + 32);
   const u32 = new Uint32Array(buffer);
   const f32 = new Float32Array(buffer);
   u32[0] = size;
@@ -153,6 +196,7 @@ export function elementwiseUniforms(
   shape.forEach((d, i) => (u32[8 + i] = d));
   inputStrides.forEach((strides, j) => strides.forEach((s, d) => (u32[16 + j * 8 + d] = s)));
   origins.forEach((o, j) => (u32[40 + j] = o));
+  shape.forEach((d, i) => (f32[44 + i] = 1 / d));
   return buffer;
 }
 

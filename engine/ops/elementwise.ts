@@ -10,7 +10,14 @@
 import { engine } from "../device.ts";
 import { record } from "../autograd.ts";
 import { type Shape, sizeOf, stridesOf, Tensor } from "../tensor.ts";
-import { elementwiseKernel, elementwiseStep, elementwiseUniforms, MAX_RANK } from "../../wgsl/elementwise.ts";
+import {
+  collapseAxes,
+  elementwiseKernel,
+  elementwiseStep,
+  elementwiseUniforms,
+  FLOAT_DIVISION_LIMIT,
+  MAX_RANK,
+} from "../../wgsl/elementwise.ts";
 import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
 import { sumTo } from "./reduce.ts";
 
@@ -72,9 +79,15 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       e.runPlan({ outSize: size, scratch: {}, steps: [step] }, buffers, sizes);
       return out;
     }
-    const kernel = flat
-      ? elementwiseKernel(expr, inputs.length, "flat", 0, whole)
-      : elementwiseKernel(expr, inputs.length, "strided", outShape.length, inputs.map(() => false));
+    const walk = collapseAxes(outShape, strides);
+    const kernel = flat ? elementwiseKernel(expr, inputs.length, "flat", 0, whole) : elementwiseKernel(
+      expr,
+      inputs.length,
+      "strided",
+      walk.shape.length,
+      inputs.map(() => false),
+      size <= FLOAT_DIVISION_LIMIT,
+    );
     for (let base = 0; base < size; base += chunk) {
       const count = Math.min(chunk, size - base);
       const ranges: Record<string, [number, number]> | undefined = chunk < size ? {} : undefined;
@@ -88,8 +101,8 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
         count,
         base,
         constants,
-        outShape,
-        strides,
+        walk.shape,
+        walk.strides,
         whole.map((w) => (w || !ranges ? 0 : base)),
       );
       e.runPlan({
