@@ -88,6 +88,7 @@ export { concat, pad, permute, reshape, slice, split, transpose } from "./engine
 export { matmul } from "./engine/ops/matmul.ts";
 export {
   conv2d,
+  type Conv2dOnlyOptions,
   type Conv2dOptions,
   convTranspose2d,
   type ConvTranspose2dOptions,

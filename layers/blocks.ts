@@ -9,7 +9,8 @@ import { Module, uniformInit } from "../engine/module.ts";
 import type { Rng } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { conv2d, type Conv2dOptions, convTranspose2d } from "../engine/ops/conv.ts";
-import { add, relu } from "../engine/ops/elementwise.ts";
+import { add, relu as reluOp } from "../engine/ops/elementwise.ts";
+import { fusionEnabled } from "../engine/fusion.ts";
 import { concat } from "../engine/ops/shape.ts";
 
 /** A 2-D convolution layer with bias (parameters `weight` [Cout, Cin, k, k] and `bias` [Cout]). */
@@ -33,9 +34,16 @@ export class Conv2d extends Module {
     this.bias = this.param("bias", uniformInit([outChannels], fanIn, rng));
   }
 
-  /** Applies the convolution. */
-  forward(x: Tensor): Tensor {
-    return conv2d(x, this.weight, this.bias, this.options);
+  /** Applies the convolution, then ReLU when `relu` (fused into the convolution's output write unless
+   * `setFusion(false)` selects the composed ops). */
+  forward(x: Tensor, relu = false): Tensor {
+    if (relu && !fusionEnabled()) {
+      const c = conv2d(x, this.weight, this.bias, this.options);
+      const y = reluOp(c);
+      c.dispose();
+      return y;
+    }
+    return conv2d(x, this.weight, this.bias, relu ? { ...this.options, relu } : this.options);
   }
 }
 
@@ -89,9 +97,7 @@ export class DenseBlock extends Module {
   forward(x: Tensor): Tensor {
     let features = x;
     for (const conv of this.convs) {
-      const c = conv.forward(features);
-      const y = relu(c);
-      c.dispose();
+      const y = conv.forward(features, true);
       const next = concat([features, y], 1);
       if (features !== x) features.dispose();
       y.dispose();

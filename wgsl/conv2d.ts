@@ -372,6 +372,7 @@ function convCoreStep(
   split: boolean,
   sched: ReturnType<typeof texSchedule>,
   tile: TexTile,
+  relu = false,
 ) {
   const { tm, tn, wg } = tile;
   const C4 = ceil4(g.C) / 4;
@@ -405,7 +406,7 @@ function convCoreStep(
       "dH",
       "dW",
       "kw",
-      ...(split ? [] : ["hasBias"]),
+      ...(split ? [] : EPILOGUE_PARAMS),
     ],
     inputs: [
       { name: "xp", texture: true },
@@ -420,7 +421,8 @@ function convCoreStep(
       tapOff = ((tap / u.kw) * u.dH * u.Wp + (tap % u.kw) * u.dW) * u.C4;
     }`,
     outIndex: (i, j) => `(n_${i} * u.cols + col0 + ${j}) * HWout + hw_${i}`,
-    epilogue: (v, _i, j) => `${v} + bias_${j}`,
+    decls: split ? undefined : EPILOGUE_DECLS,
+    epilogue: (v, _i, j) => `act(${v} + bias_${j})`,
     epilogueSetup: biasLoads(tn),
   };
   const rows = g.N * g.Hout * g.Wout, taps = g.kh * g.kw;
@@ -444,7 +446,7 @@ function convCoreStep(
       g.dH,
       g.dW,
       g.kw,
-      ...(split ? [] : [bias ? 1 : 0]),
+      ...(split ? [] : [bias ? 1 : 0, relu ? 1 : 0]),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
     textures: ["xp", "wp"],
@@ -461,6 +463,7 @@ function convCorePlan(
   packW: KernelStep,
   hasBias: boolean,
   tile: TexTile,
+  relu = false,
 ): KernelPlan | null {
   if (!packX) return null;
   const { tm, tn } = tile;
@@ -471,7 +474,7 @@ function convCorePlan(
   const outSize = rows * g.O;
   const sched = texSchedule(rows, g.O, taps * Cp / 4, 1, tm, tn);
   const split = sched.splits > 1;
-  const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched, tile)];
+  const steps = [packX, packW, convCoreStep(g, hasBias && !split, split, sched, tile, relu)];
   const scratch: Record<string, number> = { xp: xFloats, wp: wFloats };
   if (!split && !hasBias) scratch.bias = NO_BIAS_FLOATS;
   if (split) {
@@ -484,7 +487,7 @@ function convCorePlan(
       ),
     );
   }
-  return { outSize, scratch, steps };
+  return { outSize, scratch, steps, appliesRelu: relu && !split };
 }
 
 /** Register block of the direct (NCHW) conv GEMM: `tm` neighbouring output pixels of one row per invocation. */
@@ -520,6 +523,7 @@ function directConvPlan(
   packW: KernelStep,
   hasBias: boolean,
   tile: TexTile,
+  relu = false,
 ): KernelPlan | null {
   const { tm, tn, wg } = tile;
   const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
@@ -591,7 +595,7 @@ function directConvPlan(
       "Q0",
       "dH",
       "lineBlocks",
-      ...(split ? [] : ["hasBias"]),
+      ...(split ? [] : EPILOGUE_PARAMS),
     ],
     inputs: [
       { name: src, texture: true },
@@ -607,7 +611,8 @@ function directConvPlan(
     }`,
     outIndex: (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
-    epilogue: (v, _i, j) => `${v} + bias_${j}`,
+    decls: split ? undefined : EPILOGUE_DECLS,
+    epilogue: (v, _i, j) => `act(${v} + bias_${j})`,
     epilogueSetup: biasLoads(tn),
   };
   const inputs = spec.inputs.map((b) => b.name);
@@ -628,7 +633,7 @@ function directConvPlan(
       g.Q0,
       g.dH,
       rowBlocksPerLine,
-      ...(split ? [] : [hasBias ? 1 : 0]),
+      ...(split ? [] : [hasBias ? 1 : 0, relu ? 1 : 0]),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
     textures: [src, "wp"],
@@ -643,7 +648,7 @@ function directConvPlan(
     const biasSum = hasBias ? { name: "bias", inner: g.Hout * g.Wout, len: g.O } : undefined;
     stepsOut.push(reduceSplitsStep(outSize, sched.splits, biasSum));
   }
-  return { outSize, scratch, steps: stepsOut };
+  return { outSize, scratch, steps: stepsOut, appliesRelu: relu && !split };
 }
 
 /**
@@ -658,6 +663,9 @@ const biasLoads = (tn: number) =>
     .join("\n");
 /** Floats of the stand-in bias binding of a convolution without bias. */
 const NO_BIAS_FLOATS = 4;
+/** Uniform flags of the texture kernels' epilogue: add the bias, then ReLU (both uniforms, one pipeline). */
+const EPILOGUE_PARAMS = ["hasBias", "relu"];
+const EPILOGUE_DECLS = "fn act(v: f32) -> f32 { return select(v, max(v, 0.0), u.relu != 0); }";
 
 /** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
 const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;
@@ -667,6 +675,7 @@ function forwardTexPlan(
   hasBias: boolean,
   tile: TexTile,
   directTile: TexTile | null,
+  relu: boolean,
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
   if (directTile && s.strideH === 1 && s.strideW === 1) {
@@ -690,6 +699,7 @@ function forwardTexPlan(
       packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
       hasBias,
       directTile,
+      relu,
     );
     if (direct) return direct;
   }
@@ -715,6 +725,7 @@ function forwardTexPlan(
     packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
     hasBias,
     tile,
+    relu,
   );
 }
 
@@ -1014,9 +1025,10 @@ export function conv2dForwardPlan(
   tileOverride?: GemmTile,
   texTile: TexTile = convTileFor(s.Cout, CONV_TEX_TILE.tn),
   directTile: TexTile | null = convTileFor(s.Cout, CONV_DIRECT_TILE.tn),
+  relu = false,
 ): KernelPlan {
   if (!tileOverride && s.N * s.Cout * s.Hout * s.Wout > 0) {
-    const tex = forwardTexPlan(s, hasBias, texTile, directTile);
+    const tex = forwardTexPlan(s, hasBias, texTile, directTile, relu);
     if (tex) return tex;
   }
   const taps = s.kh * s.kw;

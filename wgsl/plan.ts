@@ -60,6 +60,8 @@ export interface KernelPlan {
   scratch: Record<string, number>;
   /** Dispatches, recorded in order. */
   steps: KernelStep[];
+  /** Set by plans asked for a ReLU epilogue (e.g. the convolutions'): whether `out` already has it. */
+  appliesRelu?: boolean;
 }
 
 /** Splits a workgroup count over x and y so that neither exceeds `maxPerDim`. Kernels then use

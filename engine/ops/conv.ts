@@ -16,12 +16,14 @@ import {
   conv2dWeightGradPlan,
 } from "../../wgsl/conv2d.ts";
 import { memoizePlans } from "../../wgsl/plan.ts";
-import { add } from "./elementwise.ts";
+import { add, map } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
 import { concat, pad, reshape, slice } from "./shape.ts";
 
 // Plans by shape, built once (their WGSL source is long).
-const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean) => conv2dForwardPlan(s, hasBias));
+const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, relu: boolean) =>
+  conv2dForwardPlan(s, hasBias, undefined, undefined, undefined, relu)
+);
 const inputGradPlan = memoizePlans((s: Conv2dShape) => conv2dInputGradPlan(s));
 const weightGradPlan = memoizePlans((s: Conv2dShape) => conv2dWeightGradPlan(s));
 
@@ -36,6 +38,13 @@ export interface Conv2dOptions {
   padding?: Pair;
   /** Spacing between kernel taps (default 1). */
   dilation?: Pair;
+}
+
+/** Options of {@link conv2d} alone. */
+export interface Conv2dOnlyOptions extends Conv2dOptions {
+  /** Apply ReLU to the output: `relu(conv2d(...))` in one op, fused into the kernel's output write where
+   * the kernel allows (default false). */
+  relu?: boolean;
 }
 
 /** Options of {@link convTranspose2d}. */
@@ -99,32 +108,50 @@ export function conv2d(
   x: Tensor,
   w: Tensor,
   bias: Tensor | null = null,
-  options: Conv2dOptions = {},
+  options: Conv2dOnlyOptions = {},
 ): Tensor {
   check(x, w, "conv2d", 1);
   const [N, Cin, H, W] = x.shape;
   const [Cout, , kh, kw] = w.shape;
   const s = convShape(N, Cin, H, W, Cout, kh, kw, options);
-  if (s.Hout > 1 && !fitsBindings(s, !!bias)) return conv2dInBands(x, w, bias, s);
+  const relu = options.relu ?? false;
+  if (s.Hout > 1 && !fitsBindings(s, !!bias)) return conv2dInBands(x, w, bias, s, relu);
   const e = engine();
   const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
-  const y = e.op(
-    "conv2d",
-    () => run(forwardPlan(s, !!bias), inputs, Tensor.empty([N, Cout, s.Hout, s.Wout])),
+  const y = e.op(relu ? "conv2d+relu" : "conv2d", () => {
+    const plan = forwardPlan(s, !!bias, relu);
+    const out = run(plan, inputs, Tensor.empty([N, Cout, s.Hout, s.Wout]));
+    if (!relu || plan.appliesRelu) return out;
+    const activated = map("max(a, 0.0)", [out]); // a split kernel: the bias came in its reduction
+    out.dispose();
+    return activated;
+  });
+  // With ReLU the rule first masks the incoming gradient where the output is zero (relu'(v) = [v > 0] =
+  // [relu(v) > 0]), so it keeps the output, not the pre-activation.
+  return record(
+    relu ? "conv2d+relu" : "conv2d",
+    bias ? [x, w, bias] : [x, w],
+    y,
+    (g, [sx, sw, sy]) =>
+      e.op("conv2d backward", () => {
+        const dy = relu ? map("select(0.0, a, b > 0.0)", [g, sy]) : g;
+        const grads = [
+          x.requiresGrad ? run(inputGradPlan(s), { dy, w: sw }, Tensor.empty(x.shape)) : null,
+          w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy }, Tensor.empty(w.shape)) : null,
+          bias?.requiresGrad ? sum(dy, [0, 2, 3]) : null,
+        ];
+        if (dy !== g) dy.dispose();
+        return grads;
+      }),
+    relu ? [x, w, y] : [x, w],
   );
-  return record("conv2d", bias ? [x, w, bias] : [x, w], y, (g, [sx, sw]) =>
-    e.op("conv2d backward", () => [
-      x.requiresGrad ? run(inputGradPlan(s), { dy: g, w: sw }, Tensor.empty(x.shape)) : null,
-      w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy: g }, Tensor.empty(w.shape)) : null,
-      bias?.requiresGrad ? sum(g, [0, 2, 3]) : null,
-    ]), [x, w]);
 }
 
 /** Whether every tensor and scratch buffer of the forward and backward plans fits one storage binding. */
 function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
   const limit = engine().maxBindingBytes / 4;
   const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
-  const plans = [forwardPlan(s, hasBias), inputGradPlan(s), weightGradPlan(s)];
+  const plans = [forwardPlan(s, hasBias, false), inputGradPlan(s), weightGradPlan(s)];
   return tensors.every((n) => n <= limit) &&
     plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
 }
@@ -134,7 +161,7 @@ function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
  * slices its input rows (with the halo, zero rows standing in for padding) and the bands are concatenated.
  * Built from differentiable ops, so gradients follow.
  */
-function conv2dInBands(x: Tensor, w: Tensor, bias: Tensor | null, s: Conv2dShape): Tensor {
+function conv2dInBands(x: Tensor, w: Tensor, bias: Tensor | null, s: Conv2dShape, relu: boolean): Tensor {
   // The fewest bands whose convolution fits (one output row per band at most).
   let rows = s.Hout;
   for (let bands = 2; bands <= s.Hout; bands++) {
@@ -153,6 +180,7 @@ function conv2dInBands(x: Tensor, w: Tensor, bias: Tensor | null, s: Conv2dShape
       stride: [s.strideH, s.strideW],
       padding: [0, s.padW],
       dilation: [s.dilH, s.dilW],
+      relu,
     }));
     band.dispose();
   }
@@ -193,7 +221,7 @@ export function convTranspose2d(
   );
   const core = record("convTranspose2d", [x, w], y, (g, [sx, sw]) =>
     e.op("convTranspose2d backward", () => [
-      x.requiresGrad ? run(forwardPlan(s, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
+      x.requiresGrad ? run(forwardPlan(s, false, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
       w.requiresGrad ? run(weightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
     ]), [x, w]);
   if (!bias) return core;
