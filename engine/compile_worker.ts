@@ -4,8 +4,8 @@
  * code lands in the driver's on-disk shader cache, where the main thread's own compile of the same pipeline
  * then finds it, so N threads compile a cold batch about N times faster (LLVM is single-threaded per shader).
  *
- * Messages in: `{ type: "init", powerPreference }`, then `{ type: "compile", index, request }`.
- * Messages out: `{ type: "ready", adapter }`, `{ type: "done", index }`, `{ type: "error", message }`.
+ * Messages in: `{ type: "init", powerPreference }`, then `{ type: "compile", request }` one at a time.
+ * Messages out: `{ type: "ready", adapter }`, `{ type: "done" }`, `{ type: "error", message }`.
  *
  * @module
  */
@@ -24,7 +24,7 @@ port.onmessage = async (event: MessageEvent) => {
       port.postMessage({ type: "ready", adapter: engine.adapterDescription });
     } else if (message.type === "compile") {
       await engine!.compilePipelines([message.request]);
-      port.postMessage({ type: "done", index: message.index });
+      port.postMessage({ type: "done" });
     }
   } catch (e) {
     port.postMessage({ type: "error", message: e instanceof Error ? e.message : String(e) });

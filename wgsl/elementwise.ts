@@ -9,7 +9,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
+import { DIVMOD_WGSL, foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
 
 /** Invocations per workgroup of element-wise kernels. */
 export const ELEMENTWISE_WORKGROUP = 256;
@@ -35,14 +35,8 @@ ${bindings}
 @group(0) @binding(${numInputs + 1}) var<storage, read_write> out: array<f32>;
 fn dim(d: u32) -> u32 { return u.shape[d / 4u][d % 4u]; }
 fn stride(input: u32, d: u32) -> u32 { let i = input * 8u + d; return u.strides[i / 4u][i % 4u]; }
-// (n / dim(d), n % dim(d)) for n < 2^22 through the f32 reciprocal (SIMD CPUs divide integers lane by lane):
-// f32(n) is exact and n * recip is off by less than one, so one correction step makes it exact.
-fn divmod(n: u32, d: u32) -> vec2<u32> {
-  let m = dim(d);
-  var q = u32(f32(n) * u.recip[d / 4u][d % 4u]);
-  if (q * m > n) { q -= 1u; } else if (n - q * m >= m) { q += 1u; }
-  return vec2<u32>(q, n - q * m);
-}
+fn recip(d: u32) -> f32 { return u.recip[d / 4u][d % 4u]; }
+${DIVMOD_WGSL}
 `;
 }
 
@@ -116,8 +110,9 @@ export function elementwiseKernel(
     for (let d = rank - 1; d >= 0; d--) {
       // The outermost coordinate is what remains.
       if (d === 0) lines.push("  { let coord = rem;");
-      else if (floatDivision) lines.push(`  { let qr = divmod(rem, ${d}u); let coord = qr.y; rem = qr.x;`);
-      else lines.push(`  { let coord = rem % dim(${d}u); rem = rem / dim(${d}u);`);
+      else if (floatDivision) {
+        lines.push(`  { let qr = divmod(rem, dim(${d}u), recip(${d}u)); let coord = qr.y; rem = qr.x;`);
+      } else lines.push(`  { let coord = rem % dim(${d}u); rem = rem / dim(${d}u);`);
       for (let j = 0; j < numInputs; j++) {
         lines.push(`    off_${INPUT_NAMES[j]} += coord * stride(${j}u, ${d}u);`);
       }
@@ -144,9 +139,6 @@ ${body}
   const key = `ew:${variant}:${rank}${fdiv}:${scalarInputs.map(Number).join("")}:${numInputs}:${expr}`;
   return { key, code };
 }
-
-/** Walks up to this many elements split indices through f32 reciprocals (exact there). */
-export const FLOAT_DIVISION_LIMIT = 1 << 22;
 
 /**
  * Merges neighbouring axes that every input walks as one (both broadcast, or contiguous: the outer stride is

@@ -9,15 +9,11 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
+import { DIVMOD_WGSL, FLOAT_DIVISION_LIMIT, foldWorkgroups, type KernelStep, texelCoords } from "./plan.ts";
 
 const WORKGROUP = 256;
 /** Largest supported rank. */
 export const GATHER_MAX_RANK = 8;
-
-/** Walks up to this many elements divide through f32 reciprocals (exact there); larger ones use integer
- * division, which SIMD CPUs run lane by lane. */
-const FLOAT_DIVISION_LIMIT = 1 << 22;
 
 function kernel(
   kind: "gather" | "scatter",
@@ -58,13 +54,7 @@ ${source}
 // table rows of 8 entries: 0 walked shape, 1 strides of the strided side, 2 source extent, 3 start offset,
 // 4 f32 reciprocals of the walked shape.
 fn at(row: u32, d: u32) -> u32 { let k = row * 8u + d; return u.table[k / 4u][k % 4u]; }
-// (n / d, n % d) for n < 2^22: f32(n) is exact and n * inv is off by less than one, so one correction step
-// makes it exact on any rounding (with IEEE rounding it is already exact for every divisor tested).
-fn divmod(n: u32, d: u32, inv: f32) -> vec2<u32> {
-  var q = u32(f32(n) * inv);
-  if (q * d > n) { q -= 1u; } else if (n - q * d >= d) { q += 1u; }
-  return vec2<u32>(q, n - q * d);
-}
+${DIVMOD_WGSL}
 @compute @workgroup_size(${WORKGROUP})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

@@ -46,6 +46,20 @@ export interface KernelStep {
 export const TEXTURE_ROW_TEXELS = 2048;
 const TEXTURE_ROW_SHIFT = Math.log2(TEXTURE_ROW_TEXELS);
 
+/** Index walks of up to this many elements divide through f32 reciprocals ({@link DIVMOD_WGSL}, exact
+ * there); larger ones use integer division, which SIMD CPUs run lane by lane. */
+export const FLOAT_DIVISION_LIMIT = 1 << 22;
+
+/** WGSL `divmod(n, d, inv)` = (n / d, n % d) for n < {@link FLOAT_DIVISION_LIMIT}, `inv` the f32 1 / d. */
+export const DIVMOD_WGSL =
+  `// (n / d, n % d) for n < 2^22: f32(n) is exact and n * inv is off by less than one, so one correction step
+// makes it exact on any rounding (with IEEE rounding it is already exact for every divisor tested).
+fn divmod(n: u32, d: u32, inv: f32) -> vec2<u32> {
+  var q = u32(f32(n) * inv);
+  if (q * d > n) { q -= 1u; } else if (n - q * d >= d) { q += 1u; }
+  return vec2<u32>(q, n - q * d);
+}`;
+
 /** WGSL coordinates, of type `type`, of texel `t` (a non-negative WGSL expression of that type) in such a view. */
 export function texelCoords(t: string, type: "i32" | "u32" = "u32"): string {
   const suffix = type === "u32" ? "u" : "";

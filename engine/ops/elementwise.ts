@@ -15,9 +15,9 @@ import {
   elementwiseKernel,
   elementwiseStep,
   elementwiseUniforms,
-  FLOAT_DIVISION_LIMIT,
   MAX_RANK,
 } from "../../wgsl/elementwise.ts";
+import { FLOAT_DIVISION_LIMIT } from "../../wgsl/plan.ts";
 import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";
 import { sumTo } from "./reduce.ts";
 
@@ -79,7 +79,7 @@ export function map(expr: string, inputs: Tensor[], constants: number[] = [], sh
       e.runPlan({ outSize: size, scratch: {}, steps: [step] }, buffers, sizes);
       return out;
     }
-    const walk = collapseAxes(outShape, strides);
+    const walk = flat ? { shape: [], strides: [] } : collapseAxes(outShape, strides);
     const kernel = flat ? elementwiseKernel(expr, inputs.length, "flat", 0, whole) : elementwiseKernel(
       expr,
       inputs.length,
