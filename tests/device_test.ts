@@ -97,8 +97,13 @@ Deno.test("compilePipelines shares a batch with helper threads on lazily compili
     ops.map("a * 0.5 - 0.0625", [
       ops.conv2d(ops.map("max(a, 0.0) * 1.5 + 0.125", [ops.conv2d(x, w, null, { padding: 1 })]), w1),
     ]);
-  const requests = e.collectPipelines(() => ops.tidy(() => run().dispose()));
-  assert.ok(requests.length >= 3, `only ${requests.length} new pipelines: the test would prove little`);
+  // Enough further new pipelines (distinct expressions) that this thread is still busy when a helper thread
+  // is up (about a second): otherwise it can finish the batch alone, and the helper check would be a race.
+  const extra = () => {
+    for (let i = 1; i <= 64; i++) ops.map(`a * ${1 + i / 1024} + ${i / 4096}`, [x]).dispose();
+  };
+  const requests = e.collectPipelines(() => ops.tidy(() => (run().dispose(), extra())));
+  assert.ok(requests.length >= 64, `only ${requests.length} new pipelines: the test would prove little`);
   const threads = e.compileThreads;
   const before = e.pipelineStats();
   e.compileThreads = e.compilesAtFirstDispatch ? 3 : 1;
