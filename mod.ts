@@ -126,7 +126,7 @@ export {
   sfmWithStatistics,
 } from "./layers/sparse/sfm.ts";
 export { fusionEnabled, setFusion, withFusion } from "./engine/fusion.ts";
-export { SCModule, sparseConv2d } from "./layers/sparse/sparse_conv.ts";
+export { SCModule, sparseConv2d, type SparseConv2dOptions } from "./layers/sparse/sparse_conv.ts";
 export { DenseNonLocal, type SnlMode, SNLModule, snlStep } from "./layers/sparse/snl.ts";
 export { Conv2d, DenseBlock, Upsample2x } from "./layers/blocks.ts";
 export {

@@ -16,6 +16,9 @@ import { type KernelPlan, type KernelSource, type KernelStep, TEXTURE_ROW_TEXELS
 export interface EngineMemoryStats extends MemoryStats {
   /** Bytes of GEMM operand textures held by the engine: pooled for reuse (at most 256 MiB) or in use. */
   textureBytes: number;
+  /** Of the live buffers, those the engine keeps derived from live tensors (packed convolution weights,
+   * `Engine.derivedBuffer`); they go when their tensor is written or disposed. */
+  derivedBuffers: number;
 }
 
 /** Thrown when no WebGPU adapter exists; the message says how to get one. */
@@ -147,6 +150,8 @@ export class Engine {
   readonly adapterDescription: string;
   #pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }>();
   #encoder: GPUCommandEncoder | null = null;
+  /** {@link derivedBuffer}'s buffers by source buffer and key. */
+  #derived = new Map<GPUBuffer, Map<string, GPUBuffer>>();
   #pass: GPUComputePassEncoder | null = null;
   #uniformBuffer: GPUBuffer;
   #uniformData = new Uint8Array(UNIFORM_SLOT * UNIFORM_SLOTS);
@@ -218,6 +223,7 @@ export class Engine {
     powerPreference?: GPUPowerPreference,
   ) {
     this.pool = new BufferPool(device);
+    this.pool.onRelease = (buffer) => this.#dropDerived(buffer);
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
@@ -290,6 +296,7 @@ export class Engine {
     return {
       ...this.pool.stats(),
       textureBytes: held.reduce((n, t) => n + textureBytes(t), this.#texturePoolBytes),
+      derivedBuffers: [...this.#derived.values()].reduce((n, entries) => n + entries.size, 0),
     };
   }
 
@@ -644,6 +651,9 @@ export class Engine {
       return;
     }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
+    if (this.#derived.size > 0) {
+      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#dropDerived(b.buffer));
+    }
     const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
     this.#uniformData.set(new Uint8Array(uniforms), slot * UNIFORM_SLOT);
@@ -768,15 +778,47 @@ export class Engine {
     this.dispatch(step.kernel, step.uniforms, bindings, kinds, step.workgroups);
   }
 
+  /**
+   * A buffer derived from `source` by the work `fill` records into it (a convolution's packed weights), kept
+   * and returned again for the same `source` and `key` until `source` is written (by a dispatch, copy, clear
+   * or upload) or released: inference and a frozen network then pack their weights once, not per call.
+   * Returns null while {@link collectPipelines} runs (nothing is recorded then).
+   */
+  derivedBuffer(
+    source: GPUBuffer,
+    key: string,
+    floats: number,
+    fill: (target: GPUBuffer) => void,
+  ): GPUBuffer | null {
+    if (this.#collecting) return null;
+    let entries = this.#derived.get(source);
+    const hit = entries?.get(key);
+    if (hit) return hit;
+    const target = this.pool.acquire(Math.max(4, floats * 4));
+    fill(target);
+    if (!entries) this.#derived.set(source, entries = new Map());
+    entries.set(key, target);
+    return target;
+  }
+
+  #dropDerived(source: GPUBuffer): void {
+    const entries = this.#derived.get(source);
+    if (!entries) return;
+    this.#derived.delete(source);
+    for (const b of entries.values()) this.pool.release(b);
+  }
+
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#collecting) return;
+    this.#dropDerived(dst);
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
     if (this.#collecting) return;
+    this.#dropDerived(buffer);
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
 
@@ -784,6 +826,7 @@ export class Engine {
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     if (this.#collecting) return;
+    this.#dropDerived(buffer);
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
   }

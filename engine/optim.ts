@@ -10,7 +10,7 @@ import { keep, Tensor, tidy } from "./tensor.ts";
 import { noGrad } from "./autograd.ts";
 import { add, full, map, mul } from "./ops/elementwise.ts";
 import { sum } from "./ops/reduce.ts";
-import { adamStep, sgdStep } from "../wgsl/optim.ts";
+import { ADAM_MAX_SEGMENTS, adamStep, sgdStep } from "../wgsl/optim.ts";
 
 /** A set of parameters sharing hyper-parameters. */
 export interface ParamGroup {
@@ -37,6 +37,13 @@ function normalizeGroups(params: Tensor[] | ParamGroup[]): ParamGroup[] {
 
 function paramName(p: Tensor, group: number, index: number): string {
   return p.name ?? `group${group}.param${index}`;
+}
+
+/** A parameter to update, its gradient and its state tensors. */
+interface UpdateItem {
+  p: Tensor;
+  grad: Tensor;
+  slots: Tensor[];
 }
 
 /** Shared machinery of the optimizers. */
@@ -100,12 +107,18 @@ abstract class Optimizer {
     const e = engine();
     e.op(`${this.constructor.name}.step`, () => {
       this.groups.forEach((group) => {
-        for (const p of group.params) {
-          if (!p.grad) continue;
-          this.update(p, p.grad, this.slotsOf(p), group);
-        }
+        const items = group.params.flatMap((p) =>
+          p.grad ? [{ p, grad: p.grad, slots: this.slotsOf(p) }] : []
+        );
+        this.updateAll(items, group);
       });
     });
+  }
+
+  /** Records the updates of a group's parameters that have gradients (one {@link update} each, unless an
+   * optimizer updates several in one dispatch). */
+  protected updateAll(items: UpdateItem[], group: { lr: number; weightDecay: number }): void {
+    for (const { p, grad, slots } of items) this.update(p, grad, slots, group);
   }
 
   /** Records the in-place update of `p` from `grad` and its state `slots`, with the group's hyper-parameters. */
@@ -221,26 +234,44 @@ export class Adam extends Optimizer {
   protected update(
     p: Tensor,
     grad: Tensor,
-    [m, v]: Tensor[],
+    slots: Tensor[],
     group: { lr: number; weightDecay: number },
   ): void {
+    this.updateAll([{ p, grad, slots }], group);
+  }
+
+  /** Records the updates of up to {@link ADAM_MAX_SEGMENTS} parameters per dispatch (as many as the adapter's
+   * storage bindings allow): llvmpipe spends about 0.1 ms per dispatch however small, and a model has ~90
+   * parameter tensors. */
+  protected override updateAll(items: UpdateItem[], group: { lr: number; weightDecay: number }): void {
     const [b1, b2] = this.betas;
     const t = this.stepCount;
     const c2 = Math.sqrt(1 - b2 ** t);
-    const step = adamStep(p.size, {
+    const hyper = {
       beta1: b1,
       beta2: b2,
       stepSize: (group.lr * c2) / (1 - b1 ** t),
       epsHat: this.eps * c2,
       l2: this.decoupled ? 0 : group.weightDecay,
       decay: this.decoupled ? group.lr * group.weightDecay : 0,
-    });
-    engine().runPlan({ outSize: p.size, scratch: {}, steps: [step] }, {
-      grad: grad.buffer,
-      param: p.buffer,
-      m: m.buffer,
-      v: v.buffer,
-    });
+    };
+    const e = engine();
+    const perDispatch = Math.max(
+      1,
+      Math.min(ADAM_MAX_SEGMENTS, Math.floor(e.device.limits.maxStorageBuffersPerShaderStage / 4)),
+    );
+    for (let first = 0; first < items.length; first += perDispatch) {
+      const batch = items.slice(first, first + perDispatch);
+      const step = adamStep(batch.map(({ p }) => p.size), hyper);
+      const buffers: Record<string, GPUBuffer> = {};
+      batch.forEach(({ p, grad, slots: [m, v] }, s) => {
+        buffers[`grad${s}`] = grad.buffer;
+        buffers[`param${s}`] = p.buffer;
+        buffers[`m${s}`] = m.buffer;
+        buffers[`v${s}`] = v.buffer;
+      });
+      e.runPlan({ outSize: 0, scratch: {}, steps: [step] }, buffers);
+    }
   }
 }
 
@@ -321,9 +352,14 @@ export function clipGradNorm(params: readonly Tensor[], maxNorm: number): Tensor
     });
     tidy(() => {
       const scale = map("min(1.0, k.x / (a + 1e-6))", [norm], [maxNorm]);
+      // Two gradients may share one buffer (a gradient an addition passes through unchanged is a view of
+      // its output's gradient): scale each buffer once.
+      const scaled = new Set<GPUBuffer>();
       for (const g of grads) {
-        const scaled = mul(g, scale);
-        engine().copy(scaled.buffer, 0, g.buffer, 0, g.size * 4);
+        if (scaled.has(g.buffer)) continue;
+        scaled.add(g.buffer);
+        const s = mul(g, scale);
+        engine().copy(s.buffer, 0, g.buffer, 0, g.size * 4);
       }
     });
     return norm;

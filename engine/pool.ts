@@ -65,10 +65,14 @@ export class BufferPool {
     return buffer;
   }
 
+  /** Called with each buffer {@link release} takes back (the engine drops what it derived from it). */
+  onRelease: ((buffer: GPUBuffer) => void) | null = null;
+
   /** Returns a buffer obtained from {@link acquire} to the pool. */
   release(buffer: GPUBuffer): void {
     const size = this.#sizes.get(buffer);
     if (size === undefined) throw new Error("BufferPool.release: buffer does not belong to this pool");
+    this.onRelease?.(buffer);
     this.#stats.liveBytes -= size;
     this.#stats.liveBuffers--;
     this.#stats.pooledBytes += size;

@@ -153,3 +153,53 @@ Deno.test("compilePipelines shares a batch with helper threads on lazily compili
   assert.ok(worst < 1e-4, `max error ${worst}`);
   ops.dispose([x, w, w1, y]);
 });
+
+Deno.test("packed convolution weights are reused until the weights change (write, copy, dispatch, dispose)", async () => {
+  const x = ops.tensor(randomArray(2 * 5 * 8 * 12, 31), [2, 5, 8, 12]);
+  const w = ops.tensor(randomArray(6 * 5 * 9, 32, -0.5, 0.5), [6, 5, 3, 3]);
+  const convOf = (weight: ops.Tensor) => ops.noGrad(() => ops.conv2d(x, weight, null, { padding: 1 }));
+  const expectConvOf = async (data: Float32Array, why: string) => {
+    const fresh = ops.tensor(data, w.shape);
+    const [got, want] = [convOf(w), convOf(fresh)];
+    assert.deepEqual(await got.data(), await want.data(), why);
+    ops.dispose([got, want, fresh]);
+  };
+  ops.dispose([convOf(w)]);
+  const derived = testEngine.memory().derivedBuffers;
+  assert.ok(derived >= 1, "the forward's packed weights are kept");
+  const before = testEngine.dispatchCount;
+  ops.dispose([convOf(w)]);
+  const again = testEngine.dispatchCount - before;
+  const fresh = ops.tensor(await w.data(), w.shape);
+  const before2 = testEngine.dispatchCount;
+  ops.dispose([convOf(fresh), fresh]);
+  assert.equal(again, testEngine.dispatchCount - before2 - 1, "a second call does not pack again");
+
+  // Written by an upload: the next call packs the new values.
+  const uploaded = randomArray(w.size, 33, -0.5, 0.5);
+  testEngine.write(w.buffer, 0, uploaded);
+  await expectConvOf(uploaded, "after an upload");
+  // Written by a copy.
+  const copied = randomArray(w.size, 34, -0.5, 0.5);
+  const source = ops.tensor(copied, w.shape);
+  testEngine.copy(source.buffer, 0, w.buffer, 0, w.size * 4);
+  source.dispose();
+  await expectConvOf(copied, "after a copy");
+  // Written by a dispatch (an optimizer step).
+  w.requiresGrad = true;
+  const sgd = new ops.SGD([w], { lr: 0.5 });
+  const grad = randomArray(w.size, 35);
+  w.grad = ops.tensor(grad, w.shape);
+  sgd.step();
+  const stepped = await w.data();
+  stepped.forEach((v, i) => assert.ok(Math.abs(v - (copied[i] - 0.5 * grad[i])) < 1e-6));
+  await expectConvOf(stepped, "after an optimizer step");
+  sgd.zeroGrad();
+  w.dispose();
+  x.dispose();
+  assert.equal(
+    testEngine.memory().derivedBuffers,
+    0,
+    "disposing the weights releases what was derived from them",
+  );
+});

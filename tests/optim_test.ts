@@ -41,6 +41,53 @@ for (const c of fixtures.cases) {
   });
 }
 
+Deno.test("Adam updates many parameters per dispatch exactly as one by one", async () => {
+  // Each Adam fixture's parameter ten times in one optimizer (more parameters than one dispatch takes)
+  // follows torch.optim's trajectory; and AdamW on 13 parameters of different sizes equals 13
+  // single-parameter optimizers (one segment per dispatch), bit for bit.
+  for (const c of fixtures.cases.filter((c) => c.options.kind === "adam")) {
+    const params = Array.from({ length: 10 }, () => ops.keep(ops.tensor(c.start, c.shape)));
+    const opt = makeOptimizer(c, params);
+    for (let k = 0; k < c.grads.length; k++) {
+      opt.zeroGrad();
+      for (const p of params) p.grad = ops.tensor(c.grads[k], c.shape);
+      opt.step();
+      for (const [i, p] of params.entries()) {
+        const err = relativeError(await p.data(), c.after[k]);
+        assert.ok(err < 1e-5, `${c.name} step ${k + 1}, copy ${i}: error ${err}`);
+      }
+    }
+    opt.zeroGrad();
+    opt.dispose();
+    ops.dispose(params);
+  }
+
+  const sizes = [5, 1, 300, 64, 7, 1000, 3, 3, 129, 16, 2, 700, 9];
+  const rand = (n: number, seed: number) =>
+    Float32Array.from({ length: n }, (_, i) => Math.sin(seed * 97 + i * 1.7));
+  const together = sizes.map((n, i) => ops.keep(ops.tensor(rand(n, i), [n])));
+  const alone = sizes.map((n, i) => ops.keep(ops.tensor(rand(n, i), [n])));
+  const options = { lr: 0.05, weightDecay: 0.1, decoupled: true };
+  const all = new ops.Adam(together, options);
+  const singles = alone.map((p) => new ops.Adam([p], options));
+  for (let k = 0; k < 3; k++) {
+    sizes.forEach((n, i) => {
+      together[i].grad = ops.tensor(rand(n, 100 * k + i + 50), [n]);
+      alone[i].grad = ops.tensor(rand(n, 100 * k + i + 50), [n]);
+    });
+    all.step();
+    singles.forEach((o) => o.step());
+    all.zeroGrad();
+    singles.forEach((o) => o.zeroGrad());
+  }
+  for (let i = 0; i < sizes.length; i++) {
+    assert.deepEqual(await together[i].data(), await alone[i].data(), `parameter ${i} of ${sizes[i]} values`);
+  }
+  all.dispose();
+  singles.forEach((o) => o.dispose());
+  ops.dispose([...together, ...alone]);
+});
+
 Deno.test("optimizer state round-trips: a restored Adam continues exactly like the original", async () => {
   const c = fixtures.cases.find((x) => x.name === "adam_l2")!;
   const p = ops.tensor(c.start, c.shape);
@@ -86,6 +133,25 @@ Deno.test("stepLr halves the learning rate every N epochs", () => {
   assert.equal(ops.stepLr(2e-4, 49, 50), 2e-4);
   assert.equal(ops.stepLr(2e-4, 50, 50), 1e-4);
   assert.equal(ops.stepLr(2e-4, 149, 50), 5e-5);
+});
+
+Deno.test("an addition passes its gradient on without a copy, and clipGradNorm scales a shared buffer once", async () => {
+  const a = ops.tensor([1, 2], [2]);
+  const b = ops.tensor([5, 6], [2]);
+  a.requiresGrad = b.requiresGrad = true;
+  const k = ops.tensor([3, 4], [2]);
+  const y = ops.add(a, b);
+  ops.backward(ops.sum(ops.mul(y, k)));
+  // Both gradients are k = [3, 4], views of the addition's output gradient.
+  assert.equal(a.grad!.buffer, b.grad!.buffer);
+  // Global norm sqrt(2 * 25); a limit of half of it halves both (scaling the shared buffer twice would
+  // quarter them).
+  const norm = ops.clipGradNorm([a, b], Math.sqrt(50) / 2);
+  assert.ok(Math.abs((await norm.data())[0] - Math.sqrt(50)) < 1e-5);
+  for (const g of [a.grad!, b.grad!]) {
+    [...await g.data()].forEach((v, i) => assert.ok(Math.abs(v - [1.5, 2][i]) < 1e-5, `${v}`));
+  }
+  ops.dispose([a, b, k, y, a.grad!, b.grad!, norm]);
 });
 
 Deno.test("clipGradNorm scales gradients to the global norm limit, in place, and returns the norm", async () => {

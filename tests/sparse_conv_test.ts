@@ -125,6 +125,28 @@ for (const k of [3, 1]) {
   }
 }
 
+for (const k of [3, 1]) {
+  Deno.test(`sparseConv2d k=${k} with the residual equals x + the dense masked reference, all gradients`, async () => {
+    for (const [densities, bias] of [[[0.3], true], [[0, 0.03, 0.3, 1], false]] as const) {
+      const n = densities.length;
+      const inputs = convCase(n, 6, 6, 13, 17, k, bias);
+      const mask = { shape: [n, 1, 13, 17], data: randomMask(n, 13, 17, [...densities], seedCounter + 5) };
+      const residual = (x: Record<string, Tensor>, sites: ActiveSites) =>
+        sparseConv2d(x.x, sites, x.w, x.b ?? null, { residual: true });
+      const dense = (x: Record<string, Tensor>, _s: ActiveSites, m: Tensor) =>
+        ops.add(x.x, denseReference(x.x, m, x.w, x.b ?? null));
+      assertClose(`densities [${densities}]`, await compare(inputs, mask, residual, dense, seedCounter + 6));
+    }
+    const x = ops.tensor(randomArray(2 * 6 * 4 * 4, 5), [2, 6, 4, 4]);
+    const full = ops.tensor(new Float32Array(2 * 16).fill(1), [2, 1, 4, 4]);
+    const sites = compactMask(full);
+    const w = ops.tensor(randomArray(5 * 6 * k * k, 6), [5, 6, k, k]);
+    assert.throws(() => sparseConv2d(x, sites, w, null, { residual: true }), /residual needs as many output/);
+    ops.dispose([x, w, full]);
+    sites.dispose();
+  });
+}
+
 /** Inputs of an SC module with C channels and growth g (weights scaled like PyTorch's default init). */
 function moduleCase(n: number, c: number, g: number, h: number, w: number, seed: number) {
   const inputs: Record<string, { shape: number[]; data: Float32Array }> = {

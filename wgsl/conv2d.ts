@@ -733,7 +733,12 @@ function forwardTexPlan(
  * Input gradient as a stride-1 convolution of zero-inserted, padded dy with the flipped, transposed kernel:
  * dx[ih] = sum_r' P[ih + r' * dil] * w[kh - 1 - r'] with P[h] = dy[(h - P0) / stride], P0 = (kh-1)*dil - pad.
  */
-function inputGradTexPlan(s: Conv2dShape, tile: TexTile, directTile: TexTile | null): KernelPlan | null {
+function inputGradTexPlan(
+  s: Conv2dShape,
+  tile: TexTile,
+  directTile: TexTile | null,
+  hasBias: boolean,
+): KernelPlan | null {
   const taps = s.kh * s.kw;
   const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
   if (directTile && s.strideH === 1 && s.strideW === 1) {
@@ -756,7 +761,7 @@ function inputGradTexPlan(s: Conv2dShape, tile: TexTile, directTile: TexTile | n
       },
       "dy",
       packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
-      false,
+      hasBias,
       directTile,
     );
     if (direct) return direct;
@@ -781,7 +786,7 @@ function inputGradTexPlan(s: Conv2dShape, tile: TexTile, directTile: TexTile | n
     g,
     packNhwcStep("dy", "xp", s.N, s.Cout, s.Hout, s.Wout, Hp, Wp, P0, Q0, s.strideH, s.strideW),
     packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
-    false,
+    hasBias,
     tile,
   );
 }
@@ -1040,20 +1045,23 @@ export function conv2dForwardPlan(
   return convGemmPlan(`fwd${hasBias ? "-bias" : ""}`, s, extent, tile, hooks, outSize, bias);
 }
 
-/** Input gradient (also transposed convolution): inputs `dy` [N,Cout,Hout,Wout], `w`; out [N,Cin,H,W]. */
+/** Input gradient (also transposed convolution): inputs `dy` [N,Cout,Hout,Wout], `w` and, with `hasBias`,
+ * `bias` [Cin] (added in the output write; `appliesBias` says whether the plan could). Out [N,Cin,H,W]. */
 export function conv2dInputGradPlan(
   s: Conv2dShape,
   texTile: TexTile = convTileFor(s.Cin, CONV_TEX_TILE.tn),
   directTile: TexTile | null = convTileFor(s.Cin, CONV_DIRECT_TILE.tn),
+  hasBias = false,
 ): KernelPlan {
   if (s.N * s.Cin * s.H * s.W > 0) {
-    const tex = inputGradTexPlan(s, texTile, directTile);
-    if (tex) return tex;
+    const tex = inputGradTexPlan(s, texTile, directTile, hasBias);
+    if (tex) return hasBias ? { ...tex, appliesBias: true } : tex;
   }
   const taps = s.kh * s.kw;
   const tile = convTile(s.Cin, taps);
   const extent = { rows: s.N * s.H * s.W, cols: s.Cin, kLen: s.Cout * taps, batches: 1 };
-  return convGemmPlan("dx", s, extent, tile, inputGradHooks(s, tile), s.N * s.Cin * s.H * s.W);
+  const plan = convGemmPlan("dx", s, extent, tile, inputGradHooks(s, tile), s.N * s.Cin * s.H * s.W);
+  return hasBias ? { ...plan, appliesBias: false } : plan;
 }
 
 /** Weight gradient: inputs `x` [N,Cin,H,W], `dy` [N,Cout,Hout,Wout]; out [Cout,Cin,kh,kw]. */

@@ -76,6 +76,9 @@ export interface KernelPlan {
   steps: KernelStep[];
   /** Set by plans asked for a ReLU epilogue (e.g. the convolutions'): whether `out` already has it. */
   appliesRelu?: boolean;
+  /** Set by plans that may be asked for a bias epilogue they cannot give (a transposed convolution's
+   * storage-path fallback): whether `out` already has the bias. */
+  appliesBias?: boolean;
 }
 
 /** Splits a workgroup count over x and y so that neither exceeds `maxPerDim`. Kernels then use

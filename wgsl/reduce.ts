@@ -20,7 +20,7 @@ function reduceKernel(op: ReduceOp): { key: string; code: string } {
   const fold = op === "sum" ? "acc + v" : "max(acc, v)";
   return {
     key: `reduce:${op}`,
-    code: `struct Params { outer: u32, len: u32, inner: u32, chunks: u32 }
+    code: `struct Params { outer: u32, len: u32, inner: u32, chunks: u32, lead: u32 }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
@@ -28,16 +28,20 @@ function reduceKernel(op: ReduceOp): { key: string; code: string } {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
   let id = (wg.x + wg.y * nwg.x) * ${WORKGROUP}u + lid;
-  if (id >= u.outer * u.chunks * u.inner) { return; }
-  // id enumerates [outer, chunk, inner]; inner is fastest so neighbouring lanes read neighbouring addresses.
+  let parts = u.lead * u.chunks;
+  if (id >= u.outer * parts * u.inner) { return; }
+  // id enumerates [outer, lead, chunk, inner]; inner is fastest so neighbouring lanes read neighbouring
+  // addresses. The source is [lead, outer, len, inner], reduced over lead and len.
   let i = id % u.inner;
-  let chunk = (id / u.inner) % u.chunks;
-  let o = id / (u.inner * u.chunks);
-  let start = chunk * ${REDUCE_CHUNK}u;
+  let part = (id / u.inner) % parts;
+  let o = id / (u.inner * parts);
+  let a = part / u.chunks;
+  let start = (part % u.chunks) * ${REDUCE_CHUNK}u;
   let stop = min(start + ${REDUCE_CHUNK}u, u.len);
+  let base = (a * u.outer + o) * u.len;
   var acc = ${init};
   for (var r = start; r < stop; r++) {
-    let v = src[(o * u.len + r) * u.inner + i];
+    let v = src[(base + r) * u.inner + i];
     acc = ${fold};
   }
   dst[id] = acc;
@@ -46,8 +50,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   };
 }
 
-/** Plan reducing input `x` viewed as [outer, len, inner] to `out` [outer, inner]. */
-export function reducePlan(op: ReduceOp, outer: number, len: number, inner: number): KernelPlan {
+/**
+ * Plan reducing input `x` viewed as [lead, outer, len, inner] over `lead` and `len` to `out` [outer, inner]
+ * (`lead` 1: an axis block; more: two blocks, the leading axes and a later one, as a bias gradient's
+ * [N, C, H*W] over N and H*W, in the same passes).
+ */
+export function reducePlan(op: ReduceOp, outer: number, len: number, inner: number, lead = 1): KernelPlan {
   const kernel = reduceKernel(op);
   const steps: KernelStep[] = [];
   const scratch: Record<string, number> = {};
@@ -56,17 +64,19 @@ export function reducePlan(op: ReduceOp, outer: number, len: number, inner: numb
   let pass = 0;
   do {
     const chunks = Math.ceil(remaining / REDUCE_CHUNK);
-    const target = chunks === 1 ? "out" : `partial${pass}`;
-    if (target !== "out") scratch[target] = outer * chunks * inner;
+    const parts = lead * chunks;
+    const target = parts === 1 ? "out" : `partial${pass}`;
+    if (target !== "out") scratch[target] = outer * parts * inner;
     steps.push({
       kernel,
-      uniforms: new Uint32Array([outer, remaining, inner, chunks]).buffer,
+      uniforms: new Uint32Array([outer, remaining, inner, chunks, lead]).buffer,
       buffers: [source, target],
       writes: [target],
-      workgroups: foldWorkgroups(Math.ceil((outer * chunks * inner) / WORKGROUP)),
+      workgroups: foldWorkgroups(Math.ceil((outer * parts * inner) / WORKGROUP)),
     });
     source = target;
-    remaining = chunks;
+    remaining = parts; // the partials [outer, parts, inner] reduce over parts next
+    lead = 1;
     pass++;
   } while (source !== "out");
   return { outSize: outer * inner, scratch, steps };

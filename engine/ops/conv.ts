@@ -15,7 +15,7 @@ import {
   type Conv2dShape,
   conv2dWeightGradPlan,
 } from "../../wgsl/conv2d.ts";
-import { memoizePlans } from "../../wgsl/plan.ts";
+import { type KernelPlan, type KernelStep, memoizePlans } from "../../wgsl/plan.ts";
 import { add, map } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
 import { concat, pad, reshape, slice } from "./shape.ts";
@@ -24,8 +24,61 @@ import { concat, pad, reshape, slice } from "./shape.ts";
 const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, relu: boolean) =>
   conv2dForwardPlan(s, hasBias, undefined, undefined, undefined, relu)
 );
-const inputGradPlan = memoizePlans((s: Conv2dShape) => conv2dInputGradPlan(s));
+const inputGradPlan = memoizePlans((s: Conv2dShape, hasBias: boolean) =>
+  conv2dInputGradPlan(s, undefined, undefined, hasBias)
+);
 const weightGradPlan = memoizePlans((s: Conv2dShape) => conv2dWeightGradPlan(s));
+
+/** A plan's weight-packing step (reads `w`, writes scratch `wp`), split from the rest of the plan. */
+interface PackSplit {
+  pack: KernelStep;
+  rest: KernelPlan;
+  key: string;
+}
+const packSplits = new WeakMap<KernelPlan, PackSplit | null>();
+
+function packSplit(plan: KernelPlan): PackSplit | null {
+  let split = packSplits.get(plan);
+  if (split === undefined) {
+    const pack = plan.steps.find((st) => st.kernel.key === "conv-pack-weight");
+    split = null;
+    if (pack && pack.buffers[0] === "w" && pack.writes[0] === "wp" && plan.scratch.wp) {
+      const { wp: _, ...scratch } = plan.scratch;
+      const rest = { ...plan, scratch, steps: plan.steps.filter((st) => st !== pack) };
+      split = { pack, rest, key: `${pack.kernel.key}:${new Int32Array(pack.uniforms).join(",")}` };
+    }
+    packSplits.set(plan, split);
+  }
+  return split;
+}
+
+/**
+ * Runs a convolution plan whose weights `inputs.w` are packed by its first step, with the packed weights
+ * kept for the next call until `w` changes ({@link Engine.derivedBuffer}): restoring and a frozen NetL
+ * pack each weight once instead of per call.
+ */
+function runPacked(plan: KernelPlan, inputs: Record<string, Tensor>, out: Tensor): Tensor {
+  const split = packSplit(plan);
+  if (!split) return run(plan, inputs, out);
+  const e = engine();
+  const floats = plan.scratch.wp;
+  const w = inputs.w.buffer;
+  const wp = e.derivedBuffer(
+    w,
+    split.key,
+    floats,
+    (target) => e.runPlan({ outSize: floats, scratch: {}, steps: [split.pack] }, { w, wp: target }),
+  );
+  if (!wp) return run(plan, inputs, out);
+  const bound: Record<string, GPUBuffer> = { out: out.buffer, wp };
+  const sizes: Record<string, number> = { wp: floats };
+  for (const [name, t] of Object.entries(inputs)) {
+    bound[name] = t.buffer;
+    sizes[name] = t.size;
+  }
+  e.runPlan(split.rest, bound, sizes);
+  return out;
+}
 
 /** A number for both spatial axes or `[height, width]`. */
 export type Pair = number | readonly [number, number];
@@ -120,7 +173,7 @@ export function conv2d(
   const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
   const y = e.op(relu ? "conv2d+relu" : "conv2d", () => {
     const plan = forwardPlan(s, !!bias, relu);
-    const out = run(plan, inputs, Tensor.empty([N, Cout, s.Hout, s.Wout]));
+    const out = runPacked(plan, inputs, Tensor.empty([N, Cout, s.Hout, s.Wout]));
     if (!relu || plan.appliesRelu) return out;
     const activated = map("max(a, 0.0)", [out]); // a split kernel: the bias came in its reduction
     out.dispose();
@@ -136,7 +189,7 @@ export function conv2d(
       e.op("conv2d backward", () => {
         const dy = relu ? map("select(0.0, a, b > 0.0)", [g, sy]) : g;
         const grads = [
-          x.requiresGrad ? run(inputGradPlan(s), { dy, w: sw }, Tensor.empty(x.shape)) : null,
+          x.requiresGrad ? runPacked(inputGradPlan(s, false), { dy, w: sw }, Tensor.empty(x.shape)) : null,
           w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy }, Tensor.empty(w.shape)) : null,
           bias?.requiresGrad ? sum(dy, [0, 2, 3]) : null,
         ];
@@ -151,7 +204,7 @@ export function conv2d(
 function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
   const limit = engine().maxBindingBytes / 4;
   const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
-  const plans = [forwardPlan(s, hasBias, false), inputGradPlan(s), weightGradPlan(s)];
+  const plans = [forwardPlan(s, hasBias, false), inputGradPlan(s, false), weightGradPlan(s)];
   return tensors.every((n) => n <= limit) &&
     plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
 }
@@ -215,16 +268,26 @@ export function convTranspose2d(
   const s = convShape(N, Cout, Ho, Wo, Cin, kh, kw, options, H, W);
   if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options, Ho, Wo);
   const e = engine();
-  const y = e.op(
+  // The bias is added in the kernel's output write where the plan can (the texture paths), else after.
+  const plan = inputGradPlan(s, !!bias);
+  const fusedBias = bias !== null && plan.appliesBias === true;
+  const inputs: Record<string, Tensor> = fusedBias ? { dy: x, w, bias } : { dy: x, w };
+  const y = e.op("convTranspose2d", () => runPacked(plan, inputs, Tensor.empty([N, Cout, Ho, Wo])));
+  const core = record(
     "convTranspose2d",
-    () => run(inputGradPlan(s), { dy: x, w }, Tensor.empty([N, Cout, Ho, Wo])),
+    fusedBias ? [x, w, bias] : [x, w],
+    y,
+    (g, [sx, sw]) =>
+      e.op("convTranspose2d backward", () => [
+        x.requiresGrad
+          ? runPacked(forwardPlan(s, false, false), { x: g, w: sw }, Tensor.empty(x.shape))
+          : null,
+        w.requiresGrad ? run(weightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
+        fusedBias && bias.requiresGrad ? sum(g, [0, 2, 3]) : null,
+      ]),
+    [x, w],
   );
-  const core = record("convTranspose2d", [x, w], y, (g, [sx, sw]) =>
-    e.op("convTranspose2d backward", () => [
-      x.requiresGrad ? run(forwardPlan(s, false, false), { x: g, w: sw }, Tensor.empty(x.shape)) : null,
-      w.requiresGrad ? run(weightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
-    ]), [x, w]);
-  if (!bias) return core;
+  if (!bias || fusedBias) return core;
   const b = reshape(bias, [1, Cout, 1, 1]);
   const withBias = add(core, b);
   core.dispose();

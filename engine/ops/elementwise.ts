@@ -121,6 +121,11 @@ export function full(shape: Shape, value: number): Tensor {
   return e.op("full", () => {
     const out = Tensor.empty(shape);
     const size = sizeOf(shape);
+    // Zeros are a buffer clear (a fill the queue does without a dispatch).
+    if (Object.is(value, 0)) {
+      e.clear(out.buffer, 0, size * 4);
+      return out;
+    }
     const chunk = Math.floor(e.maxBindingBytes / 256) * 64;
     const kernel = elementwiseKernel("k.x", 0, "flat", 0, []);
     for (let base = 0; base < size; base += chunk) {

@@ -52,6 +52,15 @@ function reduceRaw(op: ReduceOp, x: Tensor, axes: number[]): Tensor {
       if (last && last[1] === a - 1) last[1] = a;
       else runs.push([a, a]);
     }
+    if (runs.length === 2 && runs[0][0] === 0) {
+      // Leading axes and one later block (a bias gradient's [N, C, H, W] over 0, 2, 3): one plan.
+      const [[, l0], [f1, l1]] = runs;
+      const size = (from: number, to: number) => sizeOf(x.shape.slice(from, to));
+      const out = Tensor.empty(keepdimShape(x.shape, axes));
+      const plan = reducePlan(op, size(l0 + 1, f1), size(f1, l1 + 1), size(l1 + 1, x.rank), size(0, l0 + 1));
+      engine().runPlan(plan, { x: x.buffer, out: out.buffer });
+      return out;
+    }
     let current = x;
     for (let k = runs.length - 1; k >= 0; k--) {
       const next = reduceBlock(op, current, runs[k][0], runs[k][1]);
@@ -108,6 +117,8 @@ export function sumTo(g: Tensor, shape: Shape): Tensor {
   g.shape.forEach((d, i) => {
     if (i < offset || (shape[i - offset] === 1 && d !== 1)) axes.push(i);
   });
+  // Nothing to sum (the operand was not broadcast): the same values, without a copy.
+  if (axes.length === 0) return g.view(shape);
   const summed = sum(g, axes, true);
   const out = reshape(summed, shape);
   summed.dispose();

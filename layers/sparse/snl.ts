@@ -29,7 +29,7 @@ import { record } from "../../engine/autograd.ts";
 import { Module, uniformInit } from "../../engine/module.ts";
 import type { Rng } from "../../engine/random.ts";
 import { Tensor, tidy } from "../../engine/tensor.ts";
-import { add, where, zeros } from "../../engine/ops/elementwise.ts";
+import { add, zeros } from "../../engine/ops/elementwise.ts";
 import { conv2d } from "../../engine/ops/conv.ts";
 import {
   snlBackwardPlan,
@@ -209,8 +209,8 @@ export class SNLModule extends Module {
       if (this.mode === "dense") {
         f2 = add(f1, conv2d(f1, this.midWeight, this.midBias));
       } else {
-        // sparseConv2d is exactly 0 at clean sites; `where` keeps them bit-identical (also for -0).
-        f2 = where(sites!.mask, add(f1, sparseConv2d(f1, sites!, this.midWeight, this.midBias)), f1);
+        // The residual sparse conv leaves clean sites bit-identical (also -0) and adds at active ones.
+        f2 = sparseConv2d(f1, sites!, this.midWeight, this.midBias, { residual: true });
       }
       return snlStep(f2, conv2d(f2, this.e2Weight, this.e2Bias, { padding: 1 }), sites, this.mode);
     });

@@ -144,6 +144,13 @@ function weightGrads(
   return { dw, db: null };
 }
 
+/** Options of {@link sparseConv2d}. */
+export interface SparseConv2dOptions {
+  /** Add the input to the output: `x + sparseConv2d(x)` (`x` itself at clean sites, bit for bit) in one op;
+   * needs Cout = Cin (default false). */
+  residual?: boolean;
+}
+
 /**
  * Submanifold sparse convolution (SPAIR's SC): `out_p = M_p * (b + sum_t K_t x_{p+d_t} M_{p+d_t})`.
  *
@@ -156,6 +163,7 @@ function weightGrads(
  *   the site buffers for its backward, so `sites` may be disposed right after the call
  * @param weight [Cout, Cin, k, k] with k = 1 or 3 (padding (k - 1) / 2, stride 1, dilation 1)
  * @param bias [Cout] or null
+ * @param options `residual`: add `x` to the output (see {@link SparseConv2dOptions})
  * @returns [N, Cout, H, W]
  *
  * ```ts
@@ -170,17 +178,29 @@ function weightGrads(
  * sites.dispose();
  * ```
  */
-export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias: Tensor | null): Tensor {
+export function sparseConv2d(
+  x: Tensor,
+  sites: ActiveSites,
+  weight: Tensor,
+  bias: Tensor | null,
+  options: SparseConv2dOptions = {},
+): Tensor {
   checkSites("sparseConv2d", x, sites);
   const [N, Cin, H, W] = x.shape;
   const k = kernelSize("sparseConv2d", weight, Cin, bias);
   const Cout = weight.shape[0];
+  const residual = options.residual ?? false;
+  if (residual && Cout !== Cin) {
+    throw new Error(`sparseConv2d: a residual needs as many output channels as input (${Cout} vs ${Cin})`);
+  }
   const geo: Geometry = { N, H, W, k, cap: sites.capacity };
   const e = engine();
   const nbits = k === 3 ? e.op("sparseConv2d", () => neighbourBits(sites)) : undefined;
   const site = siteBuffers(sites.indices, sites.counts, nbits);
   const y = e.op("sparseConv2d", () => {
-    const out = zeros([N, Cout, H, W]);
+    // With the residual, the output starts as a copy of x and the active sites' results are added to it.
+    const out = residual ? Tensor.empty(x.shape) : zeros([N, Cout, H, W]);
+    if (residual) e.copy(x.buffer, 0, out.buffer, 0, x.size * 4);
     const wt = weightLayout(weight, false);
     const spec = gemmSpec(geo, {
       K: Cin,
@@ -188,6 +208,7 @@ export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias
       src: { channels: Cin, offset: 0 },
       dst: { channels: Cout, offset: 0 },
       bias: !!bias,
+      accumulate: residual,
     });
     run(siteGemmPlan(spec), { ...site, src: x, wt, out, ...(bias ? { bias } : {}) });
     wt.dispose();
@@ -203,7 +224,9 @@ export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias
         const s = siteBuffers(indices, counts, bits);
         let dx: Tensor | null = null;
         if (x.requiresGrad) {
-          dx = zeros(x.shape);
+          // The residual passes g on everywhere; the convolution's gradient adds at active sites.
+          dx = residual ? Tensor.empty(x.shape) : zeros(x.shape);
+          if (residual) e.copy(g.buffer, 0, dx.buffer, 0, g.size * 4);
           const wt = weightLayout(sw, true);
           const spec = gemmSpec(geo, {
             K: Cout,
@@ -211,6 +234,7 @@ export function sparseConv2d(x: Tensor, sites: ActiveSites, weight: Tensor, bias
             src: { channels: Cout, offset: 0 },
             dst: { channels: Cin, offset: 0 },
             flip: true,
+            accumulate: residual,
           });
           run(siteGemmPlan(spec), { ...s, src: g, wt, out: dx });
           wt.dispose();
