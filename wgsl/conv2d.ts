@@ -524,8 +524,11 @@ function directConvPlan(
   hasBias: boolean,
   tile: TexTile,
   relu = false,
+  up?: { kh: number; kw: number },
 ): KernelPlan | null {
   const { tm, tn, wg } = tile;
+  const kk = up ? up.kh * up.kw : 1;
+  if (up && (g.kh !== 1 || g.kw !== 1 || tn % kk !== 0 || g.O % kk !== 0)) return null;
   const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
   const srcFloats = g.N * g.C * g.Hs * g.Ws, wFloats = g.O * taps * C4 * 4;
   if (g.Ws % 4 !== 0 || tm % 4 !== 0 || srcFloats > MAX_TEXTURE_FLOATS || wFloats > MAX_TEXTURE_FLOATS) {
@@ -541,6 +544,7 @@ function directConvPlan(
   const steps = C4 * g.kh;
   const sched = texSchedule(rows, g.O, steps, 1, tm, tn);
   const split = sched.splits > 1;
+  if (up && split) return null; // the split-K reduction writes the plain layout
   const setup: string[] = [`  let lineBlock = rowBlock % u.lineBlocks;
   let nh = rowBlock / u.lineBlocks;
   let oh = nh % u.Hout;
@@ -609,16 +613,25 @@ function directConvPlan(
       r = 0;
       c4++;
     }`,
-    outIndex: (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
+    // With `up`, column (c, r, q) of pixel (oh, ow) lands at (oh * kh + r, ow * kw + q) of channel c (a
+    // transposed convolution whose kernel equals its stride, as a 1x1 convolution to C * kh * kw columns).
+    outIndex: up
+      ? (i, j) =>
+        `(((n * u.cols + col0 + ${j}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + ${
+          Math.floor(j / up.kw) % up.kh
+        }) * u.Wout * ${up.kw} + (ow0 + ${i}) * ${up.kw} + ${j % up.kw}`
+      : (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : EPILOGUE_DECLS,
     epilogue: (v, _i, j) => `act(${v} + bias_${j})`,
-    epilogueSetup: biasLoads(tn),
+    epilogueSetup: biasLoads(tn, kk),
   };
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
+      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${
+        up ? `-up${up.kh}x${up.kw}` : ""
+      }`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -658,9 +671,11 @@ function directConvPlan(
  * Without one, the binding is a small scratch buffer whose contents `select` ignores (robust access keeps
  * its reads in bounds).
  */
-const biasLoads = (tn: number) =>
-  Array.from({ length: tn }, (_, j) => `  let bias_${j} = select(0.0, bias[colc_${j}], u.hasBias != 0);`)
-    .join("\n");
+const biasLoads = (tn: number, columnsPerBias = 1) =>
+  Array.from({ length: tn }, (_, j) => {
+    const index = columnsPerBias === 1 ? `colc_${j}` : `colc_${j} / ${columnsPerBias}`;
+    return `  let bias_${j} = select(0.0, bias[${index}], u.hasBias != 0);`;
+  }).join("\n");
 /** Floats of the stand-in bias binding of a convolution without bias. */
 const NO_BIAS_FLOATS = 4;
 /** Uniform flags of the texture kernels' epilogue: add the bias, then ReLU (both uniforms, one pipeline). */
@@ -741,6 +756,38 @@ function inputGradTexPlan(
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
   const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
+  const nonOverlapping = s.strideH === s.kh && s.strideW === s.kw && s.padH === 0 && s.padW === 0 &&
+    s.H === s.Hout * s.kh && s.W === s.Wout * s.kw && taps > 1;
+  if (directTile && nonOverlapping) {
+    // Kernel = stride (the U-Net's 2x2 upsampling): every output pixel gets exactly one tap, so this is a 1x1
+    // convolution of dy to Cin * taps columns scattered to their pixels, not a convolution of zero-inserted
+    // dy (three quarters zeros at stride 2).
+    const cols = s.Cin * taps;
+    const up = directConvPlan(
+      {
+        N: s.N,
+        C: s.Cout,
+        Hs: s.Hout,
+        Ws: s.Wout,
+        O: cols,
+        Hout: s.Hout,
+        Wout: s.Wout,
+        kh: 1,
+        kw: 1,
+        P0: 0,
+        Q0: 0,
+        dH: 1,
+        dW: 1,
+      },
+      "dy",
+      packWeightStep("wp", cols, s.Cout, 1, 1, cols, false),
+      hasBias,
+      convTileFor(cols, CONV_DIRECT_TILE.tn),
+      false,
+      { kh: s.kh, kw: s.kw },
+    );
+    if (up) return up;
+  }
   if (directTile && s.strideH === 1 && s.strideW === 1) {
     // Stride 1: no zeros to insert, so the direct kernel reads dy where it is (no repack of dy).
     const direct = directConvPlan(
