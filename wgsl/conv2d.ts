@@ -310,8 +310,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lane
   };
 }
 
-/** dst[o][t][c] (c < Cp) = src[o * oS + c * cS + (flip ? taps - 1 - t : t)] for c < C, else 0. */
-function packWeightStep(
+/** dst[o][t][c] (c < Cp, C rounded up to a multiple of `padTo`) = w[o * oS + c * cS + (flip ? taps - 1 - t : t)]
+ * for c < C, else 0 (buffers `w` and `dst`). The convolutions' weight layouts, and the sparse ones'. */
+export function packWeightStep(
   dst: string,
   O: number,
   C: number,
@@ -319,8 +320,9 @@ function packWeightStep(
   oS: number,
   cS: number,
   flip: boolean,
+  padTo = 4,
 ): KernelStep {
-  const Cp = ceil4(C);
+  const Cp = Math.ceil(C / padTo) * padTo;
   const n = O * taps * Cp;
   const code = `struct Params { n: i32, C: i32, Cp: i32, taps: i32, oS: i32, cS: i32, flip: i32, }
 @group(0) @binding(0) var<uniform> u: Params;

@@ -24,7 +24,7 @@ import { engine } from "../../engine/device.ts";
 import { noGrad, record } from "../../engine/autograd.ts";
 import { Tensor } from "../../engine/tensor.ts";
 import { zeros } from "../../engine/ops/elementwise.ts";
-import { pad, permute } from "../../engine/ops/shape.ts";
+import { packWeightStep } from "../../wgsl/conv2d.ts";
 import { Module, uniformInit } from "../../engine/module.ts";
 import type { Rng } from "../../engine/random.ts";
 import {
@@ -102,16 +102,19 @@ function kernelSize(op: string, w: Tensor, cin: number, bias: Tensor | null): 1 
 }
 
 /** Weights in the `[K][taps][cols]` layout of the site kernels: forward (`[Cin][k][k][Cout]`) or input
- * gradient (`[Cout][k][k][Cin]`, taps mirrored by the kernel), the last axis zero-padded to a multiple of 4. */
+ * gradient (`[Cout][k][k][Cin]`, taps mirrored by the kernel), the last axis zero-padded to
+ * {@link weightCols}; one dispatch (not a permute and a pad). */
 function weightLayout(w: Tensor, forInputGrad: boolean): Tensor {
-  return noGrad(() => {
-    const t = permute(w, forInputGrad ? [0, 2, 3, 1] : [1, 2, 3, 0]);
-    const cols = t.shape[3], padded = weightCols(cols);
-    if (padded === cols) return t;
-    const p = pad(t, [[0, 0], [0, 0], [0, 0], [0, padded - cols]]);
-    t.dispose();
-    return p;
-  });
+  const [Cout, Cin, kh, kw] = w.shape;
+  const taps = kh * kw;
+  const [K, cols, kStride, colStride] = forInputGrad
+    ? [Cout, Cin, Cin * taps, taps]
+    : [Cin, Cout, taps, Cin * taps];
+  const padded = weightCols(cols);
+  const out = Tensor.empty([K, kh, kw, padded]);
+  const step = packWeightStep("out", K, cols, taps, kStride, colStride, false, padded);
+  engine().runPlan({ outSize: out.size, scratch: {}, steps: [step] }, { w: w.buffer, out: out.buffer });
+  return out;
 }
 
 type Geometry = { N: number; H: number; W: number; k: 1 | 3; cap: number };
