@@ -108,6 +108,7 @@ export {
   SGD,
   type SgdOptions,
   stepLr,
+  type UpdateItem,
 } from "./engine/optim.ts";
 export { Module, uniformInit } from "./engine/module.ts";
 export {

@@ -7,7 +7,7 @@
 
 import { engine } from "./device.ts";
 import { keep, Tensor, tidy } from "./tensor.ts";
-import { noGrad } from "./autograd.ts";
+import { noGrad } from "./graph.ts";
 import { add, full, map, mul } from "./ops/elementwise.ts";
 import { sum } from "./ops/reduce.ts";
 import { ADAM_MAX_SEGMENTS, adamStep, sgdStep } from "../wgsl/optim.ts";
@@ -40,9 +40,12 @@ function paramName(p: Tensor, group: number, index: number): string {
 }
 
 /** A parameter to update, its gradient and its state tensors. */
-interface UpdateItem {
+export interface UpdateItem {
+  /** The parameter, updated in place. */
   p: Tensor;
+  /** Its gradient. */
   grad: Tensor;
+  /** Its optimizer state tensors, one per slot (Adam: `exp_avg`, `exp_avg_sq`). */
   slots: Tensor[];
 }
 

@@ -9,7 +9,7 @@
  */
 
 import { engine } from "./device.ts";
-import type { GradNode } from "./autograd.ts";
+import type { GradNode } from "./graph.ts";
 import type { KernelPlan } from "../wgsl/plan.ts";
 
 /** A tensor shape, outermost dimension first. */

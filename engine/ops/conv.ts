@@ -7,7 +7,7 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { runPlanInto as run, Tensor } from "../tensor.ts";
 import {
   conv2dForwardPlan,

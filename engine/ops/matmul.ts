@@ -6,7 +6,7 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { Tensor } from "../tensor.ts";
 import { matmulPlan, type MatmulShape } from "../../wgsl/matmul.ts";
 import { memoizePlans } from "../../wgsl/plan.ts";

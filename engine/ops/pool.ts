@@ -5,7 +5,7 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { Tensor } from "../tensor.ts";
 import { pool2dBackwardStep, pool2dForwardStep, type Pool2dShape } from "../../wgsl/pool2d.ts";
 

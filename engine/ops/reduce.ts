@@ -5,10 +5,10 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { type Shape, sizeOf, Tensor } from "../tensor.ts";
 import { type ReduceOp, reducePlan } from "../../wgsl/reduce.ts";
-import { map } from "./elementwise.ts";
+import { map } from "./map.ts";
 import { reshape } from "./shape.ts";
 
 /** Normalizes possibly negative axes to sorted unique non-negative ones (all axes when undefined). */

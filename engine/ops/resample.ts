@@ -6,7 +6,7 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { sizeOf, Tensor } from "../tensor.ts";
 import { type Resample1d, resampleBackwardStep, resampleForwardStep } from "../../wgsl/resample.ts";
 

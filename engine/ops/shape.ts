@@ -6,7 +6,7 @@
  */
 
 import { engine } from "../device.ts";
-import { record } from "../autograd.ts";
+import { record } from "../graph.ts";
 import { type Shape, sizeOf, stridesOf, Tensor } from "../tensor.ts";
 import { type StridedCopy, stridedCopyStep } from "../../wgsl/gather.ts";
 import { MAX_TEXTURE_FLOATS } from "../../wgsl/gemm.ts";

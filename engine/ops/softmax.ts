@@ -5,7 +5,7 @@
  * @module
  */
 
-import { noGrad } from "../autograd.ts";
+import { noGrad } from "../graph.ts";
 import type { Tensor } from "../tensor.ts";
 import { div, exp, log, sub } from "./elementwise.ts";
 import { max, sum } from "./reduce.ts";
