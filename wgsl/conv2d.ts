@@ -511,6 +511,9 @@ interface DirectGeom {
   Q0: number;
   dH: number;
   dW: number;
+  /** Strides (default 1). */
+  sH?: number;
+  sW?: number;
 }
 
 /**
@@ -539,7 +542,8 @@ function directConvPlan(
   // Window of the block's first pixel: texel shift and offset inside the texel (compile-time: the kernel
   // is keyed on Q0 mod 4 and dW).
   const off = ((-g.Q0 % 4) + 4) % 4;
-  const texels = Math.ceil((off + tm + (g.kw - 1) * g.dW) / 4);
+  const sH = g.sH ?? 1, sW = g.sW ?? 1;
+  const texels = Math.ceil((off + (tm - 1) * sW + 1 + (g.kw - 1) * g.dW) / 4);
   const rowBlocksPerLine = Math.ceil(g.Wout / tm);
   const rows = g.N * g.Hout * rowBlocksPerLine * tm;
   const outSize = g.N * g.O * g.Hout * g.Wout;
@@ -553,13 +557,13 @@ function directConvPlan(
   let n = nh / u.Hout;
   let ow0 = lineBlock * ${tm};
   let W4 = u.Ws >> 2u;
-  let t0 = (ow0 - ${off} - u.Q0) >> 2u;`];
+  let t0 = (ow0${sW === 1 ? "" : ` * ${sW}`} - ${off} - u.Q0) >> 2u;`];
   for (let t = 0; t < texels; t++) setup.push(`  let colOk_${t} = u32(t0 + ${t}) < u32(W4);`);
   for (let j = 0; j < tn; j++) setup.push(`  let wb_${j} = colc_${j} * ${taps} * u.C4;`);
   // k = (c4, kernel row r), r fastest, walked with counters.
   setup.push(`  var c4 = stepBegin / ${g.kh};
   var r = stepBegin % ${g.kh};`);
-  const preStep = [`    let ih = oh + r * u.dH - u.P0;
+  const preStep = [`    let ih = oh${sH === 1 ? "" : ` * ${sH}`} + r * u.dH - u.P0;
     let rowOk = u32(ih) < u32(u.Hs);
     let wOff = r * ${g.kw} * u.C4 + c4;`];
   for (let cs = 0; cs < 4; cs++) {
@@ -580,7 +584,7 @@ function directConvPlan(
   const comp = ["x", "y", "z", "w"];
   // k sub-step s = q * 4 + channel: pixel i of tap q is window position off + i + q * dW.
   const aValue = (i: number, s: number) => {
-    const p = off + i + (s >> 2) * g.dW;
+    const p = off + i * sW + (s >> 2) * g.dW;
     return `ta_${s & 3}_${p >> 2}.${comp[p & 3]}`;
   };
   const spec: TexGemmSpec = {
@@ -631,9 +635,9 @@ function directConvPlan(
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${
-        up ? `-up${up.kh}x${up.kw}` : ""
-      }`,
+      key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}${
+        sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
+      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${up ? `-up${up.kh}x${up.kw}` : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -684,6 +688,9 @@ const NO_BIAS_FLOATS = 4;
 const EPILOGUE_PARAMS = ["hasBias", "relu"];
 const EPILOGUE_DECLS = "fn act(v: f32) -> f32 { return select(v, max(v, 0.0), u.relu != 0); }";
 
+/** Largest stride the direct kernel takes (its row window grows with the stride). */
+const DIRECT_MAX_STRIDE = 2;
+
 /** Padded extent an axis needs: the last output reads (out - 1) * stride + (k - 1) * dil. */
 const span = (out: number, stride: number, k: number, dil: number) => (out - 1) * stride + (k - 1) * dil + 1;
 
@@ -695,7 +702,7 @@ function forwardTexPlan(
   relu: boolean,
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
-  if (directTile && s.strideH === 1 && s.strideW === 1) {
+  if (directTile && s.strideH <= DIRECT_MAX_STRIDE && s.strideW <= DIRECT_MAX_STRIDE) {
     const direct = directConvPlan(
       {
         N: s.N,
@@ -711,6 +718,8 @@ function forwardTexPlan(
         Q0: s.padW,
         dH: s.dilH,
         dW: s.dilW,
+        sH: s.strideH,
+        sW: s.strideW,
       },
       "x",
       packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
