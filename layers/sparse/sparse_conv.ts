@@ -33,13 +33,18 @@ import {
   neighbourEntriesStep,
   reluGateStep,
   siteCopyStep,
-  siteGemmPlan,
+  siteGemmPlan as buildSiteGemmPlan,
   type SiteGemmSpec,
-  sparseWeightGradPlan,
+  sparseWeightGradPlan as buildWeightGradPlan,
   weightCols,
 } from "../../wgsl/sparse_conv.ts";
-import type { KernelPlan, KernelStep } from "../../wgsl/plan.ts";
+import { type KernelPlan, type KernelStep, memoizePlans } from "../../wgsl/plan.ts";
 import type { ActiveSites } from "./active.ts";
+
+// Plans by spec, built once: their WGSL is long, and building it per call cost ~10 ms of host time per tiny
+// NetR training step.
+const siteGemmPlan = memoizePlans(buildSiteGemmPlan);
+const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
 
 /** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
 export const SC_LAYERS = 6;
