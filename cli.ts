@@ -370,7 +370,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return (await entry.run(rest)) ?? 0;
   } catch (e) {
-    const known = e instanceof UserError || e instanceof NoAdapterError || (e as Error)?.name === "TypeError";
+    const known = e instanceof UserError || (e as Error)?.name === "TypeError";
     const message = e instanceof Error ? e.message.split("\n")[0] : String(e);
     console.error(`spair-gpu ${command}: ${message}`);
     if (!known && Deno.env.get("SPAIR_DEBUG")) console.error(e);

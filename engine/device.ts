@@ -10,6 +10,7 @@
  */
 
 import { BufferPool, type MemoryStats } from "./pool.ts";
+import { UserError } from "./errors.ts";
 import { type KernelPlan, type KernelSource, type KernelStep, TEXTURE_ROW_TEXELS } from "../wgsl/plan.ts";
 
 /** {@link Engine.memory}: the buffer pool's counters and the operand textures' bytes. */
@@ -21,8 +22,9 @@ export interface EngineMemoryStats extends MemoryStats {
   derivedBuffers: number;
 }
 
-/** Thrown when no WebGPU adapter exists; the message says how to get one. */
-export class NoAdapterError extends Error {
+/** Thrown when no WebGPU adapter exists; the message says how to get one (a {@link UserError}: the CLI prints
+ * it as one line). */
+export class NoAdapterError extends UserError {
   /**
    * Builds the message, with installation advice.
    *
@@ -34,7 +36,6 @@ export class NoAdapterError extends Error {
         ": install your GPU's driver, or on a GPU-less Linux machine run " +
         "`sudo apt-get install -y mesa-vulkan-drivers libvulkan1` (software Vulkan, llvmpipe)",
     );
-    this.name = "NoAdapterError";
   }
 }
 

@@ -4,6 +4,7 @@ import { randomArray, testEngine } from "./_setup.ts";
 import * as ops from "../mod.ts";
 import { TEXTURE_WIDTH } from "../engine/device.ts";
 import { foldWorkgroups } from "../wgsl/plan.ts";
+import { UserError } from "../engine/errors.ts";
 
 Deno.test("a plan input bound as a texture reads the same values as the buffer (partial last row)", async () => {
   const n = TEXTURE_WIDTH * 4 * 3 + 4 * 37 + 2; // three full texture rows, a partial row, a partial texel
@@ -202,4 +203,13 @@ Deno.test("packed convolution weights are reused until the weights change (write
     0,
     "disposing the weights releases what was derived from them",
   );
+});
+
+Deno.test("NoAdapterError is a user error (one line from the CLI) that says how to get an adapter", () => {
+  const e = new ops.NoAdapterError("navigator.gpu is not available in this runtime");
+  assert.ok(e instanceof UserError);
+  assert.equal(e.name, "NoAdapterError");
+  assert.match(e.message, /^no WebGPU adapter found \(navigator\.gpu is not available in this runtime\): /);
+  assert.match(e.message, /apt-get install -y mesa-vulkan-drivers libvulkan1/);
+  assert.ok(!e.message.includes("\n"));
 });
