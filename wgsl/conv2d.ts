@@ -310,6 +310,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lane
   };
 }
 
+/** Key of the weight-packing kernel ({@link packWeightStep}); `engine/ops/conv.ts` finds the step by it to keep
+ * packed weights between calls. */
+export const PACK_WEIGHT_KEY = "conv-pack-weight";
+
 /** dst[o][t][c] (c < Cp, C rounded up to a multiple of `padTo`) = w[o * oS + c * cS + (flip ? taps - 1 - t : t)]
  * for c < C, else 0 (buffers `w` and `dst`). The convolutions' weight layouts, and the sparse ones'. */
 export function packWeightStep(
@@ -341,7 +345,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   dst[i] = select(0.0, src[select(0, o * u.oS + c * u.cS + st, ok)], ok);
 }`;
   return {
-    kernel: { key: "conv-pack-weight", code },
+    kernel: { key: PACK_WEIGHT_KEY, code },
     uniforms: packI32([n, C, Cp, taps, oS, cS, flip ? 1 : 0]),
     buffers: ["w", dst],
     writes: [dst],
@@ -517,10 +521,12 @@ interface DirectGeom {
 }
 
 /**
- * Stride-1 convolution as a texture GEMM reading the NCHW source directly (no repack): one texel is 4
+ * Convolution at stride 1 or 2 as a texture GEMM reading the NCHW source directly (no repack): one texel is 4
  * neighbouring pixels of one channel row, so an invocation owning `tm` neighbouring output pixels loads the
- * row window they share once per (4 channels, kernel row) and takes all `kw` taps from it in registers
- * (4 * kw k values per iteration). Needs source rows of whole texels (Ws % 4 == 0); the caller checks it.
+ * row window they share (tm * stride pixels wide) once per (4 channels, kernel row) and takes all `kw` taps
+ * from it in registers (4 * kw k values per iteration). Needs source rows of whole texels (Ws % 4 == 0);
+ * returns null otherwise. With `up` (a 1x1 convolution to C * kh * kw columns), the output write scatters
+ * the columns to kh x kw pixels: a transposed convolution whose kernel equals its stride.
  */
 function directConvPlan(
   g: DirectGeom,
@@ -582,7 +588,7 @@ function directConvPlan(
     }
   }
   const comp = ["x", "y", "z", "w"];
-  // k sub-step s = q * 4 + channel: pixel i of tap q is window position off + i + q * dW.
+  // k sub-step s = q * 4 + channel: pixel i of tap q is window position off + i * sW + q * dW.
   const aValue = (i: number, s: number) => {
     const p = off + i * sW + (s >> 2) * g.dW;
     return `ta_${s & 3}_${p >> 2}.${comp[p & 3]}`;

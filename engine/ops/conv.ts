@@ -14,6 +14,7 @@ import {
   conv2dInputGradPlan,
   type Conv2dShape,
   conv2dWeightGradPlan,
+  PACK_WEIGHT_KEY,
 } from "../../wgsl/conv2d.ts";
 import { type KernelPlan, type KernelStep, memoizePlans } from "../../wgsl/plan.ts";
 import { add, map } from "./elementwise.ts";
@@ -40,7 +41,7 @@ const packSplits = new WeakMap<KernelPlan, PackSplit | null>();
 function packSplit(plan: KernelPlan): PackSplit | null {
   let split = packSplits.get(plan);
   if (split === undefined) {
-    const pack = plan.steps.find((st) => st.kernel.key === "conv-pack-weight");
+    const pack = plan.steps.find((st) => st.kernel.key === PACK_WEIGHT_KEY);
     split = null;
     if (pack && pack.buffers[0] === "w" && pack.writes[0] === "wp" && plan.scratch.wp) {
       const { wp: _, ...scratch } = plan.scratch;
