@@ -77,6 +77,10 @@ const TEXTURE_BINDING = 0x4;
 export const TEXTURE_WIDTH = TEXTURE_ROW_TEXELS;
 /** Most bytes of operand textures kept for reuse between dispatches (beyond it they are destroyed). */
 const TEXTURE_POOL_BYTES = 256 << 20;
+/** Most bytes of operand textures kept filled for their source buffers ({@link Engine.textureOf}). */
+const TEXTURE_CACHE_BYTES = 256 << 20;
+/** Most bind groups kept for reuse (the cache starts over past it). */
+const BIND_GROUP_CACHE = 8192;
 /** Bytes of one rgba32float texture row. */
 const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
 const textureBytes = (t: GPUTexture) => t.height * TEXTURE_ROW_BYTES;
@@ -162,6 +166,19 @@ export class Engine {
   /** Operand textures kept for reuse, by row count (creating one per dispatch costs llvmpipe page faults). */
   #texturePool = new Map<number, GPUTexture[]>();
   #texturePoolBytes = 0;
+  /** Filled operand textures by source buffer, oldest first, until the buffer is written or released: a
+   * tensor read by several texture kernels (a conv's input again in its weight gradient, dy by both
+   * gradients) is copied once. */
+  #textureCache = new Map<GPUBuffer, { texture: GPUTexture; floats: number }>();
+  #textureCacheBytes = 0;
+  /** Bind groups by layout and bound resources: a training step binds the same pooled buffers and textures
+   * step after step, and creating a bind group cost the host more than recording its dispatch (~15 of a
+   * NetR step's ~40 ms). A destroyed resource is never bound again, so its entries are never hit. */
+  #bindGroups = new Map<string, GPUBindGroup>();
+  #resourceIds = new WeakMap<object, number>();
+  #nextResourceId = 1;
+  /** One view per operand texture (bind groups are cached by view). */
+  #views = new WeakMap<GPUTexture, GPUTextureView>();
   /** Textures taken since the last dispatch; pooled again once the dispatch reading them is recorded. */
   #pendingTextures: GPUTexture[] = [];
   #firstError: GpuOpError | null = null;
@@ -182,6 +199,10 @@ export class Engine {
   dispatchCount = 0;
   /** Queue submissions since creation. */
   submitCount = 0;
+  /** Buffer-to-texture copies recorded by {@link textureOf} (a cached texture copies nothing). */
+  textureCopyCount = 0;
+  /** Most bytes of filled operand textures kept for their source buffers (0: copy at every read). */
+  textureCacheLimit = TEXTURE_CACHE_BYTES;
   /** Called after each pipeline is created, e.g. to show "compiling GPU kernels" progress on a first run. */
   onPipelineCompile: PipelineCompileListener | null = null;
   #compileMs = 0;
@@ -224,7 +245,7 @@ export class Engine {
     powerPreference?: GPUPowerPreference,
   ) {
     this.pool = new BufferPool(device);
-    this.pool.onRelease = (buffer) => this.#dropDerived(buffer);
+    this.pool.onRelease = (buffer) => this.#sourceChanged(buffer);
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
@@ -296,7 +317,10 @@ export class Engine {
     const held = [...this.#pendingTextures, ...this.#texturesInFlight];
     return {
       ...this.pool.stats(),
-      textureBytes: held.reduce((n, t) => n + textureBytes(t), this.#texturePoolBytes),
+      textureBytes: held.reduce(
+        (n, t) => n + textureBytes(t),
+        this.#texturePoolBytes + this.#textureCacheBytes,
+      ),
       derivedBuffers: [...this.#derived.values()].reduce((n, entries) => n + entries.size, 0),
     };
   }
@@ -652,23 +676,13 @@ export class Engine {
       return;
     }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
-    if (this.#derived.size > 0) {
-      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#dropDerived(b.buffer));
+    if (this.#derived.size > 0 || this.#textureCache.size > 0) {
+      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#sourceChanged(b.buffer));
     }
     const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
     this.#uniformData.set(new Uint8Array(uniforms), slot * UNIFORM_SLOT);
-    const entries: GPUBindGroupEntry[] = [{
-      binding: 0,
-      resource: { buffer: this.#uniformBuffer, size: UNIFORM_SLOT },
-    }];
-    bindings.forEach((b, i) =>
-      entries.push({
-        binding: i + 1,
-        resource: "buffer" in b ? { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } : b,
-      })
-    );
-    const bindGroup = this.device.createBindGroup({ layout, entries });
+    const bindGroup = this.#bindGroup(layout, bindings);
     const pass = this.#computePass(this.#profile ? kernel.key : undefined);
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup, [slot * UNIFORM_SLOT]);
@@ -689,6 +703,46 @@ export class Engine {
     this.#pendingTextures = [];
   }
 
+  #resourceId(resource: object): number {
+    let id = this.#resourceIds.get(resource);
+    if (id === undefined) this.#resourceIds.set(resource, id = this.#nextResourceId++);
+    return id;
+  }
+
+  #bindGroup(
+    layout: GPUBindGroupLayout,
+    bindings: ({ buffer: GPUBuffer; offset?: number; size?: number } | GPUTextureView)[],
+  ): GPUBindGroup {
+    let key = String(this.#resourceId(layout));
+    for (const b of bindings) {
+      key += "buffer" in b
+        ? `|${this.#resourceId(b.buffer)}:${b.offset ?? 0}:${b.size ?? ""}`
+        : `|${this.#resourceId(b)}`;
+    }
+    let group = this.#bindGroups.get(key);
+    if (group) return group;
+    const entries: GPUBindGroupEntry[] = [{
+      binding: 0,
+      resource: { buffer: this.#uniformBuffer, size: UNIFORM_SLOT },
+    }];
+    bindings.forEach((b, i) =>
+      entries.push({
+        binding: i + 1,
+        resource: "buffer" in b ? { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } : b,
+      })
+    );
+    group = this.device.createBindGroup({ layout, entries });
+    if (this.#bindGroups.size >= BIND_GROUP_CACHE) this.#bindGroups.clear();
+    this.#bindGroups.set(key, group);
+    return group;
+  }
+
+  #viewOf(texture: GPUTexture): GPUTextureView {
+    let view = this.#views.get(texture);
+    if (!view) this.#views.set(texture, view = texture.createView());
+    return view;
+  }
+
   /**
    * Records a copy of the first `floats` values of `buffer` into an rgba32float texture of
    * {@link TEXTURE_WIDTH} texels per row (value i is texel i / 4, component i % 4, at
@@ -696,10 +750,15 @@ export class Engine {
    * some drivers (llvmpipe), so GEMM kernels read their operands this way. The texture returns to a pool
    * (by size) once the next {@link dispatch} is recorded, and later copies reuse it (commands run in
    * recording order, so a copy never overtakes an earlier read).
-   * Texels past `floats` are unspecified; kernels never read them.
+   * Texels past `floats` are unspecified; kernels never read them. The filled texture is kept for `buffer`
+   * (up to {@link TEXTURE_CACHE_BYTES} in all, oldest dropped first) until the buffer is written or
+   * released, so later calls for the same buffer and `floats` copy nothing.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
     if (this.#collecting) return null as unknown as GPUTextureView; // never bound: nothing is recorded
+    const cached = this.#textureCache.get(buffer);
+    if (cached?.floats === floats) return this.#viewOf(cached.texture);
+    if (cached) this.#uncacheTexture(buffer);
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
@@ -716,7 +775,18 @@ export class Engine {
         usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
       });
     }
-    this.#pendingTextures.push(texture);
+    const bytes = textureBytes(texture);
+    if (bytes <= this.textureCacheLimit) {
+      this.#textureCache.set(buffer, { texture, floats });
+      this.#textureCacheBytes += bytes;
+      for (const [source] of this.#textureCache) {
+        if (this.#textureCacheBytes <= this.textureCacheLimit) break;
+        this.#uncacheTexture(source);
+      }
+    } else {
+      this.#pendingTextures.push(texture);
+    }
+    this.textureCopyCount++;
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
     const rowBytes = TEXTURE_ROW_BYTES;
@@ -731,7 +801,7 @@ export class Engine {
         [rest, 1],
       );
     }
-    return texture.createView();
+    return this.#viewOf(texture);
   }
 
   /**
@@ -802,24 +872,35 @@ export class Engine {
     return target;
   }
 
-  #dropDerived(source: GPUBuffer): void {
+  /** Forgets what was derived from `source` (it is being written or released). */
+  #sourceChanged(source: GPUBuffer): void {
+    if (this.#textureCache.has(source)) this.#uncacheTexture(source);
     const entries = this.#derived.get(source);
     if (!entries) return;
     this.#derived.delete(source);
     for (const b of entries.values()) this.pool.release(b);
   }
 
+  /** Drops `source`'s cached texture. It returns to the pool once the next dispatch is recorded (that
+   * dispatch may still read it; later copies into it are recorded after). */
+  #uncacheTexture(source: GPUBuffer): void {
+    const entry = this.#textureCache.get(source)!;
+    this.#textureCache.delete(source);
+    this.#textureCacheBytes -= textureBytes(entry.texture);
+    this.#pendingTextures.push(entry.texture);
+  }
+
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#dropDerived(dst);
+    this.#sourceChanged(dst);
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#dropDerived(buffer);
+    this.#sourceChanged(buffer);
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
 
@@ -827,7 +908,7 @@ export class Engine {
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     if (this.#collecting) return;
-    this.#dropDerived(buffer);
+    this.#sourceChanged(buffer);
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
   }
@@ -882,7 +963,12 @@ export class Engine {
     const error = this.#firstError ?? this.#uncaptured;
     this.#firstError = null;
     this.#uncaptured = null;
-    if (error) throw error;
+    if (!error) return;
+    // The failed command buffer may have held the copies and fills behind cached textures and derived
+    // buffers: forget them all, so later work makes them again.
+    for (const source of [...this.#textureCache.keys()]) this.#uncacheTexture(source);
+    for (const source of [...this.#derived.keys()]) this.#sourceChanged(source);
+    throw error;
   }
 
   /** Reads `bytes` bytes of a buffer back to the CPU (submits pending work first). */
@@ -911,7 +997,9 @@ export class Engine {
   destroy(): void {
     this.flush();
     this.pool.trim();
+    this.#bindGroups.clear();
     for (const free of this.#texturePool.values()) for (const t of free) t.destroy();
+    for (const { texture } of this.#textureCache.values()) texture.destroy();
     this.#texturePool.clear();
     this.#uniformBuffer.destroy();
     for (const b of this.#dummies.buffers) b.destroy();

@@ -205,6 +205,53 @@ Deno.test("packed convolution weights are reused until the weights change (write
   );
 });
 
+Deno.test("an operand texture is copied once per buffer until the buffer changes (write, copy, dispatch, dispose)", async () => {
+  if (!testEngine.readsViaTextures) return; // the storage path copies nothing
+  const w = ops.tensor(randomArray(6 * 5 * 9, 41, -0.5, 0.5), [6, 5, 3, 3]);
+  const x = ops.tensor(randomArray(2 * 5 * 8 * 12, 42), [2, 5, 8, 12]);
+  const convOf = (input: ops.Tensor) => ops.noGrad(() => ops.conv2d(input, w, null, { padding: 1 }));
+  const expectConvOf = async (data: Float32Array, why: string) => {
+    const fresh = ops.tensor(data, x.shape);
+    const [got, want] = [convOf(x), convOf(fresh)];
+    assert.deepEqual(await got.data(), await want.data(), why);
+    ops.dispose([got, want, fresh]);
+  };
+  ops.dispose([convOf(x)]);
+  const copies = testEngine.textureCopyCount;
+  ops.dispose([convOf(x)]);
+  assert.equal(
+    testEngine.textureCopyCount,
+    copies,
+    "a second read of the same input and weights copies nothing",
+  );
+
+  const uploaded = randomArray(x.size, 43);
+  testEngine.write(x.buffer, 0, uploaded);
+  await expectConvOf(uploaded, "after an upload");
+  const copied = randomArray(x.size, 44);
+  const source = ops.tensor(copied, x.shape);
+  testEngine.copy(source.buffer, 0, x.buffer, 0, x.size * 4);
+  source.dispose();
+  await expectConvOf(copied, "after a copy");
+  x.requiresGrad = true;
+  const sgd = new ops.SGD([x], { lr: 0.5 });
+  const grad = randomArray(x.size, 45);
+  x.grad = ops.tensor(grad, x.shape);
+  sgd.step();
+  await expectConvOf(await x.data(), "after a dispatch writes it");
+  sgd.zeroGrad();
+  // A released buffer comes back from the pool for a new tensor with other values.
+  const buffer = x.buffer;
+  x.dispose();
+  const reused = randomArray(2 * 5 * 8 * 12, 46);
+  const y = ops.tensor(reused, [2, 5, 8, 12]);
+  assert.equal(y.buffer, buffer, "the pool hands the buffer out again");
+  const fresh = ops.tensor(reused, y.shape);
+  const [got, want] = [convOf(y), convOf(fresh)];
+  assert.deepEqual(await got.data(), await want.data(), "a reused buffer's new values");
+  ops.dispose([got, want, fresh, y, w]);
+});
+
 Deno.test("NoAdapterError is a user error (one line from the CLI) that says how to get an adapter", () => {
   const e = new ops.NoAdapterError("navigator.gpu is not available in this runtime");
   assert.ok(e instanceof UserError);
