@@ -9,6 +9,7 @@ import type { Tensor } from "../mod.ts";
 import { type ActiveSites, compactMask } from "../layers/sparse/active.ts";
 import { DenseNonLocal, SNLModule, snlStep } from "../layers/sparse/snl.ts";
 import { snlForwardRefAt, snlGradRefAt, type SnlProblem } from "../bench/snl.ts";
+import { snlForwardPlan } from "../wgsl/snl.ts";
 
 /** Scale-relative tolerance (max |error| / max |reference| per tensor). */
 const TOL = 1e-4;
@@ -158,7 +159,22 @@ const CASES: Case[] = [
   { name: "batch 2, 0% and 100%", shape: [2, 3, 5, 4], densities: [0, 1] },
   { name: "C=40, 2 images", shape: [2, 40, 9, 10], densities: [0.5, 0.1] },
   { name: "dense mode", shape: [2, 6, 7, 9], densities: [0.3, 0.6], dense: true },
+  // Lines of at least 256 sites: the query passes also run the few-query variant (rows here, columns next).
+  { name: "rows of 300 sites, 3% and 30%", shape: [2, 8, 3, 300], densities: [0.03, 0.3] },
+  { name: "columns of 270 sites, C=16, 4%", shape: [1, 16, 270, 4], densities: [0.04] },
 ];
+
+Deno.test("the query passes run the few-query variant on lines of at least 256 sites only", () => {
+  const keys = (H: number, W: number) =>
+    snlForwardPlan({ N: 1, C: 8, H, W, dense: false }).steps.map((st) => st.kernel.key);
+  assert.deepEqual(keys(64, 64).filter((k) => k.includes("few")), []);
+  // Rows of 300: the blocked kernel for lines with many queries, then the few-query one; columns of 3: all.
+  assert.deepEqual(keys(3, 300).filter((k) => k.startsWith("snl:stats")), [
+    "snl:stats-many:c8:t8",
+    "snl:stats-few:c8:t8",
+    "snl:stats:c8:t8",
+  ]);
+});
 
 for (const c of CASES) {
   Deno.test(`snlStep equals the dense masked reference: ${c.name}`, async () => {

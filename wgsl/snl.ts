@@ -27,15 +27,16 @@
  * Lines with few queries. At low density most lines hold a handful of queries (about 2.5 per 256-site
  * line at 1%), so the blocked layout would run one active invocation per line, walking every key of the
  * line on one SIMD lane with T query slots of math per key: each line cost about as much as a line of T
- * queries, and a 1% mask cost half as much as a 10% one. The query passes therefore also run a `few`
- * variant for the lines with at most 2T queries (the blocked one skips them), one workgroup per T queries
+ * queries, and a 1% mask cost half as much as a 10% one. On lines of at least 256 sites the query passes
+ * therefore also run a `few` variant for the lines with at most 2T queries (the blocked one skips them;
+ * on shorter lines its fixed reduction costs more than it saves), one workgroup per T queries
  * of such a line: every invocation holds the same T queries, the invocations split the keys (key i
  * to invocation i mod 8), so each vector instruction serves 8 keys, and a workgroup-memory reduction
  * merges the 8 partial results per query (WG * T * C floats at most, within WebGPU's guaranteed
  * 16 KiB). The key pass already has its lanes busy at low density (T keys each, walking the few queries).
  *
- * Passes (R = row lines, C = column lines), each one dispatch (the query passes `stats`, `accum`, `dgdot`,
- * `dq` two: blocked lines, then few-query lines, which touch disjoint queries):
+ * Passes (R = row lines, C = column lines), each one dispatch (on long lines the query passes `stats`,
+ * `accum`, `dgdot`, `dq` two: blocked lines, then few-query lines, which touch disjoint queries):
  * - forward: `stats` R, C (per query and direction: streaming max and sum of exp over the keys), `finalize`
  *   per query (logsumexp per direction and the fusion softmax over the non-empty directions), `accum` R, C
  *   (`out_p += sum_q w_d a_pq f_q`; `out` starts as a copy of F and a query without keys is not written,
@@ -301,18 +302,26 @@ function dotExpr(C: number, a: (c: number) => string, b: (c: number) => string):
 }
 
 /**
- * Whether the query passes (all but `dk`) of this width get a {@link lineKernel} `few` variant: its
- * cross-lane reduction keeps WG * T * C partial sums in workgroup memory, which WebGPU guarantees up to
- * 16 KiB.
- */
-/**
  * Lines with at most FEW_GROUPS * T queries take the `few` variant, one workgroup per T of them. Measured at
  * 256x256, C = 32: it halves the query passes at 1% (about 2.5 queries per line) and helps at 5% (about
  * 13); at 10% (about 26) it is no faster than the blocked layout, whose lanes are then mostly busy.
  */
 const FEW_GROUPS = 2;
-function hasFewVariant(C: number, T: number): boolean {
-  return WG * T * C * 4 <= 16384;
+/**
+ * Shortest line (keys and queries) whose query passes take the `few` variant. The variant pays a fixed
+ * cross-lane reduction per T queries to spread the line's keys over the lanes, so it wins only where a line
+ * has many keys: snlStep forward + backward with block masks (llvmpipe, 2 cores) ran 20-25% faster without
+ * it on 64- and 32-site lines (N8 C16 64x64 at 10%: 41 vs 47-50 ms; at 2%: 26 vs 33 ms; N8 C32 32x32: 23 vs
+ * 30 ms), the same at 128 and 512 sites (10%), and 20% slower without it at 256x256, 1% (91 vs 71-80 ms).
+ */
+const FEW_MIN_LINE = 256;
+/**
+ * Whether the query passes (all but `dk`) over lines of `len` sites get a {@link lineKernel} `few` variant:
+ * long lines only ({@link FEW_MIN_LINE}), and its cross-lane reduction keeps WG * T * C partial sums in
+ * workgroup memory, which WebGPU guarantees up to 16 KiB.
+ */
+function hasFewVariant(C: number, T: number, len: number): boolean {
+  return len >= FEW_MIN_LINE && WG * T * C * 4 <= 16384;
 }
 
 /**
@@ -326,9 +335,9 @@ function hasFewVariant(C: number, T: number): boolean {
  * partial results per query (streaming max/sum for `stats`, plain sums otherwise), and invocation q writes
  * query q. The blocked variant then skips those lines.
  */
-function lineKernel(pass: Pass, C: number, T: number, few = false): KernelSource {
+function lineKernel(pass: Pass, C: number, T: number, few: boolean, split: boolean): KernelSource {
   const keysPass = pass === "dk";
-  const splitLines = !keysPass && hasFewVariant(C, T);
+  const splitLines = !keysPass && split;
   const items = keysPass ? "nK" : "nQ";
   const ownAt = (i: string) => (keysPass ? `keyAt(listBase, ${i})` : `queryAt(listBase, nK, ${i})`);
   const otherAt = keysPass ? "queryAt(listBase, nK, i)" : "keyAt(listBase, i)";
@@ -640,27 +649,30 @@ ${own}
 ${body}
 }
 `;
-  return { key: `snl:${pass}${few ? "-few" : ""}:c${C}:t${T}`, code };
+  return { key: `snl:${pass}${few ? "-few" : splitLines ? "-many" : ""}:c${C}:t${T}`, code };
 }
 
 const cache = new Map<string, KernelSource>();
-function kernel(pass: Pass, C: number, T: number, few: boolean): KernelSource {
-  const key = `${pass}:${C}:${T}:${few}`;
+/** A line pass's kernel: the `few` variant, or the blocked one, which skips the few variant's lines when
+ * `split`. */
+function kernel(pass: Pass, C: number, T: number, few: boolean, split: boolean): KernelSource {
+  const key = `${pass}:${C}:${T}:${few}:${split}`;
   let k = cache.get(key);
-  if (!k) cache.set(key, k = lineKernel(pass, C, T, few));
+  if (!k) cache.set(key, k = lineKernel(pass, C, T, few, split));
   return k;
 }
 
-/** Steps of one line pass: rows, then columns; for query passes each also as the `few` variant (a
- * workgroup per T queries) for the lines with at most FEW_GROUPS * T queries, which the blocked one skips. */
+/** Steps of one line pass: rows, then columns; for query passes over lines of at least {@link FEW_MIN_LINE}
+ * sites each also as the `few` variant (a workgroup per T queries) for the lines with at most FEW_GROUPS * T
+ * queries, which the blocked one then skips. */
 function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]): KernelStep[] {
   checkShape(s);
   const T = snlBlock(s.C);
-  const withFew = pass !== "dk" && hasFewVariant(s.C, T);
   return [true, false].flatMap((row) => {
     const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
+    const withFew = pass !== "dk" && hasFewVariant(s.C, T, len);
     const step = (few: boolean): KernelStep => ({
-      kernel: kernel(pass, s.C, T, few),
+      kernel: kernel(pass, s.C, T, few, withFew),
       uniforms: uniforms(s, row),
       buffers,
       writes,
