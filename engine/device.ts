@@ -77,8 +77,6 @@ const TEXTURE_BINDING = 0x4;
 export const TEXTURE_WIDTH = TEXTURE_ROW_TEXELS;
 /** Most bytes of operand textures kept for reuse between dispatches (beyond it they are destroyed). */
 const TEXTURE_POOL_BYTES = 256 << 20;
-/** Most bytes of operand textures kept filled for their source buffers ({@link Engine.textureOf}). */
-const TEXTURE_CACHE_BYTES = 256 << 20;
 /** Most bind groups kept for reuse (the cache starts over past it). */
 const BIND_GROUP_CACHE = 8192;
 /** Bytes of one rgba32float texture row. */
@@ -166,11 +164,6 @@ export class Engine {
   /** Operand textures kept for reuse, by row count (creating one per dispatch costs llvmpipe page faults). */
   #texturePool = new Map<number, GPUTexture[]>();
   #texturePoolBytes = 0;
-  /** Filled operand textures by source buffer, oldest first, until the buffer is written or released: a
-   * tensor read by several texture kernels (a conv's input again in its weight gradient, dy by both
-   * gradients) is copied once. */
-  #textureCache = new Map<GPUBuffer, { texture: GPUTexture; floats: number }>();
-  #textureCacheBytes = 0;
   /** Bind groups by layout and bound resources: a training step binds the same pooled buffers and textures
    * step after step, and creating a bind group cost the host more than recording its dispatch (~15 of a
    * NetR step's ~40 ms). A destroyed resource is never bound again, so its entries are never hit. */
@@ -199,10 +192,6 @@ export class Engine {
   dispatchCount = 0;
   /** Queue submissions since creation. */
   submitCount = 0;
-  /** Buffer-to-texture copies recorded by {@link textureOf} (a cached texture copies nothing). */
-  textureCopyCount = 0;
-  /** Most bytes of filled operand textures kept for their source buffers (0: copy at every read). */
-  textureCacheLimit = TEXTURE_CACHE_BYTES;
   /** Called after each pipeline is created, e.g. to show "compiling GPU kernels" progress on a first run. */
   onPipelineCompile: PipelineCompileListener | null = null;
   #compileMs = 0;
@@ -245,7 +234,7 @@ export class Engine {
     powerPreference?: GPUPowerPreference,
   ) {
     this.pool = new BufferPool(device);
-    this.pool.onRelease = (buffer) => this.#sourceChanged(buffer);
+    this.pool.onRelease = (buffer) => this.#dropDerived(buffer);
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
@@ -317,10 +306,7 @@ export class Engine {
     const held = [...this.#pendingTextures, ...this.#texturesInFlight];
     return {
       ...this.pool.stats(),
-      textureBytes: held.reduce(
-        (n, t) => n + textureBytes(t),
-        this.#texturePoolBytes + this.#textureCacheBytes,
-      ),
+      textureBytes: held.reduce((n, t) => n + textureBytes(t), this.#texturePoolBytes),
       derivedBuffers: [...this.#derived.values()].reduce((n, entries) => n + entries.size, 0),
     };
   }
@@ -676,8 +662,8 @@ export class Engine {
       return;
     }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
-    if (this.#derived.size > 0 || this.#textureCache.size > 0) {
-      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#sourceChanged(b.buffer));
+    if (this.#derived.size > 0) {
+      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#dropDerived(b.buffer));
     }
     const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
@@ -750,15 +736,10 @@ export class Engine {
    * some drivers (llvmpipe), so GEMM kernels read their operands this way. The texture returns to a pool
    * (by size) once the next {@link dispatch} is recorded, and later copies reuse it (commands run in
    * recording order, so a copy never overtakes an earlier read).
-   * Texels past `floats` are unspecified; kernels never read them. The filled texture is kept for `buffer`
-   * (up to {@link TEXTURE_CACHE_BYTES} in all, oldest dropped first) until the buffer is written or
-   * released, so later calls for the same buffer and `floats` copy nothing.
+   * Texels past `floats` are unspecified; kernels never read them.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
     if (this.#collecting) return null as unknown as GPUTextureView; // never bound: nothing is recorded
-    const cached = this.#textureCache.get(buffer);
-    if (cached?.floats === floats) return this.#viewOf(cached.texture);
-    if (cached) this.#uncacheTexture(buffer);
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
@@ -775,18 +756,7 @@ export class Engine {
         usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
       });
     }
-    const bytes = textureBytes(texture);
-    if (bytes <= this.textureCacheLimit) {
-      this.#textureCache.set(buffer, { texture, floats });
-      this.#textureCacheBytes += bytes;
-      for (const [source] of this.#textureCache) {
-        if (this.#textureCacheBytes <= this.textureCacheLimit) break;
-        this.#uncacheTexture(source);
-      }
-    } else {
-      this.#pendingTextures.push(texture);
-    }
-    this.textureCopyCount++;
+    this.#pendingTextures.push(texture);
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
     const rowBytes = TEXTURE_ROW_BYTES;
@@ -872,35 +842,24 @@ export class Engine {
     return target;
   }
 
-  /** Forgets what was derived from `source` (it is being written or released). */
-  #sourceChanged(source: GPUBuffer): void {
-    if (this.#textureCache.has(source)) this.#uncacheTexture(source);
+  #dropDerived(source: GPUBuffer): void {
     const entries = this.#derived.get(source);
     if (!entries) return;
     this.#derived.delete(source);
     for (const b of entries.values()) this.pool.release(b);
   }
 
-  /** Drops `source`'s cached texture. It returns to the pool once the next dispatch is recorded (that
-   * dispatch may still read it; later copies into it are recorded after). */
-  #uncacheTexture(source: GPUBuffer): void {
-    const entry = this.#textureCache.get(source)!;
-    this.#textureCache.delete(source);
-    this.#textureCacheBytes -= textureBytes(entry.texture);
-    this.#pendingTextures.push(entry.texture);
-  }
-
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#sourceChanged(dst);
+    this.#dropDerived(dst);
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#sourceChanged(buffer);
+    this.#dropDerived(buffer);
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
 
@@ -908,7 +867,7 @@ export class Engine {
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     if (this.#collecting) return;
-    this.#sourceChanged(buffer);
+    this.#dropDerived(buffer);
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
   }
@@ -964,10 +923,9 @@ export class Engine {
     this.#firstError = null;
     this.#uncaptured = null;
     if (!error) return;
-    // The failed command buffer may have held the copies and fills behind cached textures and derived
-    // buffers: forget them all, so later work makes them again.
-    for (const source of [...this.#textureCache.keys()]) this.#uncacheTexture(source);
-    for (const source of [...this.#derived.keys()]) this.#sourceChanged(source);
+    // The failed command buffer may have held the fills of derived buffers: forget them, so later work
+    // makes them again.
+    for (const source of [...this.#derived.keys()]) this.#dropDerived(source);
     throw error;
   }
 
@@ -999,7 +957,6 @@ export class Engine {
     this.pool.trim();
     this.#bindGroups.clear();
     for (const free of this.#texturePool.values()) for (const t of free) t.destroy();
-    for (const { texture } of this.#textureCache.values()) texture.destroy();
     this.#texturePool.clear();
     this.#uniformBuffer.destroy();
     for (const b of this.#dummies.buffers) b.destroy();
