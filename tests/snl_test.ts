@@ -168,11 +168,12 @@ Deno.test("the query passes run the few-query variant on lines of at least 256 s
   const keys = (H: number, W: number) =>
     snlForwardPlan({ N: 1, C: 8, H, W, dense: false }).steps.map((st) => st.kernel.key);
   assert.deepEqual(keys(64, 64).filter((k) => k.includes("few")), []);
-  // Rows of 300: the blocked kernel for lines with many queries, then the few-query one; columns of 3: all.
+  // Rows of 300: one line per invocation for lines with many queries, then the few-query kernel; columns of
+  // 3: one line per invocation.
   assert.deepEqual(keys(3, 300).filter((k) => k.startsWith("snl:stats")), [
-    "snl:stats-many:c8:t8",
+    "snl:stats-lanes-many:c8:t8",
     "snl:stats-few:c8:t8",
-    "snl:stats:c8:t8",
+    "snl:stats-lanes:c8:t8",
   ]);
 });
 

@@ -11,32 +11,34 @@
  *
  * Work decomposition. Every pass runs per *line* (a row: directions left/right; a column: up/down). A
  * workgroup of {@link SNL_WORKGROUP} = 8 invocations (one SIMD batch of llvmpipe's 256-bit vectors) takes
- * 8 * T consecutive queries of one line, T per invocation ({@link snlBlock}: 8 for C <= 64), and every
- * invocation walks the line's key list once. It keeps its T query vectors and its accumulators in
+ * 8 lines, T queries of each line per invocation ({@link snlBlock}: 8 for C <= 64; the `lanes` layout),
+ * and every invocation walks its line's key list once. It keeps its T query vectors and its accumulators in
  * registers (C and T are compiled into the kernel; channel math is unrolled straight-line code, no channel
  * loops), so each key feature it loads serves T (query, key) pairs. Measured on llvmpipe (Mesa 22.3) a
  * storage load costs ~6-10 ns per active invocation whatever its address (no uniform-load fast path;
  * vec4 loads cost four loads; workgroup memory and barriers are slower still) while FMAs are nearly free,
  * so loads per pair, C / T, are the figure of merit. The key-gradient pass mirrors this: T keys per
- * invocation walk the line's queries. Lines come from per-row/column lists built once per step from the
+ * invocation walk the line's queries, the workgroup's 8 invocations taking 8 consecutive chunks of T keys
+ * of one line (the `all` layout; keys are many, so its lanes are busy). Lines come from per-row/column lists built once per step from the
  * mask ({@link snlListsPlan}): queries are visited only where they exist, keys only where they are clean,
  * and a workgroup whose chunk of the line is empty, or whose line has no key (no query, for the key
  * pass), exits at once. The work is therefore (queries x clean keys in their lines) x C / T loads plus
  * O(queries x C) per pass, and a 100%-degraded mask costs next to nothing.
  *
  * Lines with few queries. At low density most lines hold a handful of queries (about 2.5 per 256-site
- * line at 1%), so the blocked layout would run one active invocation per line, walking every key of the
- * line on one SIMD lane with T query slots of math per key: each line cost about as much as a line of T
- * queries, and a 1% mask cost half as much as a 10% one. On lines of at least 256 sites the query passes
- * therefore also run a `few` variant for the lines with at most 2T queries (the blocked one skips them;
- * on shorter lines its fixed reduction costs more than it saves), one workgroup per T queries
+ * line at 1%). The query passes first gave each workgroup 8 consecutive T-query chunks of one line (as the
+ * key pass does), which ran one active invocation for such a line; one line per invocation (`lanes`) keeps
+ * all 8 busy, 30% faster on 64x64 and 128x128 batches at 10% and 10-25% at 256 and 512. Still, each line
+ * costs about as much as a line of T queries. On lines of at least 256 sites the query passes therefore
+ * also run a `few` variant for the lines with at most 2T queries (the `lanes` one skips them; on shorter
+ * lines its fixed reduction costs more than it saves), one workgroup per T queries
  * of such a line: every invocation holds the same T queries, the invocations split the keys (key i
  * to invocation i mod 8), so each vector instruction serves 8 keys, and a workgroup-memory reduction
  * merges the 8 partial results per query (WG * T * C floats at most, within WebGPU's guaranteed
  * 16 KiB). The key pass already has its lanes busy at low density (T keys each, walking the few queries).
  *
  * Passes (R = row lines, C = column lines), each one dispatch (on long lines the query passes `stats`,
- * `accum`, `dgdot`, `dq` two: blocked lines, then few-query lines, which touch disjoint queries):
+ * `accum`, `dgdot`, `dq` two: lines with many queries, then few-query lines, which touch disjoint queries):
  * - forward: `stats` R, C (per query and direction: streaming max and sum of exp over the keys), `finalize`
  *   per query (logsumexp per direction and the fusion softmax over the non-empty directions), `accum` R, C
  *   (`out_p += sum_q w_d a_pq f_q`; `out` starts as a copy of F and a query without keys is not written,
@@ -238,6 +240,14 @@ const LINE_PROLOGUE = `  let chunk = wg.x;
   }
   let fb = b * u.C * u.HW;`;
 
+/** {@link LINE_PROLOGUE} for the `lanes` variant: invocation `lid` of workgroup row `wg.y` takes line
+ * `wg.y * WG + lid` (lanes past the last line return). */
+const LANES_PROLOGUE = LINE_PROLOGUE.replace(
+  "let L = wg.y;",
+  `let L = wg.y * ${WG}u + lid;
+  if (L >= select(u.W, u.H, u.row != 0u)) { return; }`,
+);
+
 /** Position along the line of key `i` / query `i` of a line (identity in dense mode). */
 const ENTRY_FN = `fn keyAt(listBase: u32, i: u32) -> u32 {
   if (u.dense != 0u) { return i; }
@@ -308,6 +318,13 @@ function dotExpr(C: number, a: (c: number) => string, b: (c: number) => string):
  */
 const FEW_GROUPS = 2;
 /**
+ * Layouts of a line pass's kernel: `all` (the WG invocations of a workgroup take consecutive T-item chunks
+ * of one line: the key pass), `lanes` (each invocation takes T queries of its own line, so lines with a
+ * handful of queries still keep every SIMD lane busy), `lanes-many` (the same, skipping the lines the `few`
+ * variant takes) and `few` (see {@link lineKernel}).
+ */
+type LineVariant = "all" | "few" | "lanes" | "lanes-many";
+/**
  * Shortest line (keys and queries) whose query passes take the `few` variant. The variant pays a fixed
  * cross-lane reduction per T queries to spread the line's keys over the lanes, so it wins only where a line
  * has many keys: snlStep forward + backward with block masks (llvmpipe, 2 cores) ran 20-25% faster without
@@ -333,11 +350,13 @@ function hasFewVariant(C: number, T: number, len: number): boolean {
  * line: all its invocations hold the same queries and split the keys between them (key i to invocation
  * i mod WG), so each vector instruction serves WG keys; a workgroup-memory reduction then merges the WG
  * partial results per query (streaming max/sum for `stats`, plain sums otherwise), and invocation q writes
- * query q. The blocked variant then skips those lines.
+ * query q. The `lanes-many` variant then skips those lines.
  */
-function lineKernel(pass: Pass, C: number, T: number, few: boolean, split: boolean): KernelSource {
+function lineKernel(pass: Pass, C: number, T: number, variant: LineVariant): KernelSource {
   const keysPass = pass === "dk";
-  const splitLines = !keysPass && split;
+  const few = variant === "few";
+  const lanes = variant === "lanes" || variant === "lanes-many";
+  const splitLines = !keysPass && variant === "lanes-many";
   const items = keysPass ? "nK" : "nQ";
   const ownAt = (i: string) => (keysPass ? `keyAt(listBase, ${i})` : `queryAt(listBase, nK, ${i})`);
   const otherAt = keysPass ? "queryAt(listBase, nK, i)" : "keyAt(listBase, i)";
@@ -348,9 +367,12 @@ function lineKernel(pass: Pass, C: number, T: number, few: boolean, split: boole
     few
       ? `  if (chunk * ${T}u >= nQ || nQ > ${FEW_GROUPS * T}u || nK == 0u) { return; }
   let start = chunk * ${T}u;`
-      : `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u${
+      : lanes
+      ? `  if (chunk * ${T}u >= ${items} || ${others} == 0u${
         splitLines ? ` || nQ <= ${FEW_GROUPS * T}u` : ""
       }) { return; }
+  let start = chunk * ${T}u;`
+      : `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u) { return; }
   let start = chunk * ${WG * T}u + lid * ${T}u;
   if (start >= ${items}) { return; }`
   }
@@ -644,41 +666,43 @@ ${few ? `var<workgroup> part: array<f32, ${partCount}>;` : ""}
 ${ENTRY_FN}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-${LINE_PROLOGUE}
+${lanes ? LANES_PROLOGUE : LINE_PROLOGUE}
 ${own}
 ${body}
 }
 `;
-  return { key: `snl:${pass}${few ? "-few" : splitLines ? "-many" : ""}:c${C}:t${T}`, code };
+  return { key: `snl:${pass}${variant === "all" ? "" : `-${variant}`}:c${C}:t${T}`, code };
 }
 
 const cache = new Map<string, KernelSource>();
-/** A line pass's kernel: the `few` variant, or the blocked one, which skips the few variant's lines when
- * `split`. */
-function kernel(pass: Pass, C: number, T: number, few: boolean, split: boolean): KernelSource {
-  const key = `${pass}:${C}:${T}:${few}:${split}`;
+function kernel(pass: Pass, C: number, T: number, variant: LineVariant): KernelSource {
+  const key = `${pass}:${C}:${T}:${variant}`;
   let k = cache.get(key);
-  if (!k) cache.set(key, k = lineKernel(pass, C, T, few, split));
+  if (!k) cache.set(key, k = lineKernel(pass, C, T, variant));
   return k;
 }
 
-/** Steps of one line pass: rows, then columns; for query passes over lines of at least {@link FEW_MIN_LINE}
- * sites each also as the `few` variant (a workgroup per T queries) for the lines with at most FEW_GROUPS * T
- * queries, which the blocked one then skips. */
+/** Steps of one line pass: rows, then columns. The key pass takes `all`, the query passes `lanes`, and over
+ * lines of at least {@link FEW_MIN_LINE} sites `lanes-many` plus `few` (a workgroup per T queries) for the
+ * lines with at most FEW_GROUPS * T queries. */
 function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]): KernelStep[] {
   checkShape(s);
   const T = snlBlock(s.C);
   return [true, false].flatMap((row) => {
     const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
-    const withFew = pass !== "dk" && hasFewVariant(s.C, T, len);
-    const step = (few: boolean): KernelStep => ({
-      kernel: kernel(pass, s.C, T, few, withFew),
+    const step = (variant: LineVariant): KernelStep => ({
+      kernel: kernel(pass, s.C, T, variant),
       uniforms: uniforms(s, row),
       buffers,
       writes,
-      workgroups: [few ? FEW_GROUPS : Math.ceil(len / (WG * T)), lines, s.N],
+      workgroups: variant === "few"
+        ? [FEW_GROUPS, lines, s.N]
+        : variant === "lanes" || variant === "lanes-many"
+        ? [Math.ceil(len / T), Math.ceil(lines / WG), s.N]
+        : [Math.ceil(len / (WG * T)), lines, s.N],
     });
-    return withFew ? [step(false), step(true)] : [step(false)];
+    if (pass === "dk") return [step("all")];
+    return hasFewVariant(s.C, T, len) ? [step("lanes-many"), step("few")] : [step("lanes")];
   });
 }
 
