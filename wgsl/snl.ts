@@ -313,8 +313,8 @@ function dotExpr(C: number, a: (c: number) => string, b: (c: number) => string):
 
 /**
  * Lines with at most FEW_GROUPS * T queries take the `few` variant, one workgroup per T of them. Measured at
- * 256x256, C = 32: it halves the query passes at 1% (about 2.5 queries per line) and helps at 5% (about
- * 13); at 10% (about 26) it is no faster than the blocked layout, whose lanes are then mostly busy.
+ * 256x256, C = 32, against the layout of 8 chunks of one line per workgroup: it halved the query passes at 1%
+ * (about 2.5 queries per line) and helped at 5% (about 13); at 10% (about 26) it was no faster.
  */
 const FEW_GROUPS = 2;
 /**
@@ -342,11 +342,10 @@ function hasFewVariant(C: number, T: number, len: number): boolean {
 }
 
 /**
- * WGSL of one line pass. `few` selects the variant for lines with at most FEW_GROUPS * T queries (query
- * passes only):
- * there the blocked layout would leave one invocation of the workgroup to walk every key of the line for a
- * handful of queries, paying the whole line's loads and T query slots of math per key on one SIMD lane, so
- * a sparse mask costs nearly as much per line as a dense one. The `few` workgroup takes T queries of such a
+ * WGSL of one line pass in one of the {@link LineVariant} layouts. `few` is for lines with at most
+ * FEW_GROUPS * T queries (query passes only): there a `lanes` invocation walks every key of its line for a
+ * handful of queries, paying the whole line's loads and T query slots of math per key, so a sparse mask
+ * costs nearly as much per line as a dense one. The `few` workgroup takes T queries of such a
  * line: all its invocations hold the same queries and split the keys between them (key i to invocation
  * i mod WG), so each vector instruction serves WG keys; a workgroup-memory reduction then merges the WG
  * partial results per query (streaming max/sum for `stats`, plain sums otherwise), and invocation q writes
