@@ -19,10 +19,10 @@
  * vec4 loads cost four loads; workgroup memory and barriers are slower still) while FMAs are nearly free,
  * so loads per pair, C / T, are the figure of merit. The key-gradient pass mirrors this: T keys per
  * invocation walk the line's queries, the workgroup's 8 invocations taking 8 consecutive chunks of T keys
- * of one line (the `all` layout; keys are many, so its lanes are busy). Lines come from per-row/column lists built once per step from the
- * mask ({@link snlListsPlan}): queries are visited only where they exist, keys only where they are clean,
- * and a workgroup whose chunk of the line is empty, or whose line has no key (no query, for the key
- * pass), exits at once. The work is therefore (queries x clean keys in their lines) x C / T loads plus
+ * of one line (the `all` layout; keys are many, so its lanes are busy). Lines come from per-row/column
+ * lists built once per step from the mask ({@link snlListsPlan}): queries are visited only where they
+ * exist, keys only where they are clean, and an invocation or workgroup whose chunk of the line is empty,
+ * or whose line has no key (no query, for the key pass), exits at once. The work is therefore (queries x clean keys in their lines) x C / T loads plus
  * O(queries x C) per pass, and a 100%-degraded mask costs next to nothing.
  *
  * Lines with few queries. At low density most lines hold a handful of queries (about 2.5 per 256-site
