@@ -218,7 +218,8 @@ const TRAIN_SPEC: CommandSpec = {
       name: "resume",
       kind: "string",
       value: "DIR",
-      help: "continue the run in DIR; steps, lr, lr-halve-epochs and the intervals may change",
+      help:
+        "continue the run in DIR; data, val, jitter, steps, lr, lr-halve-epochs and the intervals may change",
     },
     { name: "max-steps", kind: "positive-int", help: "stop after this many steps in this process" },
   ],

@@ -1,5 +1,13 @@
 import nodeAssert from "node:assert/strict";
-import { diffMask, SYNTH_TASKS, SYNTH_TAU, synthesize, type SynthTask } from "../train/synth.ts";
+import {
+  diffMask,
+  SYNTH_RANGES,
+  SYNTH_TASKS,
+  SYNTH_TAU,
+  synthesize,
+  synthRanges,
+  type SynthTask,
+} from "../train/synth.ts";
 import { downscale, listImages, runSynth, SynthUsageError } from "../train/synth_cli.ts";
 import { decodeImage, type Image, readImage, toPlanarRgb, writeImageAtomic } from "../train/image_io.ts";
 
@@ -257,5 +265,100 @@ Deno.test("runSynth writes input/target/mask triples reproducibly, and reports b
     await oneLine(["--task", "rain", "--in", `${dir}/in`, "--bogus"], /bogus/);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** FNV-1a of a float array's bytes, as 8 hex digits: a fingerprint of a synthesized image. */
+function fingerprint(a: Float32Array): string {
+  const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  let h = 0x811c9dc5;
+  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}
+
+Deno.test("range profiles: standard is the default and keeps its pairs bit for bit", async () => {
+  const p = (await valPhotos())[3];
+  const img = downscale({ ...(await readImage(p.name)) }, 160);
+  const planar = toPlanarRgb(img);
+  const got: Record<string, string> = {};
+  for (const task of SYNTH_TASKS) {
+    const a = synthesize(task, planar, img.width, img.height, 11);
+    const b = synthesize(task, planar, img.width, img.height, 11, "standard");
+    nodeAssert.deepStrictEqual(a.degraded, b.degraded, `${task}: standard is not the default`);
+    got[task] = fingerprint(a.degraded) + fingerprint(a.mask);
+  }
+  // Recorded from the generator before the profiles existed (its pairs are the bundled models' data).
+  nodeAssert.deepStrictEqual(got, STANDARD_FINGERPRINTS);
+});
+
+const STANDARD_FINGERPRINTS: Record<SynthTask, string> = {
+  rain: "799d41c637f1abd8",
+  raindrop: "c48dd4d40dca58b8",
+  shadow: "546397263bf5c7f8",
+  blur: "126ae5664e0c80e5",
+};
+
+Deno.test("range profiles: wide contains standard; outside lies beyond wide on its knobs", () => {
+  type Spans = Record<string, unknown>;
+  const [standard, wide, outside] = SYNTH_RANGES.map((r) =>
+    synthRanges(r) as unknown as Record<string, Spans>
+  );
+  const isSpan = (v: unknown): v is [number, number] =>
+    Array.isArray(v) && v.length === 2 && typeof v[0] === "number";
+  for (const task of SYNTH_TASKS) {
+    for (const [key, span] of Object.entries(standard[task])) {
+      const w = wide[task][key];
+      if (isSpan(span) && isSpan(w)) {
+        assert(w[0] <= span[0] && w[1] >= span[1], `${task}.${key}: wide ${w} does not contain ${span}`);
+      } else if (typeof span === "number") {
+        assert((w as number) >= span, `${task}.${key}: wide ${w} below standard ${span}`);
+      }
+    }
+  }
+  const beyond = (task: SynthTask, key: string, o: [number, number], w: [number, number]) =>
+    assert(o[0] > w[1] || o[1] < w[0], `${task}.${key}: outside ${o} overlaps wide ${w}`);
+  const knobs: Record<SynthTask, string[]> = {
+    rain: ["length", "width"],
+    raindrop: ["insideBlur", "coverage", "rMin", "rMax", "mag"],
+    shadow: ["area", "elongation", "penumbra", "keep"],
+    blur: ["shake", "curve", "moverLength"],
+  };
+  for (const task of SYNTH_TASKS) {
+    for (const key of knobs[task]) {
+      beyond(task, key, outside[task][key] as [number, number], wide[task][key] as [number, number]);
+    }
+  }
+  const o = outside.rain.angleOut as [number, number];
+  assert(o[0] > (wide.rain.angleMax as number), "rain: outside angles overlap wide ones");
+  const ot = outside.shadow.tint as [number, number][], wt = wide.shadow.tint as [number, number][];
+  beyond("shadow", "tint red", ot[0], wt[0]);
+  beyond("shadow", "tint blue", ot[2], wt[2]);
+});
+
+Deno.test("range profiles: outside degrades more than wide, and wide varies more than standard", async () => {
+  const all = await valPhotos();
+  for (const task of SYNTH_TASKS) {
+    const stats: Record<string, number[]> = {};
+    for (const ranges of SYNTH_RANGES) {
+      stats[ranges] = [];
+      for (let i = 0; i < all.length; i++) {
+        const p = all[i];
+        for (let k = 0; k < 2; k++) {
+          const r = synthesize(task, p.planar, p.w, p.h, 100 + 7 * i + k, ranges);
+          let d = 0;
+          for (let j = 0; j < r.degraded.length; j++) d += Math.abs(r.degraded[j] - p.planar[j]);
+          stats[ranges].push(d / r.degraded.length);
+        }
+      }
+    }
+    const m = (r: string) => mean(stats[r]);
+    const spread = (r: string) => Math.max(...stats[r]) / Math.min(...stats[r]);
+    console.log(
+      `${task}: mean |degraded - clean| standard ${m("standard").toFixed(4)} wide ${m("wide").toFixed(4)} ` +
+        `outside ${m("outside").toFixed(4)}; max/min standard ${spread("standard").toFixed(1)} ` +
+        `wide ${spread("wide").toFixed(1)}`,
+    );
+    assert(m("outside") > 1.3 * m("wide"), `${task}: outside is not stronger than wide`);
+    assert(spread("wide") > spread("standard"), `${task}: wide does not vary more than standard`);
   }
 });

@@ -226,6 +226,43 @@ Deno.test("focused crops: the most evenly degraded of cropFocus candidates wins;
   assert.deepEqual(sampleBatch(pairs, config, 2, 3).mask, sampleBatch(pairs, config, 2, 3).mask);
 });
 
+Deno.test("jitter: one brightness and gamma per crop, on input and target alike; 0 keeps the batches", () => {
+  const w = 12, h = 10;
+  const pairs: LoadedPair[] = [0, 1].map((k) => {
+    const input = new Float32Array(3 * w * h).map((_, i) => 0.05 + 0.9 * (((i * 37 + k * 11) % 97) / 97));
+    return { name: `p${k}`, width: w, height: h, input, target: input.map((v) => v * 0.9), mask: input };
+  });
+  const plain = sampleBatch(pairs, { seed: 4, batch: 3, crop: 8 }, 2, 5);
+  assert.deepEqual(sampleBatch(pairs, { seed: 4, batch: 3, crop: 8, jitter: 0 }, 2, 5), plain);
+  const j = 0.3;
+  const jittered = sampleBatch(pairs, { seed: 4, batch: 3, crop: 8, jitter: j }, 2, 5);
+  assert.deepEqual(jittered.mask, plain.mask, "the mask is not jittered");
+  const n = 3 * 8 * 8;
+  const fits: [number, number][] = [];
+  for (let b = 0; b < 3; b++) {
+    // Fit log(out) = log(gain) + gamma * log(in) on the input; the target must follow the same map.
+    const xs: number[] = [], ys: number[] = [];
+    for (let i = b * n; i < (b + 1) * n; i++) {
+      if (jittered.input[i] < 1) [xs.push(Math.log(plain.input[i])), ys.push(Math.log(jittered.input[i]))];
+    }
+    const mx = xs.reduce((a, v) => a + v) / xs.length, my = ys.reduce((a, v) => a + v) / ys.length;
+    let sxy = 0, sxx = 0;
+    for (let k = 0; k < xs.length; k++) {
+      [sxy, sxx] = [sxy + (xs[k] - mx) * (ys[k] - my), sxx + (xs[k] - mx) ** 2];
+    }
+    const gamma = sxy / sxx, gain = Math.exp(my - gamma * mx);
+    assert.ok(gamma >= Math.exp(-j) - 1e-4 && gamma <= Math.exp(j) + 1e-4, `gamma ${gamma}`);
+    assert.ok(gain >= 1 - j - 1e-4 && gain <= 1 + j + 1e-4, `gain ${gain}`);
+    for (let i = b * n; i < (b + 1) * n; i++) {
+      const map = (v: number) => Math.min(1, gain * v ** gamma);
+      assert.ok(Math.abs(jittered.input[i] - map(plain.input[i])) < 1e-4, `input ${i}`);
+      assert.ok(Math.abs(jittered.target[i] - map(plain.target[i])) < 1e-4, `target ${i}`);
+    }
+    fits.push([gain, gamma]);
+  }
+  assert.ok(fits.some(([g, y]) => Math.abs(g - fits[0][0]) > 1e-3 || Math.abs(y - fits[0][1]) > 1e-3));
+});
+
 Deno.test("learning rate halves every lrHalveEpochs epochs", () => {
   const config = { ...defaultConfig("rain"), batch: 4, lr: 2e-4, lrHalveEpochs: 2 };
   // 8 pairs, batch 4: 2 steps per epoch, so steps 1-4 are epochs 0-1, steps 5-8 epochs 2-3.

@@ -24,6 +24,176 @@ export const SYNTH_TASKS: readonly SynthTask[] = TASKS;
  */
 export const SYNTH_TAU: Record<SynthTask, number> = { rain: 0.05, raindrop: 0.05, shadow: 0.05, blur: 0.03 };
 
+/**
+ * Parameter ranges of the generator. `standard` is the original, narrower one (the bundled models' data
+ * until 2026-12); `wide` widens every knob for training, so that models see more than one look of each
+ * degradation; `outside` draws each knob beyond the `wide` range (longer, wider, steeper streaks; bigger,
+ * stronger drops; longer shake; darker, warmer or harder shadows), for validation pairs that test
+ * generalization (rain keeps its brightness and density inside the wide range there). `standard` reproduces
+ * earlier pairs bit for bit.
+ */
+export type SynthRanges = "standard" | "wide" | "outside";
+
+/** All range profiles, in a fixed order. */
+export const SYNTH_RANGES: readonly SynthRanges[] = ["standard", "wide", "outside"];
+
+/** A closed interval [lo, hi] that a parameter is drawn from (uniformly unless noted). */
+type Span = readonly [number, number];
+
+interface RainRanges {
+  /** Spread (standard deviation) and limit of the dominant fall angle, degrees from vertical. */
+  angleSd: number;
+  angleMax: number;
+  /** Fall angle magnitude drawn uniformly from this span instead (with a random sign), when set. */
+  angleOut?: Span;
+  layersMax: number;
+  length: Span;
+  /** Factor on the streak width. */
+  width: Span;
+  intensity: Span;
+  perMegapixel: Span;
+}
+
+interface RaindropRanges {
+  /** Gaussian sigma of the refracted (out-of-focus) view inside drops. */
+  insideBlur: Span;
+  coverage: Span;
+  rMin: Span;
+  rMax: Span;
+  /** Magnification of the inverted view (refraction strength). */
+  mag: Span;
+  maxDrops: number;
+}
+
+interface ShadowRanges {
+  area: Span;
+  piecesMax: number;
+  elongation: Span;
+  penumbra: Span;
+  /** Fraction of light kept in the shadow (darkening). */
+  keep: Span;
+  /** Per-channel tint of the shadowed light, R, G, B. */
+  tint: readonly [Span, Span, Span];
+}
+
+interface BlurRanges {
+  /** Length of the global camera-shake trajectory. */
+  shake: Span;
+  /** Turn of the trajectory per segment (radians, normal sd): 0 is a straight line. */
+  curve: Span;
+  moverLength: Span;
+  moversMax: number;
+}
+
+const RAIN_RANGES: Record<SynthRanges, RainRanges> = {
+  standard: {
+    angleSd: 14,
+    angleMax: 35,
+    layersMax: 3,
+    length: [12, 28],
+    width: [1, 1],
+    intensity: [0.35, 0.7],
+    perMegapixel: [700, 2800],
+  },
+  wide: {
+    angleSd: 20,
+    angleMax: 50,
+    layersMax: 4,
+    length: [6, 42],
+    width: [0.6, 1.8],
+    intensity: [0.2, 0.85],
+    perMegapixel: [300, 4200],
+  },
+  outside: {
+    angleSd: 0,
+    angleMax: 65,
+    angleOut: [52, 62],
+    layersMax: 4,
+    length: [46, 60],
+    width: [1.9, 2.3],
+    // Geometry outside the wide range; brightness and density inside it, or the scene would vanish.
+    intensity: [0.5, 0.8],
+    perMegapixel: [600, 1800],
+  },
+};
+
+const RAINDROP_RANGES: Record<SynthRanges, RaindropRanges> = {
+  standard: {
+    insideBlur: [1.5, 4],
+    coverage: [0.07, 0.3],
+    rMin: [5, 10],
+    rMax: [25, 55],
+    mag: [1.3, 2.6],
+    maxDrops: 600,
+  },
+  wide: {
+    insideBlur: [0.8, 6],
+    coverage: [0.04, 0.42],
+    rMin: [3, 12],
+    rMax: [16, 75],
+    mag: [1, 3.2],
+    maxDrops: 900,
+  },
+  outside: {
+    insideBlur: [7, 10],
+    coverage: [0.45, 0.55],
+    rMin: [13, 20],
+    rMax: [85, 110],
+    mag: [3.4, 4.2],
+    maxDrops: 900,
+  },
+};
+
+const SHADOW_RANGES: Record<SynthRanges, ShadowRanges> = {
+  standard: {
+    area: [0.12, 0.45],
+    piecesMax: 3,
+    elongation: [1, 3],
+    penumbra: [1.5, 9],
+    keep: [0.3, 0.68],
+    tint: [[0.78, 0.95], [0.92, 1.0], [1.05, 1.3]],
+  },
+  wide: {
+    area: [0.06, 0.5],
+    piecesMax: 5,
+    elongation: [1, 5],
+    penumbra: [0.6, 16],
+    keep: [0.22, 0.78],
+    // From a strong blue cast to a slightly warm one (shade under foliage or an evening sky).
+    tint: [[0.72, 1.08], [0.9, 1.04], [0.9, 1.38]],
+  },
+  outside: {
+    area: [0.52, 0.62],
+    piecesMax: 5,
+    elongation: [5.5, 8],
+    penumbra: [18, 26],
+    keep: [0.12, 0.2],
+    // A warm cast outside the wide range: red kept more than blue.
+    tint: [[1.12, 1.25], [1.0, 1.08], [0.75, 0.85]],
+  },
+};
+
+const BLUR_RANGES: Record<SynthRanges, BlurRanges> = {
+  standard: { shake: [3, 14], curve: [0.7, 0.7], moverLength: [15, 45], moversMax: 2 },
+  wide: { shake: [2, 22], curve: [0, 1.2], moverLength: [8, 60], moversMax: 3 },
+  outside: { shake: [25, 34], curve: [1.4, 1.8], moverLength: [65, 85], moversMax: 3 },
+};
+
+/** The parameter spans of every task under a profile (for docs and tests). */
+export function synthRanges(profile: SynthRanges): {
+  rain: RainRanges;
+  raindrop: RaindropRanges;
+  shadow: ShadowRanges;
+  blur: BlurRanges;
+} {
+  return {
+    rain: RAIN_RANGES[profile],
+    raindrop: RAINDROP_RANGES[profile],
+    shadow: SHADOW_RANGES[profile],
+    blur: BLUR_RANGES[profile],
+  };
+}
+
 /** A synthesized pair: the degraded planar [3,H,W] image and its binary [H*W] mask (1 = degraded). */
 export interface SynthResult {
   degraded: Float32Array;
@@ -51,27 +221,29 @@ export function synthesize(
   width: number,
   height: number,
   seed: number,
+  ranges: SynthRanges = "standard",
 ): SynthResult {
   if (clean.length !== 3 * width * height) {
     throw new Error(
       `synthesize: expected ${3 * width * height} values for ${width}x${height}, got ${clean.length}`,
     );
   }
+  if (!SYNTH_RANGES.includes(ranges)) throw new Error(`synthesize: unknown ranges ${ranges}`);
   const rng = new Rng(seed);
   const n = width * height;
   let degraded: Float32Array;
   switch (task) {
     case "rain":
-      degraded = rain(clean, width, height, rng);
+      degraded = rain(clean, width, height, rng, RAIN_RANGES[ranges]);
       break;
     case "raindrop":
-      degraded = raindrop(clean, width, height, rng);
+      degraded = raindrop(clean, width, height, rng, RAINDROP_RANGES[ranges]);
       break;
     case "blur":
-      degraded = motionBlur(clean, width, height, rng);
+      degraded = motionBlur(clean, width, height, rng, BLUR_RANGES[ranges]);
       break;
     case "shadow": {
-      const r = shadow(clean, width, height, rng);
+      const r = shadow(clean, width, height, rng, SHADOW_RANGES[ranges]);
       clamp01(r.degraded);
       return r;
     }
@@ -193,12 +365,14 @@ class Blob {
 // ---------------------------------------------------------------------------------------------------------
 // Rain streaks
 
-function rain(clean: Float32Array, w: number, h: number, rng: Rng): Float32Array {
+function rain(clean: Float32Array, w: number, h: number, rng: Rng, R: RainRanges): Float32Array {
   const n = w * h;
   const s = Math.min(w, h) / 540;
   // One dominant fall direction per image (degrees from vertical), mostly near vertical.
-  const theta0 = normalIn(rng, 0, 14, -35, 35);
-  const layers = 1 + rng.int(3);
+  const theta0 = R.angleOut
+    ? rng.uniform(...R.angleOut) * (rng.next() < 0.5 ? -1 : 1)
+    : normalIn(rng, 0, R.angleSd, -R.angleMax, R.angleMax);
+  const layers = 1 + rng.int(R.layersMax);
   const heavy = rng.uniform(0, 1); // 0 light drizzle .. 1 downpour: scales density and intensity together
   const streaks = new Float32Array(n); // screen-combined streak opacity
   const acc = new Float32Array(n);
@@ -206,10 +380,11 @@ function rain(clean: Float32Array, w: number, h: number, rng: Rng): Float32Array
     // Layer l = 0 is farthest: short, thin, faint, dense; nearer layers are longer, wider, brighter, sparser.
     const depth = layers === 1 ? rng.uniform(0, 1) : l / (layers - 1);
     const theta = ((theta0 + rng.uniform(-4, 4)) * Math.PI) / 180;
-    const length = s * rng.uniform(12, 28) * (1 + 1.6 * depth);
-    const width = s * (0.35 + 0.9 * depth * rng.uniform(0.6, 1.2));
-    const intensity = rng.uniform(0.35, 0.7) * (0.75 + 0.5 * heavy) * (0.8 + 0.3 * depth);
-    const perMegapixel = rng.uniform(700, 2800) * (0.4 + 1.0 * heavy) / (1 + 1.5 * depth);
+    const length = s * rng.uniform(...R.length) * (1 + 1.6 * depth);
+    const widthGain = R.width[0] === R.width[1] ? R.width[0] : rng.uniform(...R.width);
+    const width = s * (0.35 + 0.9 * depth * rng.uniform(0.6, 1.2)) * widthGain;
+    const intensity = rng.uniform(...R.intensity) * (0.75 + 0.5 * heavy) * (0.8 + 0.3 * depth);
+    const perMegapixel = rng.uniform(...R.perMegapixel) * (0.4 + 1.0 * heavy) / (1 + 1.5 * depth);
     const count = Math.round(perMegapixel * (w + length) * (h + length) / 1e6);
     acc.fill(0);
     for (let k = 0; k < count; k++) {
@@ -257,16 +432,16 @@ function rain(clean: Float32Array, w: number, h: number, rng: Rng): Float32Array
 // ---------------------------------------------------------------------------------------------------------
 // Raindrops on the lens
 
-function raindrop(clean: Float32Array, w: number, h: number, rng: Rng): Float32Array {
+function raindrop(clean: Float32Array, w: number, h: number, rng: Rng, R: RaindropRanges): Float32Array {
   const n = w * h;
   const s = Math.min(w, h) / 540;
   // The camera focuses on the scene, so drops (on the glass) are out of focus: their refracted view is
   // sampled from a blurred copy.
-  const inside = blurPlanar(clean, w, h, s * rng.uniform(1.5, 4));
+  const inside = blurPlanar(clean, w, h, s * rng.uniform(...R.insideBlur));
   const near = blurPlanar(clean, w, h, s * rng.uniform(1, 2.5));
-  const coverage = rng.uniform(0.07, 0.3);
-  const rMin = s * rng.uniform(5, 10);
-  const rMax = s * rng.uniform(25, 55);
+  const coverage = rng.uniform(...R.coverage);
+  const rMin = s * rng.uniform(...R.rMin);
+  const rMax = s * rng.uniform(...R.rMax);
   interface Drop {
     x: number;
     y: number;
@@ -284,7 +459,7 @@ function raindrop(clean: Float32Array, w: number, h: number, rng: Rng): Float32A
   }
   const drops: Drop[] = [];
   let area = 0;
-  while (area < coverage * n && drops.length < 600) {
+  while (area < coverage * n && drops.length < R.maxDrops) {
     // Log-uniform radii: many small drops, a few big ones.
     const r = Math.exp(rng.uniform(Math.log(rMin), Math.log(rMax)));
     const aspect = rng.uniform(0.8, 1.35); // > 1: taller, drops sag under gravity
@@ -295,7 +470,7 @@ function raindrop(clean: Float32Array, w: number, h: number, rng: Rng): Float32A
       aspect,
       rot: rng.uniform(-0.35, 0.35),
       blob: new Blob(rng, 0.12),
-      mag: rng.uniform(1.3, 2.6),
+      mag: rng.uniform(...R.mag),
       ox: rng.uniform(-0.4, 0.4) * r,
       oy: rng.uniform(-0.8, 0.1) * r,
       soft: rng.uniform(0.12, 0.3),
@@ -389,16 +564,16 @@ function fillPolygon(layer: Float32Array, w: number, h: number, xs: number[], ys
   }
 }
 
-function shadow(clean: Float32Array, w: number, h: number, rng: Rng): SynthResult {
+function shadow(clean: Float32Array, w: number, h: number, rng: Rng, R: ShadowRanges): SynthResult {
   const n = w * h;
   const s = Math.min(w, h) / 540;
   const hard = new Float32Array(n);
-  const target = rng.uniform(0.12, 0.45); // intended shadow area fraction
-  const pieces = 1 + rng.int(3);
+  const target = rng.uniform(...R.area); // intended shadow area fraction
+  const pieces = 1 + rng.int(R.piecesMax);
   for (let k = 0; k < pieces; k++) {
     // Shadows of buildings, poles, people: elongated random polygons, often entering from an edge.
     const area = (target * n) / pieces;
-    const elong = rng.uniform(1, 3);
+    const elong = rng.uniform(...R.elongation);
     const base = Math.sqrt(area / Math.PI);
     const rx = base * Math.sqrt(elong), ry = base / Math.sqrt(elong);
     const rot = rng.uniform(0, Math.PI);
@@ -423,10 +598,10 @@ function shadow(clean: Float32Array, w: number, h: number, rng: Rng): SynthResul
   const mask = new Float32Array(n);
   for (let p = 0; p < n; p++) mask[p] = rounded[p] > 0.5 ? 1 : 0;
   // Penumbra: the soft transition of a shadow cast by an extended light source; its width varies.
-  const alpha = gaussianBlur(mask, w, h, s * rng.uniform(1.5, 9));
+  const alpha = gaussianBlur(mask, w, h, s * rng.uniform(...R.penumbra));
   // Shadowed surfaces are lit by the blue sky only: darker, with red attenuated more than blue.
-  const k = rng.uniform(0.3, 0.68);
-  const tint = [rng.uniform(0.78, 0.95), rng.uniform(0.92, 1.0), rng.uniform(1.05, 1.3)];
+  const k = rng.uniform(...R.keep);
+  const tint = R.tint.map((t) => rng.uniform(...t));
   const keep = tint.map((t) => Math.min(0.95, k * t));
   const degraded = new Float32Array(3 * n);
   for (let c = 0; c < 3; c++) {
@@ -446,12 +621,12 @@ interface Taps {
 }
 
 /** Camera shake: a random smooth 2D trajectory, splatted into a kernel centred on its centroid (no shift). */
-function shakeKernel(rng: Rng, length: number): Taps {
+function shakeKernel(rng: Rng, length: number, curve: number): Taps {
   const pts: [number, number][] = [[0, 0]];
   let ang = rng.uniform(0, 2 * Math.PI);
   const segs = 6 + rng.int(5);
   for (let i = 0; i < segs; i++) {
-    ang += rng.normal() * 0.7;
+    ang += rng.normal() * curve;
     const [px, py] = pts[pts.length - 1];
     const step = (length / segs) * rng.uniform(0.5, 1.5);
     pts.push([px + Math.cos(ang) * step, py + Math.sin(ang) * step]);
@@ -542,12 +717,15 @@ function lineBlur(
   return out;
 }
 
-function motionBlur(clean: Float32Array, w: number, h: number, rng: Rng): Float32Array {
+function motionBlur(clean: Float32Array, w: number, h: number, rng: Rng, R: BlurRanges): Float32Array {
   const n = w * h;
   const s = Math.min(w, h) / 540;
-  // Global camera shake, short (a few pixels) so that only textured regions are severely hit.
-  const base = applyTaps(clean, w, h, shakeKernel(rng, s * rng.uniform(3, 14)));
-  const movers = 1 + rng.int(2);
+  // Global camera shake, short (a few pixels) so that only textured regions are severely hit; its path is
+  // a straight line (curve 0) or bends by a random turn per segment.
+  const shake = s * rng.uniform(...R.shake);
+  const curve = R.curve[0] === R.curve[1] ? R.curve[0] : rng.uniform(...R.curve);
+  const base = applyTaps(clean, w, h, shakeKernel(rng, shake, curve));
+  const movers = 1 + rng.int(R.moversMax);
   for (let k = 0; k < movers; k++) {
     // A moving object: a soft irregular region blurred by a longer linear motion; composited as the
     // time-average of the object sliding over the (shaken) background: mb(c * m) + (1 - mb(m)) * base.
@@ -555,7 +733,7 @@ function motionBlur(clean: Float32Array, w: number, h: number, rng: Rng): Float3
     const aspect = rng.uniform(0.6, 1.6);
     const blob = new Blob(rng, 0.2);
     const ox = rng.uniform(0.15, 0.85) * w, oy = rng.uniform(0.15, 0.85) * h;
-    const len = s * rng.uniform(15, 45);
+    const len = s * rng.uniform(...R.moverLength);
     const ang = normalIn(rng, 0, 0.5, -Math.PI / 2, Math.PI / 2) + (rng.next() < 0.5 ? Math.PI : 0);
     const cx = Math.cos(ang), cy = Math.sin(ang);
     const reach = r * Math.max(aspect, 1) * 1.3 + len;

@@ -13,7 +13,7 @@ import {
   toPlanarRgb,
   writeImageAtomic,
 } from "./image_io.ts";
-import { SYNTH_TASKS, synthesize, type SynthTask } from "./synth.ts";
+import { SYNTH_RANGES, SYNTH_TASKS, synthesize, type SynthRanges, type SynthTask } from "./synth.ts";
 import { UserError } from "../engine/errors.ts";
 import { type CommandSpec, helpText, parseFlags } from "../cli/flags.ts";
 
@@ -86,6 +86,7 @@ export async function* synthesizePairs(
   perImage: number,
   crop?: [number, number],
   scale = 1,
+  ranges: SynthRanges = "standard",
 ): AsyncGenerator<SynthPair> {
   for (let i = 0; i < cleanFiles.length; i++) {
     const photo = await readImage(cleanFiles[i]);
@@ -97,7 +98,7 @@ export async function* synthesizePairs(
     const rgbLike: Image = { ...src, channels: 3, format: "png", data: new Float32Array(0) };
     const clean = fromPlanarRgb(planar, rgbLike);
     for (let k = 0; k < perImage; k++) {
-      const r = synthesize(task, planar, src.width, src.height, pairSeed(seed, i, k));
+      const r = synthesize(task, planar, src.width, src.height, pairSeed(seed, i, k), ranges);
       yield {
         name: `${stemOf(cleanFiles[i])}_${k}`,
         degraded: fromPlanarRgb(r.degraded, rgbLike),
@@ -125,10 +126,17 @@ export const SYNTH_SPEC: CommandSpec = {
     { name: "seed", kind: "non-negative-int", default: 0, help: "seed of the synthesis" },
     { name: "per-image", kind: "positive-int", default: 1, help: "pairs per photo" },
     {
+      name: "ranges",
+      kind: "choice",
+      choices: SYNTH_RANGES,
+      default: "standard",
+      help: "parameter ranges: standard, wide (for training) or outside (beyond wide, for testing)",
+    },
+    {
       name: "crop",
       kind: "string",
       value: "WxH",
-      help: "random crop of each photo, e.g. 256x256 (default: whole)",
+      help: "centre crop of each photo, e.g. 256x256 (default: whole)",
     },
     {
       name: "scale",
@@ -172,13 +180,14 @@ export async function runSynth(args: string[]): Promise<void> {
   const values = parsed.values as Record<string, string | undefined>;
   const seed = parsed.values.seed as number;
   const perImage = parsed.values["per-image"] as number;
+  const ranges = (values.ranges ?? "standard") as SynthRanges;
   if (!values.in) throw new SynthUsageError(`--in is required; ${USAGE}`);
   const files = await listImages(values.in);
   if (values["contact-sheets"] !== undefined) {
     await Deno.mkdir(values["contact-sheets"], { recursive: true });
     for (const task of SYNTH_TASKS) {
       const path = `${values["contact-sheets"]}/${task}.jpg`;
-      await writeImageAtomic(path, await contactSheet(task, files.slice(0, 3), seed), "jpeg", 80);
+      await writeImageAtomic(path, await contactSheet(task, files.slice(0, 3), seed, ranges), "jpeg", 80);
       console.error(`wrote ${path}`);
     }
     return;
@@ -210,7 +219,7 @@ export async function runSynth(args: string[]): Promise<void> {
   const enc = new TextEncoder();
   let done = 0;
   let maskSum = 0;
-  for await (const pair of synthesizePairs(task, files, seed, perImage, crop, scale)) {
+  for await (const pair of synthesizePairs(task, files, seed, perImage, crop, scale, ranges)) {
     await writeImageAtomic(`${out}/input/${pair.name}.png`, pair.degraded, "png");
     await writeImageAtomic(`${out}/target/${pair.name}.png`, pair.clean, "png");
     await writeImageAtomic(`${out}/mask/${pair.name}.png`, pair.mask, "png");
@@ -256,11 +265,12 @@ export async function contactSheet(
   task: SynthTask,
   files: string[],
   seed: number,
+  ranges: SynthRanges = "standard",
   tileWidth = 320,
 ): Promise<Image> {
   const rows: Image[][] = [];
   let i = 0;
-  for await (const pair of synthesizePairs(task, files, seed, 1)) {
+  for await (const pair of synthesizePairs(task, files, seed, 1, undefined, 1, ranges)) {
     const n = pair.clean.width * pair.clean.height;
     const overlay = new Float32Array(n * 3);
     for (let p = 0; p < n; p++) {

@@ -69,6 +69,9 @@ export interface TrainConfig {
    * (1 = uniform random crops). Small crops of large photos otherwise often hold no degradation, or
    * only degradation, and give NetR and SFM nothing to learn from. */
   cropFocus: number;
+  /** Photometric jitter of training crops: each crop's input and target get the same brightness factor in
+   * [1 - j, 1 + j] and gamma in [e^-j, e^j] (0 = off), so the model does not tie restoration to one exposure. */
+  jitter: number;
   batch: number;
   /** Steps of stage 1 (NetL) and stage 2 (NetR). Net1 skips stage 1: it uses no mask. */
   stepsL: number;
@@ -113,6 +116,7 @@ export function defaultConfig(task: Task): TrainConfig {
     variant: "SPAIR",
     crop: 256,
     cropFocus: 1,
+    jitter: 0,
     batch: 8,
     stepsL: 1000,
     stepsR: 4000,
@@ -137,7 +141,15 @@ export function defaultConfig(task: Task): TrainConfig {
 export class TrainError extends UserError {}
 
 /** Keys newer than the first run format: a run's config.json written before them gets their defaults. */
-const LATER_KEYS = ["cropFocus", "clipGradNorm", "outputInit", "loss", "mseWeight", "posWeight"] as const;
+const LATER_KEYS = [
+  "cropFocus",
+  "jitter",
+  "clipGradNorm",
+  "outputInit",
+  "loss",
+  "mseWeight",
+  "posWeight",
+] as const;
 
 /** Throws `<key> must be a, b or c, got <value>` unless `value` is one of `allowed`. */
 function mustBeOneOf(key: string, value: unknown, allowed: readonly string[]): void {
@@ -147,8 +159,12 @@ function mustBeOneOf(key: string, value: unknown, allowed: readonly string[]): v
 }
 
 /** Settings a resumed run may change (`train --resume DIR --lr 1e-4`): none of them changes what a
- * checkpoint means. Each change is recorded in the `history` list of the run's config.json. */
+ * checkpoint means. New data or jitter on resume make a curriculum (say, narrow synthetic pairs first, then
+ * wide ones). Each change is recorded in the `history` list of the run's config.json. */
 export const RESUMABLE_KEYS = [
+  "data",
+  "val",
+  "jitter",
   "stepsL",
   "stepsR",
   "lr",
@@ -237,6 +253,7 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (!(c.mseWeight > 0)) throw new TrainError(`mseWeight must be positive`);
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
+  if (!(c.jitter >= 0 && c.jitter < 1)) throw new TrainError(`jitter must lie in [0, 1), got ${c.jitter}`);
   if (!TASKS.includes(c.task)) throw new TrainError(`unknown task ${c.task} (expected ${TASKS.join("|")})`);
   if (!isKeyOf(PRESETS, c.preset)) {
     throw new TrainError(`unknown preset ${c.preset} (expected ${namesOf(PRESETS)})`);
@@ -313,10 +330,10 @@ export interface HostBatch {
 }
 
 /** The batch of step `step` (1-based) of `stage`: pairs in a per-epoch shuffled order, random crops and
- * flips, all derived from (seed, stage, step) alone. */
+ * flips, and photometric jitter, all derived from (seed, stage, step) alone. */
 export function sampleBatch(
   pairs: LoadedPair[],
-  config: Pick<TrainConfig, "seed" | "batch" | "crop"> & { cropFocus?: number },
+  config: Pick<TrainConfig, "seed" | "batch" | "crop"> & { cropFocus?: number; jitter?: number },
   stage: number,
   step: number,
 ): HostBatch {
@@ -325,6 +342,9 @@ export function sampleBatch(
   const epoch = Math.floor((step - 1) / stepsPerEpoch);
   const order = new Rng(mix(config.seed, stage, epoch, 1)).shuffle([...pairs.keys()]);
   const rng = new Rng(mix(config.seed, stage, step, 2));
+  // Its own stream, so that runs without jitter keep their batches.
+  const jitterRng = new Rng(mix(config.seed, stage, step, 3));
+  const jitter = config.jitter ?? 0;
   const s = crop;
   const input = new Float32Array(batch * 3 * s * s);
   const target = new Float32Array(batch * 3 * s * s);
@@ -356,6 +376,14 @@ export function sampleBatch(
           input[(b * 3 + c) * s * s + dst] = p.input[c * plane + src];
           target[(b * 3 + c) * s * s + dst] = p.target[c * plane + src];
         }
+      }
+    }
+    if (jitter > 0) {
+      const gain = jitterRng.uniform(1 - jitter, 1 + jitter);
+      const gamma = Math.exp(jitterRng.uniform(-jitter, jitter));
+      for (let i = b * 3 * s * s; i < (b + 1) * 3 * s * s; i++) {
+        input[i] = Math.min(1, gain * input[i] ** gamma);
+        target[i] = Math.min(1, gain * target[i] ** gamma);
       }
     }
   }
