@@ -45,7 +45,7 @@ if (!values["summary-only"]) {
       const report = await evaluate({
         task,
         pairs,
-        restore: async (planar, w, h) => (await restorePlanar(model, planar, w, h)).restored,
+        restore: (planar, w, h) => restorePlanar(model, planar, w, h),
       });
       for (const p of model.parameters()) p.dispose();
       const seconds = (performance.now() - started) / 1000;

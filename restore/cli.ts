@@ -431,7 +431,7 @@ export async function runEval(args: string[]): Promise<void> {
   const report = await evaluate({
     task,
     pairs,
-    restore: async (planar, w, h) => (await restorePlanar(model, planar, w, h, { tile })).restored,
+    restore: (planar, w, h) => restorePlanar(model, planar, w, h, { tile }),
     onProgress: (done, _total, row) => {
       const left = done < pairs.length ? `; ${progress.report(done, "images")}` : "";
       status.print(`[${done}/${pairs.length}] ${row.name} ${(row.restoreMs / 1000).toFixed(1)} s${left}`);

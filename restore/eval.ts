@@ -52,6 +52,8 @@ export interface EvalRow {
   restoreMs: number;
   /** Shadow task only: whether the mask came from the dataset or was derived (see module docs). */
   maskSource?: "dataset" | "derived";
+  /** IoU of the model's predicted mask with the dataset's mask, when both exist (1 when both are empty). */
+  maskIoU?: number;
 }
 
 /** Whole-dataset result; plain data, safe to `JSON.stringify` and read back. */
@@ -66,6 +68,9 @@ export interface EvalReport {
   mean: { restored: Metrics; input: Metrics };
   /** Shadow task only: errors pooled over all pixels of the dataset. */
   pooled?: { restored: Metrics; input: Metrics };
+  /** IoU of predicted and dataset masks pooled over all pixels of the images that have both (intersections
+   * summed over unions summed), and how many images that is; absent when none has both. */
+  maskIoU?: { iou: number; images: number };
   /** Whether restored images were rounded to 8-bit levels before measuring. */
   quantized: boolean;
   psnrCap: number;
@@ -76,8 +81,13 @@ export interface EvalReport {
 export interface EvalOptions {
   task: Task;
   pairs: Pair[];
-  /** Restores planar RGB `[3, H, W]` in [0, 1]; must return the same shape. */
-  restore: (planarRgb: Float32Array, w: number, h: number) => Promise<Float32Array>;
+  /** Restores planar RGB `[3, H, W]` in [0, 1]; returns the same shape, or it and the predicted `[H, W]`
+   * mask (1 = degraded), which is then scored against the dataset's mask. */
+  restore: (
+    planarRgb: Float32Array,
+    w: number,
+    h: number,
+  ) => Promise<Float32Array | { restored: Float32Array; mask?: Float32Array }>;
   /** Loads a pair; defaults to {@link readPairFromDisk} (`train/datasets.ts` `readPair`). */
   readPair?: (pair: Pair) => Promise<PairImages>;
   /** Called after each image. */
@@ -173,13 +183,21 @@ export async function evaluate(options: EvalOptions): Promise<EvalReport> {
   const rows: EvalRow[] = [];
   const sumsRestored: Sums[] = [];
   const sumsInput: Sums[] = [];
+  const iouSums = { inter: 0, union: 0, images: 0 };
   for (const pair of pairs) {
     const img = await read(pair);
     const { width: w, height: h } = img;
     const t0 = performance.now();
     // A copy, so that a restore that works in place cannot alter the baseline measurement.
-    const raw = await restore(img.input.slice(), w, h);
+    const result = await restore(img.input.slice(), w, h);
     const restoreMs = performance.now() - t0;
+    const raw = result instanceof Float32Array ? result : result.restored;
+    const predicted = result instanceof Float32Array ? undefined : result.mask;
+    if (predicted && predicted.length !== w * h) {
+      throw new Error(
+        `${pair.input}: restore returned a mask of ${predicted.length} values, expected ${w * h}`,
+      );
+    }
     if (raw.length !== 3 * w * h) {
       throw new Error(
         `${pair.input}: restore returned ${raw.length} values, expected ${3 * w * h} (3x${h}x${w})`,
@@ -207,6 +225,20 @@ export async function evaluate(options: EvalOptions): Promise<EvalReport> {
       restoreMs,
     };
     if (maskSource) row.maskSource = maskSource;
+    if (predicted && img.mask) {
+      let inter = 0, union = 0;
+      for (let i = 0; i < w * h; i++) {
+        const a = predicted[i] > 0.5, b = img.mask[i] > 0.5;
+        inter += a && b ? 1 : 0;
+        union += a || b ? 1 : 0;
+      }
+      row.maskIoU = union ? inter / union : 1;
+      [iouSums.inter, iouSums.union, iouSums.images] = [
+        iouSums.inter + inter,
+        iouSums.union + union,
+        iouSums.images + 1,
+      ];
+    }
     rows.push(row);
     onProgress?.(rows.length, pairs.length, row);
   }
@@ -224,6 +256,9 @@ export async function evaluate(options: EvalOptions): Promise<EvalReport> {
     rows,
   };
   if (task === "shadow") report.pooled = { restored: pool(sumsRestored), input: pool(sumsInput) };
+  if (iouSums.images) {
+    report.maskIoU = { iou: iouSums.union ? iouSums.inter / iouSums.union : 1, images: iouSums.images };
+  }
   return report;
 }
 
@@ -278,6 +313,13 @@ export function formatSummary(report: EvalReport): string {
     );
   }
   const ms = report.rows.reduce((a, r) => a + r.restoreMs, 0) / Math.max(1, report.count);
+  if (report.maskIoU) {
+    lines.push(
+      "",
+      `Mask IoU (predicted against the dataset's masks, pooled over ${report.maskIoU.images} images): ` +
+        `${report.maskIoU.iou.toFixed(3)}`,
+    );
+  }
   lines.push(
     "",
     `Means over images; restored output ${

@@ -191,3 +191,22 @@ Deno.test("eval reads pairs from disk by default", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("eval scores a predicted mask against the dataset's mask: IoU per image and pooled", async () => {
+  // Pair a has the 7x7 square (x 4..10, y 3..9) as its mask; b has no mask, so it is not scored.
+  const predicted = new Float32Array(N);
+  for (let y = 3; y < 10; y++) for (let x = 4; x < 14; x++) predicted[y * W + x] = 1; // 7x10, covers the square
+  const restore = (x: Float32Array) => Promise.resolve({ restored: x, mask: predicted });
+  const report = await evaluate({ task: "rain", pairs, restore, readPair });
+  assert.equal(report.rows[0].maskIoU, 49 / 70);
+  assert.equal(report.rows[1].maskIoU, undefined);
+  assert.deepEqual(report.maskIoU, { iou: 49 / 70, images: 1 });
+  assert.ok(formatSummary(report).includes("pooled over 1 images): 0.700"));
+  // Plain arrays (no mask) report none; a mask of the wrong size is refused with the file's name.
+  assert.equal((await evaluate({ task: "rain", pairs, restore: identity, readPair })).maskIoU, undefined);
+  const bad = (x: Float32Array) => Promise.resolve({ restored: x, mask: new Float32Array(3) });
+  await assert.rejects(
+    evaluate({ task: "rain", pairs, restore: bad, readPair }),
+    /a\.png: restore returned a mask of 3/,
+  );
+});

@@ -64,6 +64,25 @@ half_scale() { # task variant
   $DENO run -A cli.ts train --resume "$run"
 }
 
+# Recipe "long + wide" (rain SPAIR): NetL 400 steps and NetR 4,800 steps on the standard pairs (lr 1e-3
+# halved every 500 epochs), then a curriculum step: NetR continues to step 6,400 on pairs of the wide synthesizer
+# ranges (4 per photo) with photometric jitter 0.15. The resume changes data, val and jitter (RESUMABLE_KEYS).
+long_wide() { # task variant
+  local run="$ROOT/$1-$2" data="$ROOT/data/$1" wide="$ROOT/data/$1-wide"
+  if [ ! -f "$run/config.json" ]; then
+    $DENO run -A cli.ts train --task "$1" --variant "$2" --data "$data/train" --val "$data/val" --run "$run" \
+      --crop 64 --batch 8 --steps-l 400 --steps-r 4800 --lr 1e-3 --lr-halve-epochs 500 --checkpoint-every 50 \
+      --validate-every 250 --val-crop 128 --seed 1
+  fi
+  if ! grep -q '"jitter": 0.15' "$run/config.json"; then
+    $DENO run -A cli.ts train --resume "$run" # finishes phase 1 after an interruption
+    rm -f "$run/model.safetensors"
+    $DENO run -A cli.ts train --resume "$run" --data "$wide/train" --val "$wide/val" --jitter 0.15 \
+      --steps-r 6400 --validate-every 400
+  fi
+  $DENO run -A cli.ts train --resume "$run"
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -80,8 +99,15 @@ for task in "$@"; do
     --seed "${SEED[$task]}" "${synth[@]}"
   [ -d "$data/val/input" ] || $DENO run -A cli.ts synth --task "$task" --in "$CLEAN/val" --out "$data/val" \
     --seed "$((SEED[$task] + 800))" --per-image 1 "${synth[@]:2}"
+  if [ "$task" = rain ]; then
+    # Wide-range pairs for the curriculum step of "long + wide".
+    [ -d "$ROOT/data/rain-wide/train/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
+      --in "$CLEAN/train" --out "$ROOT/data/rain-wide/train" --seed 111 --per-image 4
+    [ -d "$ROOT/data/rain-wide/val/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
+      --in "$CLEAN/val" --out "$ROOT/data/rain-wide/val" --seed 911 --per-image 1
+  fi
   case "$task" in
-    rain) uniform rain SPAIR; uniform rain Net1 ;;
+    rain) long_wide rain SPAIR; uniform rain Net1 ;;
     raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
     shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
     blur) continued blur SPAIR 200 100 1e-3; uniform blur Net1 ;;
