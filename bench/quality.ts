@@ -5,6 +5,8 @@
  *
  * Usage: deno run -A bench/quality.ts [--data runs/bundled/eval] [--out bench/results/quality]
  *   [--tasks rain,raindrop,...] [--variants Net1,SPAIR] [--summary-only]
+ * Generalization: the same with `--data runs/bundled/eval-outside --out bench/results/quality/outside` on pairs
+ * made with `--ranges outside` (seeds 711-714; docs/results.md).
  * Pairs come from `deno task synth --task T --in ../shared/data/clean/val --out DIR/T --seed 70x --crop 384x256`
  * (see weights/train_bundled.sh). Writes one report per task and model (`--out/<task>-<variant>.json`, every
  * per-image number) and prints a markdown table of all reports present.
@@ -79,12 +81,15 @@ for (const task of tasks) {
   if (!first) continue;
   const fmt = (v: number | null | undefined, name: string) =>
     v === null || v === undefined ? "n/a" : name.startsWith("ssim") ? v.toFixed(4) : v.toFixed(2);
-  lines.push(`| ${task} (${first.count} pairs) | ${first.labels.join(" | ")} |`);
-  lines.push(`| --- | ${first.labels.map(() => "---:").join(" | ")} |`);
-  const row = (label: string, m: Record<string, number | null>) =>
-    `| ${label} | ${first.metrics.map((k) => fmt(m[k], k)).join(" | ")} |`;
+  // SPAIR's mask against the ground truth (Net1 predicts none); older reports lack it.
+  const iou = Object.values(reports).some((r) => r.maskIoU);
+  lines.push(`| ${task} (${first.count} pairs) | ${first.labels.join(" | ")} |${iou ? " mask IoU |" : ""}`);
+  lines.push(`| --- | ${first.labels.map(() => "---:").join(" | ")} |${iou ? " ---: |" : ""}`);
+  const row = (label: string, m: Record<string, number | null>, r?: EvalReport) =>
+    `| ${label} | ${first.metrics.map((k) => fmt(m[k], k)).join(" | ")} |` +
+    (iou ? ` ${r?.maskIoU ? r.maskIoU.iou.toFixed(3) : "-"} |` : "");
   lines.push(row("input", first.mean.input));
-  for (const [variant, r] of Object.entries(reports)) lines.push(row(variant, r.mean.restored));
+  for (const [variant, r] of Object.entries(reports)) lines.push(row(variant, r.mean.restored, r));
   lines.push("");
 }
 console.log(lines.join("\n"));

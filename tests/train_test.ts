@@ -2,7 +2,7 @@
 // (seed, stage, step); bad inputs stop a run with one line and leave nothing behind.
 import assert from "node:assert/strict";
 import "./_setup.ts";
-import { decodeSafetensors, Rng } from "../mod.ts";
+import { decodeSafetensors, Rng, SpairModel } from "../mod.ts";
 import { writeImageAtomic } from "../train/image_io.ts";
 import {
   defaultConfig,
@@ -481,3 +481,41 @@ Deno.test("a config written before the later options gets their defaults; bad ch
     (e: Error) => e instanceof TrainError && e.message === "outputInit must be zero or default, got ones",
   );
 });
+
+Deno.test("init: a new run starts from a weights file of its preset and variant; others are refused", () =>
+  withPairs("spair-train-init-", 2, async (root) => {
+    const base = tinyConfig(`${root}/data`);
+    await train(`${root}/a`, { config: base });
+    const source = runFiles(`${root}/a`).model;
+    // No steps: the run's weights are the init file's, bit for bit (NetR's output conv is not zeroed).
+    await train(`${root}/b`, { config: { ...base, init: source, stepsL: 0, stepsR: 0 } });
+    const a = await readWeights(source);
+    const b = await readWeights(runFiles(`${root}/b`).model);
+    for (const name of Object.keys(a)) assert.deepEqual(b[name].data, a[name].data, name);
+    // Training on from it moves NetR away from the init weights, and NetL stays (no stage 1 steps).
+    await train(`${root}/c`, { config: { ...base, init: source, stepsL: 0, stepsR: 2 } });
+    const c = await readWeights(runFiles(`${root}/c`).model);
+    for (const name of Object.keys(a).filter((k) => k.startsWith("netL."))) {
+      assert.deepEqual(c[name].data, a[name].data, name);
+    }
+    assert.notDeepEqual(c["netR.tail.weight"].data, a["netR.tail.weight"].data);
+    // Wrong files stop the run before its folder is written.
+    const net1 = await Deno.makeTempFile({ dir: root, suffix: ".safetensors" });
+    await Deno.writeFile(
+      net1,
+      await new SpairModel({ preset: "tiny", variant: "Net1" }, 1).saveSafetensors({
+        preset: "tiny",
+        variant: "Net1",
+      }),
+    );
+    for (
+      const [init, message] of [
+        [`${root}/nothing.safetensors`, /nothing\.safetensors: init weights not found/],
+        [net1, /holds tiny Net1 weights; this run trains tiny SPAIR/],
+        [`${root}/data/input/p0.png`, /p0\.png: not readable safetensors weights/],
+      ] as const
+    ) {
+      await assert.rejects(train(`${root}/bad`, { config: { ...base, init } }), message);
+      await assert.rejects(Deno.stat(`${root}/bad`), `a refused init left ${root}/bad behind`);
+    }
+  }));

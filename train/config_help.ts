@@ -17,6 +17,8 @@ export const CONFIG_HELP: Record<keyof TrainConfig, string> = {
   variant: "ablation variant of the paper's table 6 (SPAIR: full model)",
   crop: "training crop side in pixels (a multiple of 4)",
   cropFocus: "candidate crops per sample; the one closest to half degraded wins (1: uniform)",
+  init:
+    "weights file to start from, e.g. a bundled model to fine-tune (same preset and variant; empty: fresh)",
   jitter: "photometric jitter: brightness x [1-J, 1+J] and gamma in [e^-J, e^J] on input and target (0: off)",
   batch: "images per step",
   stepsL: "steps of stage 1 (NetL, the mask)",

@@ -69,6 +69,9 @@ export interface TrainConfig {
    * (1 = uniform random crops). Small crops of large photos otherwise often hold no degradation, or
    * only degradation, and give NetR and SFM nothing to learn from. */
   cropFocus: number;
+  /** Weights file a new run starts from (a `model.safetensors` of the same preset and variant, e.g. a bundled
+   * model, to fine-tune it); "" = fresh initialization. Both stages continue from it. */
+  init: string;
   /** Photometric jitter of training crops: each crop's input and target get the same brightness factor in
    * [1 - j, 1 + j] and gamma in [e^-j, e^j] (0 = off), so the model does not tie restoration to one exposure. */
   jitter: number;
@@ -116,6 +119,7 @@ export function defaultConfig(task: Task): TrainConfig {
     variant: "SPAIR",
     crop: 256,
     cropFocus: 1,
+    init: "",
     jitter: 0,
     batch: 8,
     stepsL: 1000,
@@ -143,6 +147,7 @@ export class TrainError extends UserError {}
 /** Keys newer than the first run format: a run's config.json written before them gets their defaults. */
 const LATER_KEYS = [
   "cropFocus",
+  "init",
   "jitter",
   "clipGradNorm",
   "outputInit",
@@ -538,6 +543,38 @@ async function readCheckpoint(
   return { meta, model, optim };
 }
 
+/** The tensors of a run's `init` weights file, checked against its preset and variant. */
+async function readInitWeights(config: TrainConfig): Promise<Record<string, HostTensor>> {
+  const path = config.init;
+  let decoded;
+  try {
+    decoded = decodeSafetensors(await Deno.readFile(path));
+  } catch (e) {
+    throw new TrainError(
+      e instanceof Deno.errors.NotFound
+        ? `${path}: init weights not found`
+        : `${path}: not readable safetensors weights (${(e as Error).message})`,
+    );
+  }
+  const { preset, variant } = decoded.metadata;
+  if (preset !== config.preset || variant !== config.variant) {
+    throw new TrainError(
+      `${path} holds ${preset ?? "unnamed"} ${variant ?? "unnamed"} weights; this run trains ` +
+        `${config.preset} ${config.variant}`,
+    );
+  }
+  // The names and shapes must be the model's: a file that merely carries the right metadata is refused here.
+  const probe = new SpairModel({ preset: config.preset, variant: config.variant }, 0);
+  try {
+    probe.loadStateDict(decoded.tensors, path);
+  } catch (e) {
+    throw new TrainError((e as Error).message);
+  } finally {
+    for (const p of probe.parameters()) p.dispose();
+  }
+  return decoded.tensors;
+}
+
 /** Loads the pairs of a folder, reporting each problem by file name. */
 export async function loadPairs(
   dir: string,
@@ -738,6 +775,7 @@ export async function saveModel(
     batch: String(config.batch),
     stepsL: String(config.stepsL),
     stepsR: String(config.stepsR),
+    ...(config.init ? { init: config.init } : {}),
     ...extra,
   };
   await writeFileAtomic(path, await model.saveSafetensors(metadata));
@@ -907,6 +945,8 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
     resumed = await readCheckpoint(dir);
     position = resumed.meta.position;
   }
+  // The starting weights are checked before anything is written, like the data.
+  const initWeights = !resumed && config.init ? await readInitWeights(config) : undefined;
   if (changed.stepsL && position.stage === 2 && !skipL) {
     throw new TrainError(`stepsL cannot change: stage 1 of ${dir} is finished`);
   }
@@ -931,7 +971,7 @@ export async function train(dir: string, options: TrainOptions = {}): Promise<Tr
         } (recorded in ${files.config})`,
       );
     }
-    return await trainLocked(dir, config, trainPairs, valPairs, position, resumed, options);
+    return await trainLocked(dir, config, trainPairs, valPairs, position, resumed, options, initWeights);
   } finally {
     lock.release();
   }
@@ -945,6 +985,7 @@ async function trainLocked(
   position: RunPosition,
   resumed: Awaited<ReturnType<typeof readCheckpoint>> | null,
   options: TrainOptions,
+  initWeights?: Record<string, HostTensor>,
 ): Promise<TrainResult> {
   const files = runFiles(dir);
   const say = options.onMessage ?? (() => {});
@@ -952,7 +993,10 @@ async function trainLocked(
   const skipL = config.variant === "Net1";
   let trainMs = 0;
   const model = new SpairModel({ preset: config.preset, variant: config.variant }, config.seed);
-  if (!resumed && config.outputInit === "zero") {
+  if (initWeights) {
+    model.loadStateDict(initWeights, config.init);
+    say(`starting from the weights of ${config.init}`);
+  } else if (!resumed && config.outputInit === "zero") {
     // NetR starts as the identity (its output conv adds a zero residual to the input), so restoration
     // improves on the input from the first step instead of first unlearning a random residual.
     assignData(model.netR.tail.weight, new Float32Array(model.netR.tail.weight.size));
