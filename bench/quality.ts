@@ -47,7 +47,10 @@ if (!values["summary-only"]) {
       const report = await evaluate({
         task,
         pairs,
-        restore: (planar, w, h) => restorePlanar(model, planar, w, h),
+        restore: async (planar, w, h) => {
+          const { restored, mask } = await restorePlanar(model, planar, w, h);
+          return variant === "Net1" ? restored : { restored, mask }; // Net1 uses no mask
+        },
       });
       for (const p of model.parameters()) p.dispose();
       const seconds = (performance.now() - started) / 1000;

@@ -431,7 +431,11 @@ export async function runEval(args: string[]): Promise<void> {
   const report = await evaluate({
     task,
     pairs,
-    restore: (planar, w, h) => restorePlanar(model, planar, w, h, { tile }),
+    restore: async (planar, w, h) => {
+      const { restored, mask } = await restorePlanar(model, planar, w, h, { tile });
+      // Net1 uses no mask (its NetL is untrained), so only the other variants' masks are scored.
+      return info.variant === "Net1" ? restored : { restored, mask };
+    },
     onProgress: (done, _total, row) => {
       const left = done < pairs.length ? `; ${progress.report(done, "images")}` : "";
       status.print(`[${done}/${pairs.length}] ${row.name} ${(row.restoreMs / 1000).toFixed(1)} s${left}`);
