@@ -2,6 +2,10 @@
  * Validation curves of training runs as an SVG chart and a markdown table (for docs/training.md).
  *
  * Usage: deno run -A bench/training_curve.ts --out docs/img/training-rain.svg RUN_DIR[=label]...
+ *   [--gain] [--offset STEPS,...]
+ * `--gain` plots PSNR minus the input's PSNR (for runs whose validation set changes, as in a curriculum) and
+ * each SPAIR run's mask IoU (dashed, right axis); `--offset` shifts each run's steps (a fine-tuning run drawn
+ * after the run it started from).
  *
  * @module
  */
@@ -19,19 +23,31 @@ interface Point {
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
-  options: { out: { type: "string" }, title: { type: "string", default: "validation PSNR" } },
+  options: {
+    out: { type: "string" },
+    title: { type: "string", default: "validation PSNR" },
+    gain: { type: "boolean" },
+    offset: { type: "string" },
+  },
 });
 
 const series: { label: string; net1: boolean; points: Point[]; loss: { step: number; loss: number }[] }[] =
   [];
-for (const arg of positionals) {
+const offsets = (values.offset ?? "").split(",").map(Number);
+for (const [k, arg] of positionals.entries()) {
   const [dir, label] = arg.split("=");
+  const shift = offsets[k] || 0;
   const lines = (await Deno.readTextFile(`${dir}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
   const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   series.push({
     label: label ?? dir.split("/").pop()!,
     net1: config.variant === "Net1",
-    points: lines.filter((l) => l.stage === 2 && l.val).map((l) => ({ step: l.step, ...l.val })),
+    points: lines.filter((l) => l.stage === 2 && l.val).map((l) => ({
+      ...l.val,
+      step: l.step + shift,
+      psnr: values.gain ? l.val.psnr - l.val.inputPsnr : l.val.psnr,
+      inputPsnr: values.gain ? 0 : l.val.inputPsnr,
+    })),
     loss: lines.filter((l) => l.stage === 2 && l.loss !== undefined).map((l) => ({
       step: l.step,
       loss: l.loss,
@@ -55,7 +71,9 @@ const parts: string[] = [
   `<line x1="${L}" y1="${H - B}" x2="${W - 20}" y2="${H - B}" stroke="black"/>`,
   `<line x1="${L}" y1="20" x2="${L}" y2="${H - B}" stroke="black"/>`,
   `<text x="${W / 2}" y="${H - 8}" text-anchor="middle">NetR step</text>`,
-  `<text x="12" y="${H / 2}" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">PSNR (dB)</text>`,
+  `<text x="12" y="${H / 2}" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">${
+    values.gain ? "PSNR gain over the input (dB)" : "PSNR (dB)"
+  }</text>`,
 ];
 for (let v = lo; v <= hi; v++) {
   parts.push(`<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v}</text>`);
@@ -72,24 +90,39 @@ parts.push(
     inputPsnr.toFixed(2)
   }</text>`,
 );
+// Mask IoU on [0, 1] spans the plot's height (right axis).
+const yIou = (v: number) => H - B - v * (H - B - 20);
+if (values.gain) {
+  for (const v of [0, 0.5, 1]) {
+    parts.push(`<text x="${W - 16}" y="${yIou(v) + 4}" font-size="10">${v}</text>`);
+  }
+}
 series.forEach((s, i) => {
   const pts = s.points.map((p) => `${x(p.step).toFixed(1)},${y(p.psnr).toFixed(1)}`).join(" ");
   parts.push(`<polyline points="${pts}" fill="none" stroke="${colours[i % 4]}" stroke-width="2"/>`);
+  if (values.gain && !s.net1) {
+    const iou = s.points.map((p) => `${x(p.step).toFixed(1)},${yIou(p.maskIoU).toFixed(1)}`).join(" ");
+    parts.push(
+      `<polyline points="${iou}" fill="none" stroke="${
+        colours[i % 4]
+      }" stroke-dasharray="3" stroke-width="1"/>`,
+    );
+  }
   parts.push(`<text x="${L + 10}" y="${36 + 16 * i}" fill="${colours[i % 4]}">${s.label}</text>`);
 });
 parts.push("</svg>");
 if (values.out) await Deno.writeTextFile(values.out, parts.join("\n") + "\n");
 
 const table = [
-  "| run | step | PSNR (dB) | input PSNR | SSIM | mask IoU |",
+  `| run | step | ${values.gain ? "PSNR gain (dB)" : "PSNR (dB)"} | input PSNR | SSIM | mask IoU |`,
   "| --- | ---: | ---: | ---: | ---: | ---: |",
 ];
 for (const s of series) {
   for (const p of s.points) {
     table.push(
-      `| ${s.label} | ${p.step} | ${p.psnr.toFixed(2)} | ${p.inputPsnr.toFixed(2)} | ${p.ssim.toFixed(4)} | ${
-        s.net1 ? "-" : p.maskIoU.toFixed(3)
-      } |`,
+      `| ${s.label} | ${p.step} | ${p.psnr.toFixed(2)} | ${values.gain ? "-" : p.inputPsnr.toFixed(2)} | ${
+        p.ssim.toFixed(4)
+      } | ${s.net1 ? "-" : p.maskIoU.toFixed(3)} |`,
     );
   }
 }

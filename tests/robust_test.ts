@@ -128,7 +128,7 @@ Deno.test("NaN gradients stop the run before the update: the last checkpoint sta
     // Settings that change what the checkpoint means are refused, naming the ones that may change.
     await rejectsWith(
       train(dir, { changes: { crop: 12 } }),
-      /crop cannot change when resuming \(a resume may change stepsL, stepsR, lr,/,
+      /crop cannot change when resuming \(a resume may change data, val, jitter, stepsL, stepsR, lr,/,
     );
     await rejectsWith(train(dir, { changes: { stepsL: 5 } }), /stepsL cannot change: stage 1 .* is finished/);
     await rejectsWith(train(dir, { changes: { stepsR: 3 } }), /stepsR 3 is below the 5 steps stage 2/);
@@ -453,7 +453,7 @@ Deno.test("cli: Ctrl-C exits 130 after a checkpoint; --resume applies --steps-r 
     assert.equal(refused.code, 1);
     assert.match(
       new TextDecoder().decode(refused.stderr).trim(),
-      /^spair-gpu train: crop cannot change when resuming \(a resume may change stepsL, stepsR, lr, /,
+      /^spair-gpu train: crop cannot change when resuming \(a resume may change data, val, jitter, stepsL, stepsR, lr, /,
     );
   }));
 

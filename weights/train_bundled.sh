@@ -83,6 +83,26 @@ long_wide() { # task variant
   $DENO run -A cli.ts train --resume "$run"
 }
 
+# Recipe "long + wide + mix" (rain SPAIR): "long + wide", then a fine-tuning run (`--init`) on the wide pairs
+# plus as many wide pairs made at half scale (thinner, shorter streaks, as in the 384x256 evaluation crops):
+# NetL 1,200 more steps, then NetR 800, lr 5e-4, jitter 0.15, seed 2. Writes $ROOT/$1-$2-mix.
+mix() { # task variant
+  local run="$ROOT/$1-$2-mix" data="$ROOT/data/$1-mix"
+  long_wide "$1" "$2"
+  for s in train val; do
+    for sub in input target mask; do
+      mkdir -p "$data/$s/$sub"
+      cp "$ROOT/data/$1-wide/$s/$sub/"* "$data/$s/$sub/"
+      for f in "$ROOT/data/$1-wide-half/$s/$sub/"*; do cp "$f" "$data/$s/$sub/h_$(basename "$f")"; done
+    done
+  done
+  if [ -f "$run/config.json" ]; then $DENO run -A cli.ts train --resume "$run"; return; fi
+  $DENO run -A cli.ts train --task "$1" --variant "$2" --init "$ROOT/$1-$2/model.safetensors" \
+    --data "$data/train" --val "$data/val" --val-count 12 --run "$run" --crop 64 --batch 8 --steps-l 1200 \
+    --steps-r 800 --lr 5e-4 --lr-halve-epochs 500 --jitter 0.15 --checkpoint-every 50 --validate-every 200 \
+    --val-crop 128 --seed 2
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -100,19 +120,24 @@ for task in "$@"; do
   [ -d "$data/val/input" ] || $DENO run -A cli.ts synth --task "$task" --in "$CLEAN/val" --out "$data/val" \
     --seed "$((SEED[$task] + 800))" --per-image 1 "${synth[@]:2}"
   if [ "$task" = rain ]; then
-    # Wide-range pairs for the curriculum step of "long + wide".
+    # Wide-range pairs for the curriculum step of "long + wide", full and half scale.
     [ -d "$ROOT/data/rain-wide/train/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
       --in "$CLEAN/train" --out "$ROOT/data/rain-wide/train" --seed 111 --per-image 4
     [ -d "$ROOT/data/rain-wide/val/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
       --in "$CLEAN/val" --out "$ROOT/data/rain-wide/val" --seed 911 --per-image 1
+    [ -d "$ROOT/data/rain-wide-half/train/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
+      --in "$CLEAN/train" --out "$ROOT/data/rain-wide-half/train" --seed 121 --per-image 4 --scale 0.5
+    [ -d "$ROOT/data/rain-wide-half/val/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
+      --in "$CLEAN/val" --out "$ROOT/data/rain-wide-half/val" --seed 921 --per-image 1 --scale 0.5
   fi
+  spair="$ROOT/$task-SPAIR"
   case "$task" in
-    rain) long_wide rain SPAIR; uniform rain Net1 ;;
+    rain) mix rain SPAIR; uniform rain Net1; spair="$ROOT/rain-SPAIR-mix" ;;
     raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
     shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
     blur) continued blur SPAIR 200 100 1e-3; uniform blur Net1 ;;
   esac
   mkdir -p weights/baselines
-  cp "$ROOT/$task-SPAIR/model.safetensors" "weights/$task.safetensors"
+  cp "$spair/model.safetensors" "weights/$task.safetensors"
   cp "$ROOT/$task-Net1/model.safetensors" "weights/baselines/$task-net1.safetensors"
 done
