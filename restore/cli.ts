@@ -71,7 +71,8 @@ export const RESTORE_SPEC: CommandSpec = {
       kind: "string",
       value: "FILE",
       defaultText: "weights/<task>.safetensors",
-      help: "safetensors weights written by `deno task train`",
+      help:
+        "safetensors weights written by `deno task train`: a model.safetensors, or a run's checkpoint.safetensors",
     },
     {
       name: "mask",
@@ -145,7 +146,7 @@ export const EVAL_SPEC: CommandSpec = {
       kind: "string",
       value: "FILE",
       defaultText: "weights/<task>.safetensors",
-      help: "safetensors weights to evaluate",
+      help: "safetensors weights to evaluate (a model.safetensors, or a run's checkpoint.safetensors)",
     },
     {
       name: "out",

@@ -17,6 +17,7 @@ import {
   type Variant,
   VARIANTS,
 } from "../layers/vocabulary.ts";
+import { isCheckpoint, modelTensorsOf } from "../train/checkpoint_format.ts";
 
 /** A weights file that cannot be used: not safetensors, not SPAIR's, or for another model. */
 export class WeightsError extends UserError {}
@@ -35,8 +36,8 @@ export interface ModelInfo {
 
 /**
  * Builds a model from safetensors weights whose metadata names `preset` and `variant` (as written by
- * `deno task train`). `source` names the bytes in error messages; `expected` rejects files of another
- * preset or variant with one clear message.
+ * `deno task train`: a final `model.safetensors` or a run's `checkpoint.safetensors`). `source` names the
+ * bytes in error messages; `expected` rejects files of another preset or variant with one clear message.
  *
  * ```ts
  * import { initEngine, loadModel } from "@spair/spair-gpu";
@@ -60,6 +61,12 @@ export function loadModel(
   const metadata = decoded.metadata;
   const { preset, variant } = metadata;
   if (!isKeyOf(PRESETS, preset) || !isKeyOf(VARIANTS, variant)) {
+    if (isCheckpoint(metadata)) {
+      throw new WeightsError(
+        `${source}: a training checkpoint that does not name its model (written before checkpoints did); ` +
+          `resume the run once to rewrite it, or use the run's model.safetensors`,
+      );
+    }
     throw new WeightsError(
       `${source}: metadata does not name a SPAIR preset and variant (was it written by spair-gpu?)`,
     );
@@ -71,7 +78,7 @@ export function loadModel(
   }
   const model = new SpairModel({ preset, variant });
   try {
-    model.loadStateDict(decoded.tensors, source);
+    model.loadStateDict(modelTensorsOf(decoded.tensors, metadata), source);
   } catch (e) {
     for (const p of model.parameters()) p.dispose();
     throw e;

@@ -2,7 +2,7 @@
 // (seed, stage, step); bad inputs stop a run with one line and leave nothing behind.
 import assert from "node:assert/strict";
 import "./_setup.ts";
-import { decodeSafetensors, Rng, SpairModel } from "../mod.ts";
+import { decodeSafetensors, encodeSafetensors, loadModel, Rng, SpairModel } from "../mod.ts";
 import { writeImageAtomic } from "../train/image_io.ts";
 import {
   defaultConfig,
@@ -481,6 +481,42 @@ Deno.test("a config written before the later options gets their defaults; bad ch
     (e: Error) => e instanceof TrainError && e.message === "outputInit must be zero or default, got ones",
   );
 });
+
+Deno.test("a run's checkpoint loads as a model (restore, eval) and as --init; an unnamed one is refused", () =>
+  withPairs("spair-train-ckpt-model-", 2, async (root) => {
+    const base = tinyConfig(`${root}/data`);
+    // Stopped in stage 2, so the checkpoint also holds Adam state that the model must ignore.
+    await train(`${root}/a`, { config: base, maxStepsThisRun: base.stepsL + 1 });
+    const path = runFiles(`${root}/a`).checkpoint;
+    const bytes = await Deno.readFile(path);
+    const decoded = decodeSafetensors(bytes);
+    assert.ok(Object.keys(decoded.tensors).some((k) => k.startsWith("optim.")), "no optimizer state");
+    const { model, info } = loadModel(bytes, path, { variant: "SPAIR" });
+    assert.equal(info.task, base.task);
+    assert.equal(info.metadata.step, "1");
+    const loaded = await model.stateDict();
+    assert.deepEqual(
+      Object.keys(loaded).sort(),
+      Object.keys(await new SpairModel({ preset: base.preset, variant: base.variant }).stateDict()).sort(),
+    );
+    for (const [name, t] of Object.entries(loaded)) {
+      assert.deepEqual(t.data, decoded.tensors[`model.${name}`].data);
+    }
+    for (const p of model.parameters()) p.dispose();
+    // --init from it: with no steps, the new run's weights are the checkpoint's model tensors.
+    await train(`${root}/b`, { config: { ...base, init: path, stepsL: 0, stepsR: 0 } });
+    const b = await readWeights(runFiles(`${root}/b`).model);
+    for (const [name, t] of Object.entries(b)) {
+      assert.deepEqual(t.data, decoded.tensors[`model.${name}`].data);
+    }
+    // A checkpoint written before checkpoints named their model gets a message that says what to do.
+    const { preset: _p, variant: _v, ...old } = decoded.metadata;
+    const unnamed = encodeSafetensors(decoded.tensors, old);
+    assert.throws(
+      () => loadModel(unnamed, "old.safetensors"),
+      /old\.safetensors: a training checkpoint that does not name/,
+    );
+  }));
 
 Deno.test("init: a new run starts from a weights file of its preset and variant; others are refused", () =>
   withPairs("spair-train-init-", 2, async (root) => {

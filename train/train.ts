@@ -53,6 +53,13 @@ import {
 import { rgbToY, ssimRgb, ssimY } from "./metrics.ts";
 import { diffMask, SYNTH_TAU } from "./synth.ts";
 import { balancedPosWeight, weightedBceWithLogits } from "./losses.ts";
+import {
+  CHECKPOINT_KEY,
+  isCheckpoint,
+  MODEL_PREFIX,
+  modelTensorsOf,
+  OPTIM_PREFIX,
+} from "./checkpoint_format.ts";
 
 /** Everything that defines a training run (saved as `config.json` in the run folder). */
 export interface TrainConfig {
@@ -480,21 +487,29 @@ async function saveCheckpoint(
   dir: string,
   model: SpairModel,
   optimizer: Adam | null,
+  config: TrainConfig,
   meta: CheckpointMeta,
 ): Promise<void> {
   const tensors: Record<string, HostTensor> = {};
-  for (const [name, t] of Object.entries(await model.stateDict())) tensors[`model.${name}`] = t;
+  for (const [name, t] of Object.entries(await model.stateDict())) tensors[`${MODEL_PREFIX}${name}`] = t;
   if (optimizer) {
     const state = optimizer.stateDict();
     for (const [name, t] of Object.entries(state.tensors)) {
-      tensors[`optim.${name}`] = { shape: [...t.shape], data: await t.data() };
+      tensors[`${OPTIM_PREFIX}${name}`] = { shape: [...t.shape], data: await t.data() };
     }
     meta.optimizer = state.meta as CheckpointMeta["optimizer"];
   }
-  await writeFileAtomic(
-    runFiles(dir).checkpoint,
-    encodeSafetensors(tensors, { checkpoint: JSON.stringify(meta) }),
-  );
+  // The model's metadata too, so that restore, eval and --init take a checkpoint of a run in progress.
+  const metadata = {
+    [CHECKPOINT_KEY]: JSON.stringify(meta),
+    preset: config.preset,
+    variant: config.variant,
+    task: config.task,
+    tau: String(config.tau),
+    stage: String(meta.position.stage),
+    step: String(meta.position.step),
+  };
+  await writeFileAtomic(runFiles(dir).checkpoint, encodeSafetensors(tensors, metadata));
 }
 
 /** The checkpoint's metadata, or null unless it is well formed. */
@@ -531,14 +546,14 @@ async function readCheckpoint(
   } catch (e) {
     throw new TrainError(`${path}: corrupt checkpoint (${(e as Error).message})`);
   }
-  if (decoded.metadata.checkpoint === undefined) throw new TrainError(`${path}: not a training checkpoint`);
-  const meta = parseCheckpointMeta(decoded.metadata.checkpoint);
+  if (!isCheckpoint(decoded.metadata)) throw new TrainError(`${path}: not a training checkpoint`);
+  const meta = parseCheckpointMeta(decoded.metadata[CHECKPOINT_KEY]);
   if (!meta) throw new TrainError(`${path}: corrupt checkpoint (its position metadata is garbled)`);
   const model: Record<string, HostTensor> = {};
   const optim: Record<string, HostTensor> = {};
   for (const [name, t] of Object.entries(decoded.tensors)) {
-    if (name.startsWith("model.")) model[name.slice(6)] = t;
-    else if (name.startsWith("optim.")) optim[name.slice(6)] = t;
+    if (name.startsWith(MODEL_PREFIX)) model[name.slice(MODEL_PREFIX.length)] = t;
+    else if (name.startsWith(OPTIM_PREFIX)) optim[name.slice(OPTIM_PREFIX.length)] = t;
   }
   return { meta, model, optim };
 }
@@ -564,15 +579,16 @@ async function readInitWeights(config: TrainConfig): Promise<Record<string, Host
     );
   }
   // The names and shapes must be the model's: a file that merely carries the right metadata is refused here.
+  const tensors = modelTensorsOf(decoded.tensors, decoded.metadata);
   const probe = new SpairModel({ preset: config.preset, variant: config.variant }, 0);
   try {
-    probe.loadStateDict(decoded.tensors, path);
+    probe.loadStateDict(tensors, path);
   } catch (e) {
     throw new TrainError((e as Error).message);
   } finally {
     for (const p of probe.parameters()) p.dispose();
   }
-  return decoded.tensors;
+  return tensors;
 }
 
 /** Loads the pairs of a folder, reporting each problem by file name. */
@@ -1157,7 +1173,7 @@ async function trainLocked(
         const last = step === steps;
         const limitReached = options.maxStepsThisRun !== undefined && stepsThisRun >= options.maxStepsThisRun;
         if (step % config.checkpointEvery === 0 || last || stopRequested || limitReached) {
-          await saveCheckpoint(dir, model, optimizer, {
+          await saveCheckpoint(dir, model, optimizer, config, {
             position,
             optimizer: null,
             trainMs: trainMs + performance.now() - started,
