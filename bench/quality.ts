@@ -48,8 +48,7 @@ if (!values["summary-only"]) {
         task,
         pairs,
         restore: async (planar, w, h) => {
-          const { restored, mask } = await restorePlanar(model, planar, w, h);
-          return variant === "Net1" ? restored : { restored, mask }; // Net1 uses no mask
+          return await restorePlanar(model, planar, w, h); // Net1's mask is null: it uses none
         },
       });
       for (const p of model.parameters()) p.dispose();

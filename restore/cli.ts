@@ -317,6 +317,11 @@ export async function runRestore(args: string[]): Promise<void> {
   if (task && info.task && task !== info.task) {
     console.error(`warning: ${weightsPath} was trained for ${info.task}, not ${task}`);
   }
+  if (mask !== undefined && info.variant === "Net1") {
+    throw new RestoreUsageError(
+      `--mask: ${weightsPath} is a Net1 model (the dense baseline), which predicts no mask; drop --mask`,
+    );
+  }
   await Deno.mkdir(outIsFile ? dirOf(out) : out, { recursive: true })
     .catch((e) => {
       throw new RestoreUsageError(`${out}: cannot create the output folder (${e.message})`);
@@ -391,18 +396,20 @@ export async function runRestore(args: string[]): Promise<void> {
     const target = outputPath(out, input.name, single);
     await writeImageAtomic(target, fromPlanarRgb(result.restored, image));
     let maskNote = "";
-    if (mask !== undefined) {
+    if (mask !== undefined && result.mask) {
       const maskPath = maskPathOf(input.name);
       await writeImageAtomic(maskPath, maskToImage(result.mask, image.width, image.height), "png");
       maskNote = `, mask ${maskPath}`;
     }
-    const density = result.mask.reduce((a, b) => a + b, 0) / result.mask.length;
+    const degraded = result.mask
+      ? `${(100 * result.mask.reduce((a, b) => a + b, 0) / result.mask.length).toFixed(1)}% degraded, `
+      : "";
     progress.report(index + 1, "images");
     status.print(
       `[${
         index + 1
       }/${inputs.length}] ${input.path} -> ${target}${maskNote} (${image.width}x${image.height}, ` +
-        `${(100 * density).toFixed(1)}% degraded, ${((performance.now() - started) / 1000).toFixed(1)} s)` +
+        `${degraded}${((performance.now() - started) / 1000).toFixed(1)} s)` +
         (index + 1 < inputs.length ? `; ${progress.report(index + 1, "images")}` : ""),
     );
   }
@@ -433,9 +440,8 @@ export async function runEval(args: string[]): Promise<void> {
     task,
     pairs,
     restore: async (planar, w, h) => {
-      const { restored, mask } = await restorePlanar(model, planar, w, h, { tile });
-      // Net1 uses no mask (its NetL is untrained), so only the other variants' masks are scored.
-      return info.variant === "Net1" ? restored : { restored, mask };
+      // Net1's mask is null (it uses none), so only the other variants' masks are scored.
+      return await restorePlanar(model, planar, w, h, { tile });
     },
     onProgress: (done, _total, row) => {
       const left = done < pairs.length ? `; ${progress.report(done, "images")}` : "";

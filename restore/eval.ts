@@ -87,7 +87,7 @@ export interface EvalOptions {
     planarRgb: Float32Array,
     w: number,
     h: number,
-  ) => Promise<Float32Array | { restored: Float32Array; mask?: Float32Array }>;
+  ) => Promise<Float32Array | { restored: Float32Array; mask?: Float32Array | null }>;
   /** Loads a pair; defaults to {@link readPairFromDisk} (`train/datasets.ts` `readPair`). */
   readPair?: (pair: Pair) => Promise<PairImages>;
   /** Called after each image. */
@@ -192,7 +192,7 @@ export async function evaluate(options: EvalOptions): Promise<EvalReport> {
     const result = await restore(img.input.slice(), w, h);
     const restoreMs = performance.now() - t0;
     const raw = result instanceof Float32Array ? result : result.restored;
-    const predicted = result instanceof Float32Array ? undefined : result.mask;
+    const predicted = result instanceof Float32Array ? undefined : result.mask ?? undefined;
     if (predicted && predicted.length !== w * h) {
       throw new Error(
         `${pair.input}: restore returned a mask of ${predicted.length} values, expected ${w * h}`,

@@ -47,8 +47,9 @@ export interface RestoreOptions {
 export interface Restored {
   /** Planar RGB [3, H, W], clamped to [0, 1]. */
   restored: Float32Array;
-  /** [H, W] predicted mask, 1 where NetL found a degradation. */
-  mask: Float32Array;
+  /** [H, W] predicted mask, 1 where NetL found a degradation; null for Net1, which uses no mask (its NetL
+   * is not trained and is not run). */
+  mask: Float32Array | null;
   /** Whether the image-wide layers saw the whole image (always true untiled and for Net1). */
   exactGlobalLayers: boolean;
 }
@@ -145,7 +146,7 @@ export async function precompileRestore(
       noGrad(() =>
         tidy(() => {
           const x = tensor(new Float32Array(3 * h * w), [1, 3, h, w]);
-          model.netR.forward(x, model.guidance(x));
+          model.netR.forward(x, predictsMask(model) ? model.guidance(x) : undefined);
         })
       );
     }
@@ -153,6 +154,12 @@ export async function precompileRestore(
   if (requests.length > 0) await engine().compilePipelines(requests, onProgress);
   for (const key of shapes.keys()) done.add(key);
   return requests.length;
+}
+
+/** Whether the model's NetR uses NetL's guidance (every variant but the Net1 dense baseline). */
+function predictsMask(model: SpairModel): boolean {
+  const { sfm, sc, nonLocal } = model.netR.features;
+  return sfm || sc || nonLocal !== "none";
 }
 
 /** Tile shapes whose pipelines {@link precompileRestore} has created, per model. */
@@ -174,7 +181,7 @@ const precompiled = new WeakMap<SpairModel, Set<string>>();
  * const { restored, mask } = await restorePlanar(model, planar, width, height, {
  *   onTile: (done, total) => console.log(`tile ${done}/${total}`),
  * });
- * console.log(restored.length === planar.length, mask.length === width * height);
+ * console.log(restored.length === planar.length, mask?.length === width * height); // mask: null for Net1
  * ```
  */
 export async function restorePlanar(
@@ -203,18 +210,20 @@ export async function restorePlanar(
   const global = passes.length > 0 ? new GlobalLayerResults(model, PH, PW) : undefined;
 
   // NetL's outputs per tile, kept on the host after the first pass: later passes skip NetL.
+  const guided = predictsMask(model);
   const netLOutputs = new Map<TileRegion, { logits: Float32Array; f0: Float32Array; f1: Float32Array }>();
   /** Runs NetR on tile `r` to the end, or to `stopAt` (then returns that layer's input). */
   const runTile = async <T>(
     r: TileRegion,
     stopAt: GlobalLayer | undefined,
-    use: (out: { restored?: Tensor; features?: Tensor; mask: Tensor }) => Promise<T>,
+    use: (out: { restored?: Tensor; features?: Tensor; mask?: Tensor }) => Promise<T>,
   ): Promise<T> => {
     const saved = netLOutputs.get(r);
     let fresh: Tensor[] | undefined;
     const out = noGrad(() =>
       tidy(() => {
         const x = tensor(tileInput(planar, width, height, r), [1, 3, r.ph, r.pw]);
+        if (!guided) return { restored: model.netR.forward(x) };
         let g;
         if (saved) {
           const f0 = tensor(saved.f0, [1, saved.f0.length / (r.ph * r.pw), r.ph, r.pw]);
@@ -237,21 +246,21 @@ export async function restorePlanar(
       }
       return await use(out);
     } finally {
-      for (const t of [...(fresh ?? []), ...Object.values(out)]) t.dispose();
+      for (const t of [...(fresh ?? []), ...Object.values(out)]) t?.dispose();
     }
   };
 
   for (const layer of passes) {
     for (const r of tiles) {
-      await runTile(r, layer, ({ features, mask }) => global!.add(layer, r, features!, mask));
+      await runTile(r, layer, ({ features, mask }) => global!.add(layer, r, features!, mask!));
       options.onTile?.(++done, total);
     }
     await global!.finish(layer);
   }
-  const blender = new Blender(layout);
+  const blender = new Blender(layout, guided);
   for (const r of tiles) {
     await runTile(r, undefined, async ({ restored, mask }) => {
-      const [rData, mData] = await Promise.all([restored!.data(), mask.data()]);
+      const [rData, mData] = await Promise.all([restored!.data(), mask?.data()]);
       blender.add(r, rData, mData);
     });
     options.onTile?.(++done, total);

@@ -180,19 +180,20 @@ function blendWeight(
 /** Accumulates tiles' restored images and masks with feathered weights into the whole image. */
 export class Blender {
   readonly #accum: Float32Array;
-  readonly #mask: Float32Array;
+  readonly #mask: Float32Array | null;
   readonly #weights: Float32Array;
 
-  /** Starts an empty image of `layout`'s size. */
-  constructor(readonly layout: TileLayout) {
+  /** Starts an empty image of `layout`'s size, with a mask unless `withMask` is false. */
+  constructor(readonly layout: TileLayout, withMask = true) {
     const plane = layout.width * layout.height;
     this.#accum = new Float32Array(3 * plane);
-    this.#mask = new Float32Array(plane);
+    this.#mask = withMask ? new Float32Array(plane) : null;
     this.#weights = new Float32Array(plane);
   }
 
-  /** Adds tile `r`'s restored [3, ph, pw] and mask [ph, pw]. */
-  add(r: TileRegion, restored: Float32Array, mask: Float32Array): void {
+  /** Adds tile `r`'s restored [3, ph, pw] and mask [ph, pw] (required when the blender has a mask). */
+  add(r: TileRegion, restored: Float32Array, mask?: Float32Array): void {
+    if (this.#mask && !mask) throw new Error("Blender.add: this blender blends masks; the tile has none");
     const { width, height, margin, ramp } = this.layout;
     const plane = width * height;
     const { y0, y1, x0, x1, ph, pw } = r;
@@ -205,19 +206,20 @@ export class Blender {
         if (w === 0) continue;
         const o = (y0 + y) * width + x0 + x;
         this.#weights[o] += w;
-        this.#mask[o] += w * mask[y * pw + x];
+        if (this.#mask) this.#mask[o] += w * mask![y * pw + x];
         for (let c = 0; c < 3; c++) this.#accum[c * plane + o] += w * restored[(c * ph + y) * pw + x];
       }
     }
   }
 
-  /** The blended image, clamped to [0, 1], and the mask (1 where the blended mask is at least 0.5). */
-  finish(): { restored: Float32Array; mask: Float32Array } {
+  /** The blended image, clamped to [0, 1], and the mask (1 where the blended mask is at least 0.5; null
+   * without one). */
+  finish(): { restored: Float32Array; mask: Float32Array | null } {
     const plane = this.layout.width * this.layout.height;
     const [accum, mask, weights] = [this.#accum, this.#mask, this.#weights];
     for (let i = 0; i < plane; i++) {
       const w = weights[i];
-      mask[i] = mask[i] / w >= 0.5 ? 1 : 0;
+      if (mask) mask[i] = mask[i] / w >= 0.5 ? 1 : 0;
       for (let c = 0; c < 3; c++) {
         const v = accum[c * plane + i] / w;
         accum[c * plane + i] = v < 0 ? 0 : v > 1 ? 1 : v;

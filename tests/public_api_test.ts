@@ -24,6 +24,7 @@ Deno.test("public API: bundled rain weights restore the sample like the CLI does
   assert.equal(info.preset, "tiny");
   const { restored, mask } = await restorePlanar(model, planar, width, height);
   assert.equal(restored.length, 3 * plane);
+  assert.ok(mask !== null, "SPAIR predicts a mask");
   assert.ok(mask.every((v) => v === 0 || v === 1));
   const density = mask.reduce((a, b) => a + b, 0) / plane;
   assert.ok(density > 0 && density < 0.5, `mask density ${density}`);

@@ -41,6 +41,7 @@ for (const [file, task] of cases) {
     const { model } = await loadWeightsFile(bundledWeights(task));
     try {
       const { restored, mask } = await restorePlanar(model, planar, w, h);
+      assert.ok(mask, "the bundled SPAIR models predict a mask");
       const plane = w * h;
       let clean = 0, change = 0, degradedChange = 0;
       for (let i = 0; i < plane; i++) {

@@ -115,7 +115,7 @@ Deno.test("an identity model comes back unchanged through any tiling (tile copie
     maxTiled = Math.max(maxTiled, Math.abs(tiled.restored[i] - planar[i]));
   }
   assert.ok(maxWhole < 1e-6 && maxTiled < 1e-6, `identity changed the image: ${maxWhole}, ${maxTiled}`);
-  assert.equal(whole.mask.length, w * h);
+  assert.equal(whole.mask, null, "Net1 uses no mask, so restore returns none");
   for (const p of model.parameters()) p.dispose();
 });
 
@@ -183,6 +183,12 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
       await tiny.saveSafetensors({ preset: "small", variant: "SPAIR" }),
     );
     for (const p of tiny.parameters()) p.dispose();
+    const net1 = new SpairModel({ preset: "tiny", variant: "Net1" }, 3);
+    await Deno.writeFile(
+      `${dir}/net1.safetensors`,
+      await net1.saveSafetensors({ preset: "tiny", variant: "Net1" }),
+    );
+    for (const p of net1.parameters()) p.dispose();
     await Deno.writeTextFile(`${dir}/file`, "a file, not a folder");
     const w = ["--weights", `${dir}/w.safetensors`];
     const cases: [string, string[], RegExp][] = [
@@ -230,6 +236,20 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
         "unwritable output",
         ["restore", `${dir}/ok.png`, ...w, "-o", `${dir}/file/sub`],
         /file\/sub: cannot create the output folder/,
+      ],
+      [
+        "mask of a Net1 model",
+        [
+          "restore",
+          `${dir}/ok.png`,
+          "--weights",
+          `${dir}/net1.safetensors`,
+          "--mask",
+          `${dir}/o8`,
+          "-o",
+          `${dir}/o9`,
+        ],
+        /--mask: .*net1\.safetensors is a Net1 model \(the dense baseline\), which predicts no mask/,
       ],
     ];
     for (const [name, args, pattern] of cases) {
@@ -279,7 +299,7 @@ Deno.test("tiled SPAIR equals the whole-image result on 512x512 (image-wide laye
   for (let i = 0; i < planar.length; i++) {
     max = Math.max(max, Math.abs(whole.restored[i] - tiled.restored[i]));
   }
-  const degraded = whole.mask.reduce((a, b) => a + b, 0) / whole.mask.length;
+  const degraded = whole.mask!.reduce((a, b) => a + b, 0) / whole.mask!.length;
   console.log(`tiled vs whole: max ${max.toExponential(2)}, ${(100 * degraded).toFixed(1)}% degraded`);
   assert.ok(degraded > 0.02, "the image has degraded sites, so SFM and SNL act");
   assert.deepEqual(tiled.mask, whole.mask);
@@ -332,7 +352,7 @@ Deno.test("restore on an adapter with small storage bindings caps the tile and m
     for (let i = 0; i < planar.length; i++) max = Math.max(max, Math.abs(got.restored[i] - want.restored[i]));
     assert.ok(max <= 1e-5, `small-binding restore differs by ${max}`);
     assert.deepEqual(got.mask, want.mask);
-    assert.ok(want.mask.some((v) => v > 0) && want.mask.some((v) => v === 0), "mask has both regions");
+    assert.ok(want.mask!.some((v) => v > 0) && want.mask!.some((v) => v === 0), "mask has both regions");
     for (const p of smallModel.parameters()) p.dispose();
   } finally {
     setEngine(previous);

@@ -280,13 +280,13 @@ Deno.test({
         assert.match(got.status ?? "", /^Restored 64×48 \(blur\) in \d+\.\d s \(\d+ GPU kernels compiled/);
         const diff = maxAbsDiff(got.restored, want.restored);
         let maskMismatch = 0;
-        for (let i = 0; i < plane; i++) maskMismatch += got.mask[i] !== want.mask[i] ? 1 : 0;
+        for (let i = 0; i < plane; i++) maskMismatch += got.mask[i] !== want.mask![i] ? 1 : 0;
         const drawn = new Float32Array(3 * plane);
         for (let i = 0; i < plane; i++) {
           for (let c = 0; c < 3; c++) drawn[c * plane + i] = got.pixels[4 * i + c] / 255;
         }
         const drawnDiff = maxAbsDiff(drawn, want.restored);
-        const masked = want.mask.reduce((s, m) => s + m, 0);
+        const masked = want.mask!.reduce((s, m) => s + m, 0);
         // Values clamped to 0 or 1 would agree trivially: most must lie inside.
         const inside = want.restored.filter((v) => v > 0 && v < 1).length / want.restored.length;
         console.log(

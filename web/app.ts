@@ -44,7 +44,7 @@ export interface DemoState {
     /** Planar RGB [3, H, W] in [0, 1]. */
     restored: Float32Array;
     /** [H, W], 1 where NetL found a degradation. */
-    mask: Float32Array;
+    mask: Float32Array | null;
     /** Whole run (model loading, kernel compilation and restoration). */
     ms: number;
     /** Pipelines compiled up front for this run (0 once they are all compiled) and the time it took. */
@@ -276,12 +276,17 @@ function restore(): void {
       const output = toImageData(restored, pic.width, pic.height);
       paint(outputCanvas, output);
       paint(after, output);
-      paint(maskCanvas, toImageData(mask, pic.width, pic.height));
-      let masked = 0;
-      for (const m of mask) masked += m;
-      maskCaption.textContent = `Predicted degradation mask (white: degraded, ${
-        (100 * masked / mask.length).toFixed(1)
-      }% of pixels)`;
+      if (mask) {
+        paint(maskCanvas, toImageData(mask, pic.width, pic.height));
+        let masked = 0;
+        for (const m of mask) masked += m;
+        maskCaption.textContent = `Predicted degradation mask (white: degraded, ${
+          (100 * masked / mask.length).toFixed(1)
+        }% of pixels)`;
+      } else {
+        maskCanvas.getContext("2d")?.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
+        maskCaption.textContent = `No mask: ${info.variant} weights (the dense baseline predicts none)`;
+      }
       demo.last = {
         task,
         info,
