@@ -103,6 +103,13 @@ mix() { # task variant
     --val-crop 128 --seed 2
 }
 
+# Recipe "long + wide + mix, equal time" (rain Net1): "long + wide + mix", then the mix run continued to NetR
+# step $3, so that the baseline trains at least as long as the SPAIR model (issue 18: the same wall-clock budget).
+mix_equal_time() { # task variant steps
+  mix "$1" "$2"
+  $DENO run -A cli.ts train --resume "$ROOT/$1-$2-mix" --steps-r "$3"
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -130,14 +137,14 @@ for task in "$@"; do
     [ -d "$ROOT/data/rain-wide-half/val/input" ] || $DENO run -A cli.ts synth --task rain --ranges wide \
       --in "$CLEAN/val" --out "$ROOT/data/rain-wide-half/val" --seed 921 --per-image 1 --scale 0.5
   fi
-  spair="$ROOT/$task-SPAIR"
+  spair="$ROOT/$task-SPAIR" net1="$ROOT/$task-Net1"
   case "$task" in
-    rain) mix rain SPAIR; uniform rain Net1; spair="$ROOT/rain-SPAIR-mix" ;;
+    rain) mix rain SPAIR; mix_equal_time rain Net1 5088; spair="$ROOT/rain-SPAIR-mix"; net1="$ROOT/rain-Net1-mix" ;;
     raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
     shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
     blur) continued blur SPAIR 200 100 1e-3; uniform blur Net1 ;;
   esac
   mkdir -p weights/baselines
   cp "$spair/model.safetensors" "weights/$task.safetensors"
-  cp "$ROOT/$task-Net1/model.safetensors" "weights/baselines/$task-net1.safetensors"
+  cp "$net1/model.safetensors" "weights/baselines/$task-net1.safetensors"
 done
