@@ -294,6 +294,13 @@ export class NetR extends Module {
     this.tail = this.child("tail", new Conv2d(c, 3, 3, rng));
   }
 
+  /** Whether this variant reads NetL's guidance (mask, sites, features): every variant but the Net1 dense
+   * baseline, whose NetL is then neither trained nor run. */
+  get usesGuidance(): boolean {
+    const { sfm, sc, nonLocal } = this.features;
+    return sfm || sc || nonLocal !== "none";
+  }
+
   /** The image-wide layers this variant has, in forward order. */
   get globalLayers(): GlobalLayer[] {
     const layers: GlobalLayer[] = [];

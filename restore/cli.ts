@@ -317,9 +317,9 @@ export async function runRestore(args: string[]): Promise<void> {
   if (task && info.task && task !== info.task) {
     console.error(`warning: ${weightsPath} was trained for ${info.task}, not ${task}`);
   }
-  if (mask !== undefined && info.variant === "Net1") {
+  if (mask !== undefined && !model.netR.usesGuidance) {
     throw new RestoreUsageError(
-      `--mask: ${weightsPath} is a Net1 model (the dense baseline), which predicts no mask; drop --mask`,
+      `--mask: ${weightsPath} is a ${info.variant} model (the dense baseline), which predicts no mask; drop --mask`,
     );
   }
   await Deno.mkdir(outIsFile ? dirOf(out) : out, { recursive: true })

@@ -146,7 +146,7 @@ export async function precompileRestore(
       noGrad(() =>
         tidy(() => {
           const x = tensor(new Float32Array(3 * h * w), [1, 3, h, w]);
-          model.netR.forward(x, predictsMask(model) ? model.guidance(x) : undefined);
+          model.netR.forward(x, model.netR.usesGuidance ? model.guidance(x) : undefined);
         })
       );
     }
@@ -154,12 +154,6 @@ export async function precompileRestore(
   if (requests.length > 0) await engine().compilePipelines(requests, onProgress);
   for (const key of shapes.keys()) done.add(key);
   return requests.length;
-}
-
-/** Whether the model's NetR uses NetL's guidance (every variant but the Net1 dense baseline). */
-function predictsMask(model: SpairModel): boolean {
-  const { sfm, sc, nonLocal } = model.netR.features;
-  return sfm || sc || nonLocal !== "none";
 }
 
 /** Tile shapes whose pipelines {@link precompileRestore} has created, per model. */
@@ -210,7 +204,7 @@ export async function restorePlanar(
   const global = passes.length > 0 ? new GlobalLayerResults(model, PH, PW) : undefined;
 
   // NetL's outputs per tile, kept on the host after the first pass: later passes skip NetL.
-  const guided = predictsMask(model);
+  const guided = model.netR.usesGuidance;
   const netLOutputs = new Map<TileRegion, { logits: Float32Array; f0: Float32Array; f1: Float32Array }>();
   /** Runs NetR on tile `r` to the end, or to `stopAt` (then returns that layer's input). */
   const runTile = async <T>(

@@ -191,6 +191,7 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
     for (const p of net1.parameters()) p.dispose();
     await Deno.writeTextFile(`${dir}/file`, "a file, not a folder");
     const w = ["--weights", `${dir}/w.safetensors`];
+    const net1Weights = ["--weights", `${dir}/net1.safetensors`];
     const cases: [string, string[], RegExp][] = [
       [
         "unknown task",
@@ -239,16 +240,7 @@ Deno.test("restore errors: one line, nonzero exit, nothing written", async () =>
       ],
       [
         "mask of a Net1 model",
-        [
-          "restore",
-          `${dir}/ok.png`,
-          "--weights",
-          `${dir}/net1.safetensors`,
-          "--mask",
-          `${dir}/o8`,
-          "-o",
-          `${dir}/o9`,
-        ],
+        ["restore", `${dir}/ok.png`, ...net1Weights, "--mask", `${dir}/o8`, "-o", `${dir}/o9`],
         /--mask: .*net1\.safetensors is a Net1 model \(the dense baseline\), which predicts no mask/,
       ],
     ];

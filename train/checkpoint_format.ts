@@ -21,15 +21,22 @@ export function isCheckpoint(metadata: Record<string, string>): boolean {
   return metadata[CHECKPOINT_KEY] !== undefined;
 }
 
+/** The tensors whose names start with `prefix`, under their names without it. */
+export function tensorsUnder(
+  tensors: Record<string, HostTensor>,
+  prefix: string,
+): Record<string, HostTensor> {
+  const out: Record<string, HostTensor> = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    if (name.startsWith(prefix)) out[name.slice(prefix.length)] = t;
+  }
+  return out;
+}
+
 /** The model's tensors of a weights file or a checkpoint, under the model's own names. */
 export function modelTensorsOf(
   tensors: Record<string, HostTensor>,
   metadata: Record<string, string>,
 ): Record<string, HostTensor> {
-  if (!isCheckpoint(metadata)) return tensors;
-  const out: Record<string, HostTensor> = {};
-  for (const [name, t] of Object.entries(tensors)) {
-    if (name.startsWith(MODEL_PREFIX)) out[name.slice(MODEL_PREFIX.length)] = t;
-  }
-  return out;
+  return isCheckpoint(metadata) ? tensorsUnder(tensors, MODEL_PREFIX) : tensors;
 }

@@ -59,6 +59,7 @@ import {
   MODEL_PREFIX,
   modelTensorsOf,
   OPTIM_PREFIX,
+  tensorsUnder,
 } from "./checkpoint_format.ts";
 
 /** Everything that defines a training run (saved as `config.json` in the run folder). */
@@ -549,12 +550,8 @@ async function readCheckpoint(
   if (!isCheckpoint(decoded.metadata)) throw new TrainError(`${path}: not a training checkpoint`);
   const meta = parseCheckpointMeta(decoded.metadata[CHECKPOINT_KEY]);
   if (!meta) throw new TrainError(`${path}: corrupt checkpoint (its position metadata is garbled)`);
-  const model: Record<string, HostTensor> = {};
-  const optim: Record<string, HostTensor> = {};
-  for (const [name, t] of Object.entries(decoded.tensors)) {
-    if (name.startsWith(MODEL_PREFIX)) model[name.slice(MODEL_PREFIX.length)] = t;
-    else if (name.startsWith(OPTIM_PREFIX)) optim[name.slice(OPTIM_PREFIX.length)] = t;
-  }
+  const model = tensorsUnder(decoded.tensors, MODEL_PREFIX);
+  const optim = tensorsUnder(decoded.tensors, OPTIM_PREFIX);
   return { meta, model, optim };
 }
 
