@@ -107,6 +107,10 @@ export interface PipelineStats {
   helperCompiled: number;
 }
 
+/** Code length (characters) of the first pipeline of a lazily compiled batch: the smallest at least this
+ * long, whose compile (0.3 s or more when the shader cache misses, 20 ms when it hits) tells which it is. */
+const PROBE_CODE_LENGTH = 8192;
+
 /** {@link Engine.compileThreads}' default: the CPU count up to 4 where Deno runs and Mesa's shader cache is on
  * (helpers hand their machine code over through it), else 1. */
 function defaultCompileThreads(): number {
@@ -216,6 +220,12 @@ export class Engine {
    * or lavapipe with Mesa's shader cache enabled, 1 (no helpers) elsewhere.
    */
   compileThreads: number;
+  /**
+   * A first dispatch at least this long (ms) was a shader-cache miss, and helper threads (see
+   * {@link compileThreads}) start for the rest of the batch. Cache hits take 10-30 ms on llvmpipe, misses of
+   * mid-sized kernels 0.3-1 s and of the large GEMMs 2-4 s; small kernels compile alone either way.
+   */
+  cacheMissMs = 150;
   #powerPreference: GPUPowerPreference | undefined;
   /** Bindings of {@link compilePipelines}' one-workgroup dispatches: storage buffers, a texture, zero uniforms. */
   #dummies: { buffers: GPUBuffer[]; texture: GPUTexture | null; uniforms: GPUBuffer | null } = {
@@ -426,7 +436,8 @@ export class Engine {
 
   /**
    * Creates the given pipelines with `createComputePipelineAsync`, all requested at once: browsers (Dawn)
-   * compile them in parallel; Deno compiles one at a time but the caller can still show progress.
+   * compile them in parallel; Deno compiles one at a time but the caller can still show progress. On lazily
+   * compiling drivers helper threads join at the first cache miss (see {@link cacheMissMs}).
    */
   async compilePipelines(
     requests: PipelineRequest[],
@@ -436,12 +447,15 @@ export class Engine {
     let done = 0;
     onProgress?.(0, todo.length);
     const lazy = this.compilesAtFirstDispatch;
-    const create = async ({ kernel, kinds }: PipelineRequest) => {
+    // Returns the first dispatch's time on lazily compiling drivers (the machine-code compile), else 0.
+    const create = async ({ kernel, kinds }: PipelineRequest): Promise<number> => {
       const start = performance.now();
       const { layout, descriptor } = this.#pipelineDescriptor(kernel, kinds);
       const pipeline = await this.device.createComputePipelineAsync(descriptor);
       const key = pipelineKey(kernel, kinds);
+      const created = performance.now();
       if (lazy) await this.#dispatchOnce(pipeline, layout, kinds);
+      const dispatchMs = performance.now() - created;
       done++;
       if (!this.#pipelines.has(key)) {
         this.#pipelineCreated(key, { pipeline, layout }, performance.now() - start, {
@@ -450,6 +464,7 @@ export class Engine {
         });
       }
       onProgress?.(done, todo.length);
+      return dispatchMs;
     };
     if (!lazy) {
       await Promise.all(todo.map(create));
@@ -457,10 +472,19 @@ export class Engine {
     }
     // A lazily compiling driver compiles in the submitting thread, so helpers compile in threads of their
     // own. Largest first: the big kernels dominate, and a pool balances best when the long jobs start early.
-    const order = [...todo].sort((a, b) => b.kernel.code.length - a.kernel.code.length);
-    const helpers = Math.min(this.compileThreads - 1, order.length - 1);
-    if (helpers > 0) await this.#compileWithHelpers(order, helpers, create);
-    else for (const r of order) await create(r);
+    // On a warm shader cache helpers only cost (a device each, and every pipeline is then created twice), so
+    // they start at the first cache miss; a mid-sized pipeline goes first to find out early.
+    const queue = [...todo].sort((a, b) => b.kernel.code.length - a.kernel.code.length);
+    const probe = queue.findLastIndex((r) => r.kernel.code.length >= PROBE_CODE_LENGTH);
+    if (probe > 0) queue.unshift(...queue.splice(probe, 1));
+    while (queue.length > 0) {
+      const dispatchMs = await create(queue.shift()!);
+      const helpers = Math.min(this.compileThreads - 1, queue.length - 1);
+      if (helpers > 0 && dispatchMs >= this.cacheMissMs) {
+        await this.#compileWithHelpers(queue, helpers, create);
+        return;
+      }
+    }
   }
 
   /**
@@ -472,7 +496,7 @@ export class Engine {
   async #compileWithHelpers(
     queue: PipelineRequest[],
     helpers: number,
-    create: (r: PipelineRequest) => Promise<void>,
+    create: (r: PipelineRequest) => Promise<unknown>,
   ): Promise<void> {
     const compiledElsewhere: PipelineRequest[] = [];
     const inFlight = new Map<Worker, PipelineRequest>();

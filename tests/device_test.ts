@@ -105,14 +105,16 @@ Deno.test("compilePipelines shares a batch with helper threads on lazily compili
   };
   const requests = e.collectPipelines(() => ops.tidy(() => (run().dispose(), extra())));
   assert.ok(requests.length >= 64, `only ${requests.length} new pipelines: the test would prove little`);
-  const threads = e.compileThreads;
+  const threads = e.compileThreads, missMs = e.cacheMissMs;
   const before = e.pipelineStats();
   e.compileThreads = e.compilesAtFirstDispatch ? 3 : 1;
+  e.cacheMissMs = 0; // every first dispatch counts as a cache miss: helpers start after the first pipeline
   const progress: number[] = [];
   try {
     await e.compilePipelines(requests, (done) => progress.push(done));
   } finally {
     e.compileThreads = threads;
+    e.cacheMissMs = missMs;
   }
   const after = e.pipelineStats();
   assert.equal(after.pipelines, before.pipelines + requests.length);
@@ -153,6 +155,35 @@ Deno.test("compilePipelines shares a batch with helper threads on lazily compili
   }
   assert.ok(worst < 1e-4, `max error ${worst}`);
   ops.dispose([x, w, w1, y]);
+});
+
+Deno.test("compilePipelines starts no helper thread while first dispatches are shader-cache hits", async () => {
+  const e = testEngine;
+  const x = ops.tensor(randomArray(64, 57), [64]);
+  const requests = e.collectPipelines(() =>
+    ops.tidy(() => {
+      for (let i = 1; i <= 16; i++) ops.map(`a * ${2 + i / 1024} - ${i / 4096}`, [x]);
+    })
+  );
+  assert.equal(requests.length, 16);
+  const threads = e.compileThreads, missMs = e.cacheMissMs;
+  const before = e.pipelineStats();
+  e.compileThreads = e.compilesAtFirstDispatch ? 3 : 1;
+  e.cacheMissMs = Infinity; // no first dispatch counts as a miss
+  try {
+    await e.compilePipelines(requests);
+  } finally {
+    e.compileThreads = threads;
+    e.cacheMissMs = missMs;
+  }
+  const after = e.pipelineStats();
+  assert.equal(after.pipelines, before.pipelines + 16);
+  assert.equal(after.helperCompiled, before.helperCompiled, "a helper thread compiled");
+  const y = ops.map("a * 2.0009765625 - 0.000244140625", [x]);
+  assert.equal(e.pipelineStats().pipelines, after.pipelines, "the run compiled a pipeline");
+  const xs = await x.data(), got = await y.data();
+  for (let i = 0; i < 64; i++) assert.ok(Math.abs(got[i] - (xs[i] * 2.0009765625 - 0.000244140625)) < 1e-6);
+  ops.dispose([x, y]);
 });
 
 Deno.test("packed convolution weights are reused until the weights change (write, copy, dispatch, dispose)", async () => {

@@ -186,7 +186,7 @@ function weightGradHooks(s: Conv2dShape, t: GemmTile): GemmHooks {
       range(t.tm).map((i) => `
     let ih_${st}_${i} = ohs_${st} + rdh_${i};
     let iw_${st}_${i} = ows_${st} + qdw_${i};
-    let ok_${st}_${i} = u32(ih_${st}_${i}) < u32(u.H) && u32(iw_${st}_${i}) < u32(u.W);`).join(""),
+    let ok_${st}_${i} = (u32(ih_${st}_${i}) < u32(u.H)) & (u32(iw_${st}_${i}) < u32(u.W));`).join(""),
     loadA: (i, st) =>
       `select(0.0, x[select(0, xn_${st} + xc_${i} + ih_${st}_${i} * u.W + iw_${st}_${i}, ok_${st}_${i})], ok_${st}_${i})`,
     loadB: (j, st) => `dy[yn_${st} + yc_${j}]`,
@@ -573,13 +573,13 @@ function directConvPlan(
     let rowOk = u32(ih) < u32(u.Hs);
     let wOff = r * ${g.kw} * u.C4 + c4;`];
   for (let cs = 0; cs < 4; cs++) {
-    preStep.push(`    let ok_${cs} = rowOk && c4 * 4 + ${cs} < u.C;
+    preStep.push(`    let ok_${cs} = rowOk & (c4 * 4 + ${cs} < u.C);
     let aRow_${cs} = ((n * u.C + c4 * 4 + ${cs}) * u.Hs + ih) * W4 + t0;`);
   }
   const aLoads = [], bLoads = [];
   for (let cs = 0; cs < 4; cs++) {
     for (let t = 0; t < texels; t++) {
-      aLoads.push({ name: `ta_${cs}_${t}`, texel: `aRow_${cs} + ${t}`, mask: `ok_${cs} && colOk_${t}` });
+      aLoads.push({ name: `ta_${cs}_${t}`, texel: `aRow_${cs} + ${t}`, mask: `ok_${cs} & colOk_${t}` });
     }
   }
   for (let j = 0; j < tn; j++) {
@@ -895,13 +895,13 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null 
   for (let t = 0; t < texels; t++) preStep.push(`    let colOk_${t} = u32(t0 + ${t}) < u32(W4);`);
   for (let g = 0; g < groups; g++) {
     preStep.push(`    let ih_${g} = oh + r_${g} * u.dH - u.P0;
-    let ok_${g} = ciOk_${g} && u32(ih_${g}) < u32(u.H);
+    let ok_${g} = ciOk_${g} & (u32(ih_${g}) < u32(u.H));
     let xRow_${g} = ((n * u.Cin + ci_${g}) * u.H + ih_${g}) * W4 + t0;`);
   }
   const aLoads = [];
   for (let g = 0; g < groups; g++) {
     for (let t = 0; t < texels; t++) {
-      aLoads.push({ name: `ta_${g}_${t}`, texel: `xRow_${g} + ${t}`, mask: `ok_${g} && colOk_${t}` });
+      aLoads.push({ name: `ta_${g}_${t}`, texel: `xRow_${g} + ${t}`, mask: `ok_${g} & colOk_${t}` });
     }
   }
   const comp = ["x", "y", "z", "w"];

@@ -319,8 +319,8 @@ export interface TexGemmSpec {
   preStep?: string;
   postStep?: string;
   outIndex: (i: number, j: number) => string;
-  /** Extra store condition (bool WGSL expression) besides row/column range. */
-  outGuard?: (i: number, j: number) => string;
+  /** Extra store condition of row `i` of the block (bool WGSL expression) besides the row/column range. */
+  outGuard?: (i: number) => string;
   epilogue?: (value: string, i: number, j: number) => string;
   /** Statements after the loop, before the stores, that the epilogue reads (not emitted for split kernels). */
   epilogueSetup?: string;
@@ -400,6 +400,9 @@ export function texGemmCode(t: TexGemmSpec, split: boolean): string {
   });
   lines.push(`@group(0) @binding(${t.inputs.length + 1}) var<storage, read_write> out: array<f32>;`);
   if (t.decls) lines.push(t.decls);
+  lines.push(`fn fma4(a: vec4f, b: vec4f, c: f32) -> f32 {
+  return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, c))));
+}`);
   const texA = t.inputs[0].name, texB = t.inputs[1].name;
   lines.push(`@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -447,24 +450,56 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   loads(t.a, texA, "ta", tm);
   loads(t.b, texB, "tb", tn);
   // Each accumulator takes its kSub FMAs back to back: with register blocks larger than the register file
-  // (llvmpipe: 16 AVX2 registers) a spilled accumulator is then loaded and stored once per iteration.
+  // (llvmpipe: 16 AVX2 registers) a spilled accumulator is then loaded and stored once per iteration. They
+  // go through `fma4` on vectors of 4 consecutive k values, the same FMAs in the same order: the source is
+  // then a third as long, and parsing it was most of a pipeline's creation time on a warm shader cache.
+  const vectors = new Map<string, string>();
+  const kVector = (op: TexOperand, p: string, i: number, g: number) => {
+    const parts = range(4).map((c) => value(op, p, i, 4 * g + c));
+    const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
+    if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
+    const code = `vec4f(${parts.join(", ")})`;
+    let name = vectors.get(code);
+    if (!name) {
+      name = `kv_${vectors.size}`;
+      vectors.set(code, name);
+      lines.push(`    let ${name} = ${code};`);
+    }
+    return name;
+  };
+  const accumulate: string[] = [];
   for (const i of range(tm)) {
     for (const j of range(tn)) {
       let acc = `c_${i}_${j}`;
-      for (const s of range(kSub)) acc = `fma(${value(t.a, "ta", i, s)}, ${value(t.b, "tb", j, s)}, ${acc})`;
-      lines.push(`    c_${i}_${j} = ${acc};`);
+      if (kSub % 4 === 0) {
+        for (const g of range(kSub / 4)) {
+          acc = `fma4(${kVector(t.a, "ta", i, g)}, ${kVector(t.b, "tb", j, g)}, ${acc})`;
+        }
+      } else {
+        for (const s of range(kSub)) {
+          acc = `fma(${value(t.a, "ta", i, s)}, ${value(t.b, "tb", j, s)}, ${acc})`;
+        }
+      }
+      accumulate.push(`    c_${i}_${j} = ${acc};`);
     }
   }
+  lines.push(...accumulate);
   if (t.postStep) lines.push(t.postStep);
   lines.push("  }");
   if (!split && t.epilogueSetup) lines.push(t.epilogueSetup);
+  // Guards as flags joined by \`&\`: \`&&\` short-circuits, which the shader translators turn into a branch
+  // per operand (twice the creation time of a 16x16 block on llvmpipe, for the same machine code).
+  for (const i of range(tm)) {
+    const guard = t.outGuard ? ` & (${t.outGuard(i)})` : "";
+    lines.push(`  let storeRow_${i} = (row0 + ${i} < u.rows)${guard};`);
+  }
+  for (const j of range(tn)) lines.push(`  let storeCol_${j} = col0 + ${j} < u.cols;`);
   for (const i of range(tm)) {
     for (const j of range(tn)) {
       const idx = t.outIndex(i, j);
       const v = split ? `c_${i}_${j}` : (t.epilogue ? t.epilogue(`c_${i}_${j}`, i, j) : `c_${i}_${j}`);
       const target = split ? `split * u.outElems + ${idx}` : idx;
-      const guard = t.outGuard ? ` && ${t.outGuard(i, j)}` : "";
-      lines.push(`  if (row0 + ${i} < u.rows && col0 + ${j} < u.cols${guard}) { out[${target}] = ${v}; }`);
+      lines.push(`  if (storeRow_${i} & storeCol_${j}) { out[${target}] = ${v}; }`);
     }
   }
   lines.push("}");
