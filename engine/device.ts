@@ -770,7 +770,7 @@ export class Engine {
       throw new Error(`tensor of ${floats} values is too large for a ${TEXTURE_WIDTH}-wide texture`);
     }
     const height = this.#textureHeight(rows);
-    let texture = this.#texturePool.get(height)?.pop();
+    let texture = this.#pooledTexture(height);
     if (texture) {
       this.#texturePoolBytes -= textureBytes(texture);
     } else {
@@ -799,14 +799,30 @@ export class Engine {
   }
 
   /**
-   * The height of an operand texture of `rows` rows. llvmpipe compiles a separate variant of a pipeline for
-   * each combination of power-of-two and other heights among its textures; a power-of-two height gets extra
-   * rows so every texture is of the second kind, and each pipeline compiles once (and once only in
-   * {@link compilePipelines}, whose dummy texture is 3 rows high).
+   * The height of a new operand texture of `rows` rows: rounded up to a quarter of its power of two, as
+   * buffers are (see `bucketSize`), so that tensors of nearby sizes share pooled textures. llvmpipe compiles
+   * a separate variant of a pipeline for each combination of power-of-two and other heights among its
+   * textures; a power-of-two height gets an extra row so every texture is of the second kind, and each
+   * pipeline compiles once (and once only in {@link compilePipelines}, whose dummy texture is 3 rows high).
    */
   #textureHeight(rows: number): number {
-    if (!this.compilesAtFirstDispatch || (rows & (rows - 1)) !== 0) return rows;
-    return rows === 1 ? 3 : rows + 1;
+    let height = rows;
+    if (rows > 4) {
+      const step = 2 ** Math.floor(Math.log2(rows)) / 4;
+      height = Math.ceil(rows / step) * step;
+    }
+    if (!this.compilesAtFirstDispatch || (height & (height - 1)) !== 0) return height;
+    return height === 1 ? 3 : height + 1;
+  }
+
+  /** A pooled texture of at least `height` rows and at most twice that (new memory costs llvmpipe page
+   * faults on first use), the smallest there is; taken out of the pool. */
+  #pooledTexture(height: number): GPUTexture | undefined {
+    let best = 0;
+    for (const [h, free] of this.#texturePool) {
+      if (free.length > 0 && h >= height && h <= 2 * height && (best === 0 || h < best)) best = h;
+    }
+    return best === 0 ? undefined : this.#texturePool.get(best)!.pop();
   }
 
   /**

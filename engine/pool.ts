@@ -34,6 +34,9 @@ export function bucketSize(bytes: number): number {
   return Math.ceil(n / step) * step;
 }
 
+/** Larger buckets {@link BufferPool.acquire} looks in when its own has no free buffer. */
+const REUSE_BUCKETS = 4;
+
 /** A pool of storage buffers bucketed by size. */
 export class BufferPool {
   #free = new Map<number, GPUBuffer[]>();
@@ -47,11 +50,18 @@ export class BufferPool {
    */
   constructor(readonly device: GPUDevice) {}
 
-  /** Returns a buffer of at least `bytes` bytes (contents undefined). */
+  /**
+   * Returns a buffer of at least `bytes` bytes (contents undefined): a free one of its bucket, else of one of
+   * the next four buckets (at most twice as large; new memory costs llvmpipe page faults, about 3 ms per MB
+   * on first use), else a new one.
+   */
   acquire(bytes: number): GPUBuffer {
-    const size = bucketSize(bytes);
-    const list = this.#free.get(size);
-    let buffer = list?.pop();
+    let size = bucketSize(bytes);
+    let buffer: GPUBuffer | undefined;
+    for (let bucket = size, i = 0; i <= REUSE_BUCKETS && !buffer; bucket = bucketSize(bucket + 1), i++) {
+      buffer = this.#free.get(bucket)?.pop();
+      if (buffer) size = bucket;
+    }
     if (buffer) {
       this.#stats.pooledBytes -= size;
     } else {

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { randomArray, relativeError, testEngine } from "./_setup.ts";
 import * as ops from "../mod.ts";
 import type { Tensor } from "../mod.ts";
+import { bucketSize, BufferPool } from "../engine/pool.ts";
 
 const mem = () => testEngine.memory();
 
@@ -287,13 +288,50 @@ async function onSmallEngine<T>(bytes: number, fn: (small: ops.Engine) => Promis
   }
 }
 
+Deno.test("the buffer pool serves a request from a free buffer up to four buckets larger, not beyond", () => {
+  const pool = new BufferPool(testEngine.device);
+  const big = pool.acquire(1_000_000);
+  pool.release(big);
+  assert.equal(pool.acquire(700_000), big, "a free buffer at most twice the request is reused");
+  pool.release(big);
+  const small = pool.acquire(400_000); // 1 MB is more than four buckets above 400 KB
+  assert.notEqual(small, big);
+  assert.equal(pool.stats().created, 2);
+  pool.release(small);
+  assert.equal(pool.acquire(400_000), small, "its own bucket comes first");
+  assert.equal(pool.stats().liveBytes, bucketSize(400_000));
+  pool.trim();
+});
+
+Deno.test("operand textures of a smaller GEMM reuse the pooled ones of a larger GEMM", async () => {
+  await onSmallEngine(1 << 27, async (fresh) => {
+    const a = ops.tensor(randomArray(300 * 700, 3), [300, 700]);
+    const b = ops.tensor(randomArray(700 * 500, 4), [700, 500]);
+    await take(ops.matmul(a, b));
+    const bytes = fresh.memory().textureBytes;
+    // 280 x 650 and 650 x 480: 23 and 39 rows, within twice the pooled 28- and 48-row textures.
+    const a2 = ops.tensor(randomArray(280 * 650, 5), [280, 650]);
+    const b2 = ops.tensor(randomArray(650 * 480, 6), [650, 480]);
+    const got = await take(ops.matmul(a2, b2));
+    assert.equal(fresh.memory().textureBytes, bytes, "the smaller GEMM made textures");
+    const as = await a2.data(), bs = await b2.data();
+    for (const [i, j] of [[0, 0], [279, 479], [137, 251]]) {
+      let v = 0;
+      for (let k = 0; k < 650; k++) v += as[i * 650 + k] * bs[k * 480 + j];
+      assert.ok(Math.abs(got[i * 480 + j] - v) < 1e-3, `(${i}, ${j}): ${got[i * 480 + j]} vs ${v}`);
+    }
+    ops.dispose([a, b, a2, b2]);
+  });
+});
+
 Deno.test("memory().textureBytes counts the GEMM operand textures, which later GEMMs reuse", async () => {
   await onSmallEngine(1 << 27, async (fresh) => {
     assert.equal(fresh.memory().textureBytes, 0);
     const a = ops.tensor(randomArray(300 * 700, 3), [300, 700]);
     const b = ops.tensor(randomArray(700 * 500, 4), [700, 500]);
-    // One 2,048-texel (32 KiB) row per 8,192 floats: A takes 26 rows, B 43.
-    const operandBytes = (26 + 43) * 32768;
+    // One 2,048-texel (32 KiB) row per 8,192 floats: A takes 26 rows, B 43, in textures rounded up to a
+    // quarter of their power of two: 28 and 48 rows.
+    const operandBytes = (28 + 48) * 32768;
     await take(ops.matmul(a, b));
     assert.equal(fresh.memory().textureBytes, operandBytes);
     await take(ops.matmul(a, b));
