@@ -632,7 +632,12 @@ function directConvPlan(
         `(((n * u.cols + col0 + ${j}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + ${
           Math.floor(j / up.kw) % up.kh
         }) * u.Wout * ${up.kw} + (ow0 + ${i}) * ${up.kw} + ${j % up.kw}`
-      : (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
+      : (i, j) => `outRow_${j} + ${i}`,
+    // Each column's output row, once: 256 full index expressions made a third of a 16x16 block's source.
+    storeSetup: up ? undefined : Array.from(
+      { length: tn },
+      (_, j) => `  let outRow_${j} = ((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0;`,
+    ).join("\n"),
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : EPILOGUE_DECLS,
     epilogue: (v, _i, j) => `act(${v} + bias_${j})`,

@@ -324,6 +324,8 @@ export interface TexGemmSpec {
   epilogue?: (value: string, i: number, j: number) => string;
   /** Statements after the loop, before the stores, that the epilogue reads (not emitted for split kernels). */
   epilogueSetup?: string;
+  /** Statements after the loop that {@link outIndex} reads (emitted for split kernels too). */
+  storeSetup?: string;
 }
 
 const TEX_BASE_PARAMS = [
@@ -487,6 +489,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t.postStep) lines.push(t.postStep);
   lines.push("  }");
   if (!split && t.epilogueSetup) lines.push(t.epilogueSetup);
+  if (t.storeSetup) lines.push(t.storeSetup);
   // Guards as flags joined by \`&\`: \`&&\` short-circuits, which the shader translators turn into a branch
   // per operand (twice the creation time of a 16x16 block on llvmpipe, for the same machine code).
   for (const i of range(tm)) {
