@@ -110,6 +110,8 @@ export interface PipelineStats {
 /** Code length (characters) of the first pipeline of a lazily compiled batch: the smallest at least this
  * long, whose compile (0.3 s or more when the shader cache misses, 20 ms when it hits) tells which it is. */
 const PROBE_CODE_LENGTH = 8192;
+/** Pipelines per submission of {@link Engine.compilePipelines} once the shader cache has hit. */
+const WARM_GROUP = 8;
 
 /** {@link Engine.compileThreads}' default: the CPU count up to 4 where Deno runs and Mesa's shader cache is on
  * (helpers hand their machine code over through it), else 1. */
@@ -221,9 +223,10 @@ export class Engine {
    */
   compileThreads: number;
   /**
-   * A first dispatch at least this long (ms) was a shader-cache miss, and helper threads (see
-   * {@link compileThreads}) start for the rest of the batch. Cache hits take 10-30 ms on llvmpipe, misses of
-   * mid-sized kernels 0.3-1 s and of the large GEMMs 2-4 s; small kernels compile alone either way.
+   * First dispatches taking at least this long (ms; of one pipeline, or of a group of 8 once the cache has
+   * hit) were a shader-cache miss, and helper threads (see {@link compileThreads}) start for the rest of the
+   * batch. Cache hits take 10-30 ms on llvmpipe, misses of mid-sized kernels 0.3-1 s and of the large GEMMs
+   * 2-4 s; small kernels compile alone either way.
    */
   cacheMissMs = 150;
   #powerPreference: GPUPowerPreference | undefined;
@@ -447,25 +450,38 @@ export class Engine {
     let done = 0;
     onProgress?.(0, todo.length);
     const lazy = this.compilesAtFirstDispatch;
-    // Returns the first dispatch's time on lazily compiling drivers (the machine-code compile), else 0.
-    const create = async ({ kernel, kinds }: PipelineRequest): Promise<number> => {
-      const start = performance.now();
-      const { layout, descriptor } = this.#pipelineDescriptor(kernel, kinds);
-      const pipeline = await this.device.createComputePipelineAsync(descriptor);
-      const key = pipelineKey(kernel, kinds);
-      const created = performance.now();
-      if (lazy) await this.#dispatchOnce(pipeline, layout, kinds);
-      const dispatchMs = performance.now() - created;
-      done++;
-      if (!this.#pipelines.has(key)) {
-        this.#pipelineCreated(key, { pipeline, layout }, performance.now() - start, {
-          done,
-          total: todo.length,
+    // Creates a group of pipelines; on lazily compiling drivers it runs each once, all in one submission, and
+    // returns the time those first dispatches took (the machine-code compiles), else 0.
+    const createGroup = async (group: PipelineRequest[]): Promise<number> => {
+      const made = [];
+      for (const { kernel, kinds } of group) {
+        const start = performance.now();
+        const { layout, descriptor } = this.#pipelineDescriptor(kernel, kinds);
+        const pipeline = await this.device.createComputePipelineAsync(descriptor);
+        made.push({
+          key: pipelineKey(kernel, kinds),
+          pipeline,
+          layout,
+          kinds,
+          ms: performance.now() - start,
         });
       }
-      onProgress?.(done, todo.length);
+      const dispatched = performance.now();
+      if (lazy) await this.#dispatchOnce(made);
+      const dispatchMs = performance.now() - dispatched;
+      for (const { key, pipeline, layout, ms } of made) {
+        done++;
+        if (!this.#pipelines.has(key)) {
+          this.#pipelineCreated(key, { pipeline, layout }, ms + dispatchMs / made.length, {
+            done,
+            total: todo.length,
+          });
+        }
+        onProgress?.(done, todo.length);
+      }
       return dispatchMs;
     };
+    const create = (r: PipelineRequest) => createGroup([r]);
     if (!lazy) {
       await Promise.all(todo.map(create));
       return;
@@ -473,17 +489,20 @@ export class Engine {
     // A lazily compiling driver compiles in the submitting thread, so helpers compile in threads of their
     // own. Largest first: the big kernels dominate, and a pool balances best when the long jobs start early.
     // On a warm shader cache helpers only cost (a device each, and every pipeline is then created twice), so
-    // they start at the first cache miss; a mid-sized pipeline goes first to find out early.
+    // they start at the first cache miss; a mid-sized pipeline goes first to find out early. While the cache
+    // hits, pipelines go in groups with one wait each (a wait costs about 10 ms on llvmpipe).
     const queue = [...todo].sort((a, b) => b.kernel.code.length - a.kernel.code.length);
     const probe = queue.findLastIndex((r) => r.kernel.code.length >= PROBE_CODE_LENGTH);
     if (probe > 0) queue.unshift(...queue.splice(probe, 1));
+    let groupSize = 1;
     while (queue.length > 0) {
-      const dispatchMs = await create(queue.shift()!);
+      const dispatchMs = await createGroup(queue.splice(0, groupSize));
       const helpers = Math.min(this.compileThreads - 1, queue.length - 1);
       if (helpers > 0 && dispatchMs >= this.cacheMissMs) {
         await this.#compileWithHelpers(queue, helpers, create);
         return;
       }
+      groupSize = WARM_GROUP;
     }
   }
 
@@ -560,36 +579,41 @@ export class Engine {
     }
   }
 
-  /** Runs one workgroup of `pipeline` on dummy bindings with zero uniforms and waits for it (see
-   * {@link compilesAtFirstDispatch}); out-of-range accesses are clamped by WebGPU's robustness rules. */
-  async #dispatchOnce(pipeline: GPUComputePipeline, layout: GPUBindGroupLayout, kinds: BindingKind[]) {
+  /** Runs one workgroup of each pipeline on dummy bindings with zero uniforms, in one submission, and waits
+   * for it (see {@link compilesAtFirstDispatch}); out-of-range accesses are clamped by WebGPU's robustness
+   * rules. */
+  async #dispatchOnce(
+    pipelines: { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; kinds: BindingKind[] }[],
+  ) {
     this.flush();
     const d = this.#dummies;
-    while (d.buffers.length < kinds.length) {
-      d.buffers.push(this.device.createBuffer({ size: 4096, usage: USAGE_STORAGE }));
-    }
     d.texture ??= this.device.createTexture({
       size: [TEXTURE_WIDTH, this.#textureHeight(1)],
       format: "rgba32float",
       usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
     });
     d.uniforms ??= this.device.createBuffer({ size: UNIFORM_SLOT, usage: USAGE_UNIFORM }); // zeros
-    const entries: GPUBindGroupEntry[] = [{
-      binding: 0,
-      resource: { buffer: d.uniforms, size: UNIFORM_SLOT },
-    }];
-    kinds.forEach((kind, i) =>
-      entries.push({
-        binding: i + 1,
-        resource: kind === "t" ? d.texture!.createView() : { buffer: d.buffers[i] },
-      })
-    );
     const encoder = this.device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, this.device.createBindGroup({ layout, entries }), [0]);
-    pass.dispatchWorkgroups(1);
-    pass.end();
+    for (const { pipeline, layout, kinds } of pipelines) {
+      while (d.buffers.length < kinds.length) {
+        d.buffers.push(this.device.createBuffer({ size: 4096, usage: USAGE_STORAGE }));
+      }
+      const entries: GPUBindGroupEntry[] = [{
+        binding: 0,
+        resource: { buffer: d.uniforms, size: UNIFORM_SLOT },
+      }];
+      kinds.forEach((kind, i) =>
+        entries.push({
+          binding: i + 1,
+          resource: kind === "t" ? d.texture!.createView() : { buffer: d.buffers[i] },
+        })
+      );
+      const pass = encoder.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, this.device.createBindGroup({ layout, entries }), [0]);
+      pass.dispatchWorkgroups(1);
+      pass.end();
+    }
     this.device.queue.submit([encoder.finish()]);
     await this.device.queue.onSubmittedWorkDone();
   }

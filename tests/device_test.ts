@@ -100,8 +100,10 @@ Deno.test("compilePipelines shares a batch with helper threads on lazily compili
     ]);
   // Enough further new pipelines (distinct expressions) that this thread is still busy when a helper thread
   // is up (about a second): otherwise it can finish the batch alone, and the helper check would be a race.
+  // A constant of this run's own keeps them out of the shader cache: hits take this thread 10-30 ms each.
+  const nonce = 1 + (Date.now() % 1_000_000) / 2 ** 21;
   const extra = () => {
-    for (let i = 1; i <= 64; i++) ops.map(`a * ${1 + i / 1024} + ${i / 4096}`, [x]).dispose();
+    for (let i = 1; i <= 64; i++) ops.map(`a * ${1 + i / 1024} + ${nonce + i / 4096}`, [x]).dispose();
   };
   const requests = e.collectPipelines(() => ops.tidy(() => (run().dispose(), extra())));
   assert.ok(requests.length >= 64, `only ${requests.length} new pipelines: the test would prove little`);
