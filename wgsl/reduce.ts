@@ -50,12 +50,74 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   };
 }
 
+/** Most elements per output that {@link workgroupReduceKernel} folds in one pass (1,024 per invocation). */
+const WORKGROUP_REDUCE_MAX = 65536;
+/** Most outputs (workgroups) for {@link workgroupReduceKernel}. */
+const WORKGROUP_REDUCE_OUTPUTS = 4096;
+
+/** One workgroup per output: its 64 invocations stride over the [lead, len] elements, then fold their sums
+ * in workgroup memory. One dispatch where {@link reduceKernel} takes two (a bias gradient). */
+function workgroupReduceKernel(op: ReduceOp): { key: string; code: string } {
+  const init = op === "sum" ? "0.0" : "-3.402823e38";
+  const fold = (a: string, b: string) => (op === "sum" ? `${a} + ${b}` : `max(${a}, ${b})`);
+  return {
+    key: `reduce-wg:${op}`,
+    code: `struct Params { outer: u32, len: u32, inner: u32, lead: u32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+var<workgroup> partial: array<f32, ${WORKGROUP}>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let id = wg.x + wg.y * nwg.x;
+  let inRange = id < u.outer * u.inner;
+  let i = id % u.inner;
+  let o = id / u.inner;
+  var acc = ${init};
+  if (inRange) {
+    for (var a = 0u; a < u.lead; a++) {
+      let base = (a * u.outer + o) * u.len;
+      for (var r = lid; r < u.len; r += ${WORKGROUP}u) {
+        let v = src[(base + r) * u.inner + i];
+        acc = ${fold("acc", "v")};
+      }
+    }
+  }
+  partial[lid] = acc;
+  workgroupBarrier();
+  for (var step = ${WORKGROUP / 2}u; step > 0u; step >>= 1u) {
+    if (lid < step) { partial[lid] = ${fold("partial[lid]", "partial[lid + step]")}; }
+    workgroupBarrier();
+  }
+  if (inRange && lid == 0u) { dst[id] = partial[0]; }
+}
+`,
+  };
+}
+
 /**
  * Plan reducing input `x` viewed as [lead, outer, len, inner] over `lead` and `len` to `out` [outer, inner]
  * (`lead` 1: an axis block; more: two blocks, the leading axes and a later one, as a bias gradient's
  * [N, C, H*W] over N and H*W, in the same passes).
  */
 export function reducePlan(op: ReduceOp, outer: number, len: number, inner: number, lead = 1): KernelPlan {
+  const outputs = outer * inner;
+  if (
+    lead * len > REDUCE_CHUNK && lead * len <= WORKGROUP_REDUCE_MAX && outputs <= WORKGROUP_REDUCE_OUTPUTS
+  ) {
+    return {
+      outSize: outputs,
+      scratch: {},
+      steps: [{
+        kernel: workgroupReduceKernel(op),
+        uniforms: new Uint32Array([outer, len, inner, lead]).buffer,
+        buffers: ["x", "out"],
+        writes: ["out"],
+        workgroups: foldWorkgroups(outputs),
+      }],
+    };
+  }
   const kernel = reduceKernel(op);
   const steps: KernelStep[] = [];
   const scratch: Record<string, number> = {};
