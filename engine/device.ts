@@ -18,7 +18,7 @@ export interface EngineMemoryStats extends MemoryStats {
   /** Bytes of GEMM operand textures held by the engine: pooled for reuse (at most 256 MiB) or in use. */
   textureBytes: number;
   /** Of the live buffers, those the engine keeps derived from live tensors (packed convolution weights,
-   * `Engine.derivedBuffer`); they go when their tensor is written or disposed. */
+   * `Engine.derivedBuffer`); they go when their tensor is disposed, or written unless they are refilled. */
   derivedBuffers: number;
 }
 
@@ -113,6 +113,19 @@ const PROBE_CODE_LENGTH = 8192;
 /** Pipelines per submission of {@link Engine.compilePipelines} once the shader cache has hit. */
 const WARM_GROUP = 8;
 
+/**
+ * How {@link Engine.derivedBuffer} refills a derived buffer whose source was written, batched with others:
+ * `step` fills one (its bindings: the source, then the target); `batch` makes one step of up to 8 such
+ * steps, bound to their sources in order, then their targets in order.
+ */
+export interface DerivedRepack {
+  step: KernelStep;
+  batch: (steps: KernelStep[]) => Pick<KernelStep, "kernel" | "uniforms" | "workgroups">;
+}
+
+/** Most derived buffers one batched refill dispatch takes (besides the adapter's storage-binding limit). */
+const MAX_REPACK_BATCH = 8;
+
 /** {@link Engine.compileThreads}' default: the CPU count up to 4 where Deno runs and Mesa's shader cache is on
  * (helpers hand their machine code over through it), else 1. */
 function defaultCompileThreads(): number {
@@ -161,6 +174,11 @@ export class Engine {
   #encoder: GPUCommandEncoder | null = null;
   /** {@link derivedBuffer}'s buffers by source buffer and key. */
   #derived = new Map<GPUBuffer, Map<string, GPUBuffer>>();
+  /** Derived buffers with a {@link DerivedRepack} whose source was written since: refilled all together, in
+   * batched dispatches, when the first of them is asked for again. */
+  #stale = new Map<GPUBuffer, Map<string, { target: GPUBuffer; repack: DerivedRepack }>>();
+  /** The repack of each batchable derived buffer, by source and key. */
+  #repacks = new Map<GPUBuffer, Map<string, DerivedRepack>>();
   #pass: GPUComputePassEncoder | null = null;
   #uniformBuffer: GPUBuffer;
   #uniformData = new Uint8Array(UNIFORM_SLOT * UNIFORM_SLOTS);
@@ -320,7 +338,7 @@ export class Engine {
     return {
       ...this.pool.stats(),
       textureBytes: held.reduce((n, t) => n + textureBytes(t), this.#texturePoolBytes),
-      derivedBuffers: [...this.#derived.values()].reduce((n, entries) => n + entries.size, 0),
+      derivedBuffers: [...this.#derived.values(), ...this.#stale.values()].reduce((n, e) => n + e.size, 0),
     };
   }
 
@@ -711,7 +729,7 @@ export class Engine {
     }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
     if (this.#derived.size > 0) {
-      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#dropDerived(b.buffer));
+      bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#invalidateDerived(b.buffer));
     }
     const { pipeline, layout } = this.pipeline(kernel, kinds);
     const slot = this.#uniformUsed++;
@@ -887,6 +905,9 @@ export class Engine {
    * A buffer derived from `source` by the work `fill` records into it (a convolution's packed weights), kept
    * and returned again for the same `source` and `key` until `source` is written (by a dispatch, copy, clear
    * or upload) or released: inference and a frozen network then pack their weights once, not per call.
+   * With `repack`, a written source's buffer is refilled rather than dropped, and every such buffer waiting
+   * for it is refilled at once, a batch per dispatch, when the first is asked for (after an optimizer step,
+   * a network's weights are packed in a few dispatches instead of one per weight).
    * Returns null while {@link collectPipelines} runs (nothing is recorded then).
    */
   derivedBuffer(
@@ -894,36 +915,107 @@ export class Engine {
     key: string,
     floats: number,
     fill: (target: GPUBuffer) => void,
+    repack?: DerivedRepack,
   ): GPUBuffer | null {
     if (this.#collecting) return null;
-    let entries = this.#derived.get(source);
-    const hit = entries?.get(key);
+    const hit = this.#derived.get(source)?.get(key);
     if (hit) return hit;
+    if (this.#stale.get(source)?.has(key)) {
+      this.#repackStale();
+      const refilled = this.#derived.get(source)?.get(key);
+      if (refilled) return refilled;
+    }
     const target = this.pool.acquire(Math.max(4, floats * 4));
     fill(target);
-    if (!entries) this.#derived.set(source, entries = new Map());
-    entries.set(key, target);
+    this.#setDerived(source, key, target, repack);
     return target;
   }
 
-  #dropDerived(source: GPUBuffer): void {
+  #setDerived(source: GPUBuffer, key: string, target: GPUBuffer, repack?: DerivedRepack): void {
+    let entries = this.#derived.get(source);
+    if (!entries) this.#derived.set(source, entries = new Map());
+    entries.set(key, target);
+    if (!repack) return;
+    let repacks = this.#repacks.get(source);
+    if (!repacks) this.#repacks.set(source, repacks = new Map());
+    repacks.set(key, repack);
+  }
+
+  /** `source` is about to be written: its derived buffers go stale (those with a repack) or go. */
+  #invalidateDerived(source: GPUBuffer): void {
     const entries = this.#derived.get(source);
     if (!entries) return;
     this.#derived.delete(source);
-    for (const b of entries.values()) this.pool.release(b);
+    const repacks = this.#repacks.get(source);
+    for (const [key, target] of entries) {
+      const repack = repacks?.get(key);
+      if (!repack) {
+        this.pool.release(target);
+        continue;
+      }
+      let stale = this.#stale.get(source);
+      if (!stale) this.#stale.set(source, stale = new Map());
+      stale.set(key, { target, repack });
+    }
+  }
+
+  /** Refills every stale derived buffer: one dispatch per batch of those sharing a batch kernel. */
+  #repackStale(): void {
+    const groups = new Map<
+      DerivedRepack["batch"],
+      { source: GPUBuffer; key: string; target: GPUBuffer; repack: DerivedRepack }[]
+    >();
+    for (const [source, entries] of this.#stale) {
+      for (const [key, { target, repack }] of entries) {
+        const group = groups.get(repack.batch) ?? [];
+        group.push({ source, key, target, repack });
+        groups.set(repack.batch, group);
+      }
+    }
+    this.#stale.clear();
+    const size = Math.max(1, Math.min(MAX_REPACK_BATCH, Math.floor(this.#storageBindings() / 2)));
+    for (const [batch, jobs] of groups) {
+      for (let i = 0; i < jobs.length; i += size) {
+        const part = jobs.slice(i, i + size);
+        const step = batch(part.map((j) => j.repack.step));
+        this.dispatch(
+          step.kernel,
+          step.uniforms,
+          [...part.map((j) => ({ buffer: j.source })), ...part.map((j) => ({ buffer: j.target }))],
+          [...part.map((): BindingKind => "r"), ...part.map((): BindingKind => "w")],
+          step.workgroups,
+        );
+        for (const j of part) this.#setDerived(j.source, j.key, j.target, j.repack);
+      }
+    }
+  }
+
+  #storageBindings(): number {
+    return this.device.limits.maxStorageBuffersPerShaderStage;
+  }
+
+  /** `source` is released (or its contents lost): its derived buffers, stale or not, go. */
+  #dropDerived(source: GPUBuffer): void {
+    const entries = this.#derived.get(source);
+    this.#derived.delete(source);
+    for (const b of entries?.values() ?? []) this.pool.release(b);
+    const stale = this.#stale.get(source);
+    this.#stale.delete(source);
+    for (const { target } of stale?.values() ?? []) this.pool.release(target);
+    this.#repacks.delete(source);
   }
 
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#dropDerived(dst);
+    this.#invalidateDerived(dst);
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
     if (this.#collecting) return;
-    this.#dropDerived(buffer);
+    this.#invalidateDerived(buffer);
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
 
@@ -931,7 +1023,7 @@ export class Engine {
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     if (this.#collecting) return;
-    this.#dropDerived(buffer);
+    this.#invalidateDerived(buffer);
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
   }
@@ -989,7 +1081,7 @@ export class Engine {
     if (!error) return;
     // The failed command buffer may have held the fills of derived buffers: forget them, so later work
     // makes them again.
-    for (const source of [...this.#derived.keys()]) this.#dropDerived(source);
+    for (const source of new Set([...this.#derived.keys(), ...this.#stale.keys()])) this.#dropDerived(source);
     throw error;
   }
 

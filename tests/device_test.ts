@@ -238,6 +238,46 @@ Deno.test("packed convolution weights are reused until the weights change (write
   );
 });
 
+Deno.test("after an optimizer step, packed weights are refilled in batches of up to 8 dispatches; values stay right", async () => {
+  const x = ops.tensor(randomArray(2 * 5 * 8 * 12, 61), [2, 5, 8, 12]);
+  // Ten weights of two shapes: a batch of 8 and one of 2.
+  const ws = Array.from({ length: 10 }, (_, i) => {
+    const w = ops.tensor(randomArray(6 * 5 * (i % 2 ? 1 : 9), 62 + i, -0.5, 0.5), [
+      6,
+      5,
+      i % 2 ? 1 : 3,
+      i % 2 ? 1 : 3,
+    ]);
+    w.requiresGrad = true;
+    return w;
+  });
+  const convOf = (w: ops.Tensor) => ops.noGrad(() => ops.conv2d(x, w, null, { padding: w.shape[2] >> 1 }));
+  const forward = () => {
+    const before = testEngine.dispatchCount;
+    ops.dispose(ws.map(convOf));
+    return testEngine.dispatchCount - before;
+  };
+  const first = forward(); // packs each weight on its own
+  assert.equal(forward(), first - 10, "a second forward packs nothing");
+  const sgd = new ops.SGD(ws, { lr: 0.25 });
+  for (const [i, w] of ws.entries()) w.grad = ops.tensor(randomArray(w.size, 80 + i), w.shape);
+  sgd.step();
+  assert.equal(forward(), first - 10 + 2, "the ten packs run as two dispatches");
+  for (const w of ws) {
+    const fresh = ops.tensor(await w.data(), w.shape);
+    const [got, want] = [convOf(w), convOf(fresh)];
+    assert.deepEqual(await got.data(), await want.data());
+    ops.dispose([got, want, fresh]);
+  }
+  sgd.zeroGrad();
+  ops.dispose([x, ...ws]);
+  assert.equal(
+    testEngine.memory().derivedBuffers,
+    0,
+    "disposed weights leave no packed copies, stale or not",
+  );
+});
+
 Deno.test("bind groups are reused for the same bindings, and dispatches still read the buffers' new values", async () => {
   const kernel = {
     key: "test-double",

@@ -353,6 +353,63 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   };
 }
 
+/**
+ * Several {@link packWeightStep}s as one dispatch (bindings: their sources `src0..`, then their targets
+ * `dst0..`): the packs of a network's weights after an optimizer step. Up to 8 (the uniform block holds 8
+ * packs' parameters).
+ */
+export function packWeightBatch(steps: KernelStep[]): Pick<KernelStep, "kernel" | "uniforms" | "workgroups"> {
+  const k = steps.length;
+  if (k < 1 || k > 8 || steps.some((st) => st.kernel.key !== PACK_WEIGHT_KEY)) {
+    throw new Error("packWeightBatch: 1 to 8 weight-packing steps");
+  }
+  const params = new Int32Array(8 * k);
+  let start = 0;
+  steps.forEach((st, j) => {
+    const [n, C, Cp, taps, oS, cS, flip] = new Int32Array(st.uniforms);
+    params.set([start, n, C, Cp, taps, oS, cS, flip], 8 * j);
+    start += n;
+  });
+  const cases = steps.map((_, j) =>
+    `    case ${j}: { dst${j}[i] = select(0.0, src${j}[select(0, at, ok)], ok); }`
+  );
+  cases[k - 1] = cases[k - 1].replace(`case ${k - 1}:`, "default:");
+  const code = `struct Pack { start: i32, n: i32, C: i32, Cp: i32, taps: i32, oS: i32, cS: i32, flip: i32, }
+struct Params { p: array<Pack, ${k}>, }
+@group(0) @binding(0) var<uniform> u: Params;
+${steps.map((_, j) => `@group(0) @binding(${j + 1}) var<storage, read> src${j}: array<f32>;`).join("\n")}
+${
+    steps.map((_, j) => `@group(0) @binding(${k + j + 1}) var<storage, read_write> dst${j}: array<f32>;`)
+      .join("\n")
+  }
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let g = i32((wid.x + wid.y * nwg.x) * 64u + lane);
+  var j = 0;
+  for (var m = 1; m < ${k}; m++) {
+    if (g >= u.p[m].start) { j = m; }
+  }
+  let p = u.p[j];
+  let i = g - p.start;
+  if (i >= p.n) { return; }
+  let c = i % p.Cp;
+  let t = (i / p.Cp) % p.taps;
+  let o = i / (p.Cp * p.taps);
+  let st = select(t, p.taps - 1 - t, p.flip != 0);
+  let ok = c < p.C;
+  let at = o * p.oS + c * p.cS + st;
+  switch j {
+${cases.join("\n")}
+  }
+}`;
+  return {
+    kernel: { key: `${PACK_WEIGHT_KEY}-batch${k}`, code },
+    uniforms: params.buffer,
+    workgroups: foldWorkgroups(Math.ceil(start / 64)),
+  };
+}
+
 /** Geometry of the stride-free core: out[n][o][oh][ow] = sum_{tap, c} xp[n][oh*sH + r*dH][ow*sW + q*dW][c] *
  * wp[o][tap][c] over a padded NHWC `xp`. */
 interface CoreGeom {

@@ -15,6 +15,7 @@ import {
   type Conv2dShape,
   conv2dWeightGradPlan,
   PACK_WEIGHT_KEY,
+  packWeightBatch,
 } from "../../wgsl/conv2d.ts";
 import { type KernelPlan, type KernelStep, memoizePlans } from "../../wgsl/plan.ts";
 import { add, map } from "./elementwise.ts";
@@ -69,6 +70,7 @@ function runPacked(plan: KernelPlan, inputs: Record<string, Tensor>, out: Tensor
     split.key,
     floats,
     (target) => e.runPlan({ outSize: floats, scratch: {}, steps: [split.pack] }, { w, wp: target }),
+    { step: split.pack, batch: packWeightBatch },
   );
   if (!wp) return run(plan, inputs, out);
   const bound: Record<string, GPUBuffer> = { out: out.buffer, wp };

@@ -24,7 +24,7 @@ import { engine } from "../../engine/device.ts";
 import { noGrad, record } from "../../engine/autograd.ts";
 import { Tensor } from "../../engine/tensor.ts";
 import { zeros } from "../../engine/ops/elementwise.ts";
-import { packWeightStep } from "../../wgsl/conv2d.ts";
+import { PACK_WEIGHT_KEY, packWeightBatch, packWeightStep } from "../../wgsl/conv2d.ts";
 import { Module, uniformInit } from "../../engine/module.ts";
 import type { Rng } from "../../engine/random.ts";
 import {
@@ -49,7 +49,7 @@ const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
 /** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
 export const SC_LAYERS = 6;
 
-function run(plan: KernelPlan, buffers: Record<string, Tensor>): void {
+function run(plan: KernelPlan, buffers: Record<string, { buffer: GPUBuffer }>): void {
   const bound: Record<string, GPUBuffer> = {};
   for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
   engine().runPlan(plan, bound);
@@ -109,16 +109,28 @@ function kernelSize(op: string, w: Tensor, cin: number, bias: Tensor | null): 1 
 /** Weights in the `[K][taps][cols]` layout of the site kernels: forward (`[Cin][k][k][Cout]`) or input
  * gradient (`[Cout][k][k][Cin]`, taps mirrored by the kernel), the last axis zero-padded to
  * {@link weightCols}; one dispatch (not a permute and a pad). */
-function weightLayout(w: Tensor, forInputGrad: boolean): Tensor {
+function weightLayout(w: Tensor, forInputGrad: boolean): { buffer: GPUBuffer; dispose(): void } {
   const [Cout, Cin, kh, kw] = w.shape;
   const taps = kh * kw;
   const [K, cols, kStride, colStride] = forInputGrad
     ? [Cout, Cin, Cin * taps, taps]
     : [Cin, Cout, taps, Cin * taps];
   const padded = weightCols(cols);
-  const out = Tensor.empty([K, kh, kw, padded]);
   const step = packWeightStep("out", K, cols, taps, kStride, colStride, false, padded);
-  engine().runPlan({ outSize: out.size, scratch: {}, steps: [step] }, { w: w.buffer, out: out.buffer });
+  const floats = K * taps * padded;
+  const e = engine();
+  // Kept until the weights change, and repacked with the others after an optimizer step (as a dense
+  // convolution's packed weights are).
+  const kept = e.derivedBuffer(
+    w.buffer,
+    `${PACK_WEIGHT_KEY}:${new Int32Array(step.uniforms).join(",")}`,
+    floats,
+    (target) => e.runPlan({ outSize: floats, scratch: {}, steps: [step] }, { w: w.buffer, out: target }),
+    { step, batch: packWeightBatch },
+  );
+  if (kept) return { buffer: kept, dispose: () => {} };
+  const out = Tensor.empty([K, kh, kw, padded]);
+  e.runPlan({ outSize: out.size, scratch: {}, steps: [step] }, { w: w.buffer, out: out.buffer });
   return out;
 }
 
