@@ -17,6 +17,7 @@
 
 export {
   type BindingKind,
+  type DerivedRepack,
   Engine,
   engine,
   type EngineMemoryStats,

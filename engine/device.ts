@@ -119,7 +119,9 @@ const WARM_GROUP = 8;
  * steps, bound to their sources in order, then their targets in order.
  */
 export interface DerivedRepack {
+  /** The step that fills one buffer. */
   step: KernelStep;
+  /** Makes one step of several `step`s (of this same repack kind). */
   batch: (steps: KernelStep[]) => Pick<KernelStep, "kernel" | "uniforms" | "workgroups">;
 }
 
