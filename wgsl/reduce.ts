@@ -143,3 +143,56 @@ export function reducePlan(op: ReduceOp, outer: number, len: number, inner: numb
   } while (source !== "out");
   return { outSize: outer * inner, scratch, steps };
 }
+
+/**
+ * A ReLU convolution's output gradient and bias gradient in one dispatch: `dy = g` where the output `y` is
+ * positive, else 0, and `db[c] = sum over n, h, w of dy` (inputs `g`, `y`, outputs `dy`, `db`; [N, C, HW]).
+ * One workgroup per channel, as {@link reducePlan}'s one-pass fold; null where that does not apply (more
+ * than 65,536 values per channel or more than 4,096 channels).
+ */
+export function reluBiasGradPlan(N: number, C: number, HW: number): KernelPlan | null {
+  if (N * HW > WORKGROUP_REDUCE_MAX || C > WORKGROUP_REDUCE_OUTPUTS || N * HW === 0) return null;
+  const code = `struct Params { N: u32, C: u32, HW: u32 }
+@group(0) @binding(0) var<uniform> u: Params;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> db: array<f32>;
+var<workgroup> partial: array<f32, ${WORKGROUP}>;
+@compute @workgroup_size(${WORKGROUP})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let c = wg.x + wg.y * nwg.x;
+  let inRange = c < u.C;
+  var acc = 0.0;
+  if (inRange) {
+    for (var n = 0u; n < u.N; n++) {
+      let base = (n * u.C + c) * u.HW;
+      for (var r = lid; r < u.HW; r += ${WORKGROUP}u) {
+        let v = select(0.0, g[base + r], y[base + r] > 0.0);
+        dy[base + r] = v;
+        acc += v;
+      }
+    }
+  }
+  partial[lid] = acc;
+  workgroupBarrier();
+  for (var step = ${WORKGROUP / 2}u; step > 0u; step >>= 1u) {
+    if (lid < step) { partial[lid] = partial[lid] + partial[lid + step]; }
+    workgroupBarrier();
+  }
+  if (inRange && lid == 0u) { db[c] = partial[0]; }
+}
+`;
+  return {
+    outSize: N * C * HW,
+    scratch: {},
+    steps: [{
+      kernel: { key: "relu-bias-grad", code },
+      uniforms: new Uint32Array([N, C, HW]).buffer,
+      buffers: ["g", "y", "out", "db"],
+      writes: ["out", "db"],
+      workgroups: foldWorkgroups(C),
+    }],
+  };
+}

@@ -20,6 +20,7 @@ import {
 import { type KernelPlan, type KernelStep, memoizePlans } from "../../wgsl/plan.ts";
 import { add, map } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
+import { reluBiasGradPlan } from "../../wgsl/reduce.ts";
 import { concat, pad, reshape, slice } from "./shape.ts";
 
 // Plans by shape, built once (their WGSL source is long).
@@ -190,11 +191,18 @@ export function conv2d(
     y,
     (g, [sx, sw, sy]) =>
       e.op("conv2d backward", () => {
-        const dy = relu ? map("select(0.0, a, b > 0.0)", [g, sy]) : g;
+        // With ReLU and a bias, the masked gradient and the bias gradient come from one pass where it fits.
+        const fused = relu && bias?.requiresGrad ? reluBiasGradPlan(N, Cout, s.Hout * s.Wout) : null;
+        let dy = g, db: Tensor | null = null;
+        if (fused) {
+          dy = Tensor.empty(g.shape);
+          db = Tensor.empty([Cout]);
+          e.runPlan(fused, { g: g.buffer, y: sy.buffer, out: dy.buffer, db: db.buffer });
+        } else if (relu) dy = map("select(0.0, a, b > 0.0)", [g, sy]);
         const grads = [
           x.requiresGrad ? runPacked(inputGradPlan(s, false), { dy, w: sw }, Tensor.empty(x.shape)) : null,
           w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy }, Tensor.empty(w.shape)) : null,
-          bias?.requiresGrad ? sum(dy, [0, 2, 3]) : null,
+          bias?.requiresGrad ? (db ?? sum(dy, [0, 2, 3])) : null,
         ];
         if (dy !== g) dy.dispose();
         return grads;
