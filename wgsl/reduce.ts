@@ -55,6 +55,15 @@ const WORKGROUP_REDUCE_MAX = 65536;
 /** Most outputs (workgroups) for {@link workgroupReduceKernel}. */
 const WORKGROUP_REDUCE_OUTPUTS = 4096;
 
+/** Folds every invocation's `acc` into `partial[0]` (workgroup array `partial`, a barrier per halving). */
+const workgroupFold = (fold: (a: string, b: string) => string) =>
+  `  partial[lid] = acc;
+  workgroupBarrier();
+  for (var step = ${WORKGROUP / 2}u; step > 0u; step >>= 1u) {
+    if (lid < step) { partial[lid] = ${fold("partial[lid]", "partial[lid + step]")}; }
+    workgroupBarrier();
+  }`;
+
 /** One workgroup per output: its 64 invocations stride over the [lead, len] elements, then fold their sums
  * in workgroup memory. One dispatch where {@link reduceKernel} takes two (a bias gradient). */
 function workgroupReduceKernel(op: ReduceOp): { key: string; code: string } {
@@ -84,12 +93,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       }
     }
   }
-  partial[lid] = acc;
-  workgroupBarrier();
-  for (var step = ${WORKGROUP / 2}u; step > 0u; step >>= 1u) {
-    if (lid < step) { partial[lid] = ${fold("partial[lid]", "partial[lid + step]")}; }
-    workgroupBarrier();
-  }
+${workgroupFold(fold)}
   if (inRange && lid == 0u) { dst[id] = partial[0]; }
 }
 `,
@@ -175,12 +179,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       }
     }
   }
-  partial[lid] = acc;
-  workgroupBarrier();
-  for (var step = ${WORKGROUP / 2}u; step > 0u; step >>= 1u) {
-    if (lid < step) { partial[lid] = partial[lid] + partial[lid + step]; }
-    workgroupBarrier();
-  }
+${workgroupFold((a, b) => `${a} + ${b}`)}
   if (inRange && lid == 0u) { db[c] = partial[0]; }
 }
 `;
