@@ -314,6 +314,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lane
  * packed weights between calls. */
 export const PACK_WEIGHT_KEY = "conv-pack-weight";
 
+/** WGSL of where packed element `i` comes from, for the pack parameters `p` (n, C, Cp, taps, oS, cS, flip):
+ * `ok` (a real channel, not padding) and `at` (its index in the source), shared by both pack kernels. */
+const packSource = (p: string) =>
+  `  let c = i % ${p}.Cp;
+  let t = (i / ${p}.Cp) % ${p}.taps;
+  let o = i / (${p}.Cp * ${p}.taps);
+  let st = select(t, ${p}.taps - 1 - t, ${p}.flip != 0);
+  let ok = c < ${p}.C;
+  let at = o * ${p}.oS + c * ${p}.cS + st;`;
+
 /** dst[o][t][c] (c < Cp, C rounded up to a multiple of `padTo`) = w[o * oS + c * cS + (flip ? taps - 1 - t : t)]
  * for c < C, else 0 (buffers `w` and `dst`). The convolutions' weight layouts, and the sparse ones'. */
 export function packWeightStep(
@@ -337,12 +347,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lane: u32) {
   let i = i32((wid.x + wid.y * nwg.x) * 64u + lane);
   if (i >= u.n) { return; }
-  let c = i % u.Cp;
-  let t = (i / u.Cp) % u.taps;
-  let o = i / (u.Cp * u.taps);
-  let st = select(t, u.taps - 1 - t, u.flip != 0);
-  let ok = c < u.C;
-  dst[i] = select(0.0, src[select(0, o * u.oS + c * u.cS + st, ok)], ok);
+${packSource("u")}
+  dst[i] = select(0.0, src[select(0, at, ok)], ok);
 }`;
   return {
     kernel: { key: PACK_WEIGHT_KEY, code },
@@ -393,12 +399,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let p = u.p[j];
   let i = g - p.start;
   if (i >= p.n) { return; }
-  let c = i % p.Cp;
-  let t = (i / p.Cp) % p.taps;
-  let o = i / (p.Cp * p.taps);
-  let st = select(t, p.taps - 1 - t, p.flip != 0);
-  let ok = c < p.C;
-  let at = o * p.oS + c * p.cS + st;
+${packSource("p")}
   switch j {
 ${cases.join("\n")}
   }
