@@ -80,16 +80,21 @@ export function backward(root: Tensor, grad?: Tensor): void {
       const g = grads.get(out);
       grads.delete(out);
       if (g) {
-        const inputGrads = tidy(() => node.rule(g, node.saved));
+        const gathered = (input: Tensor) => (input.gradFn ? grads.get(input) : input.grad) ?? null;
+        const priors = node.inputs.map((input) => input.requiresGrad ? gathered(input) : null);
+        const unfolded = [...priors];
+        const inputGrads = tidy(() => node.rule(g, node.saved, priors));
         g.dispose();
         node.inputs.forEach((input, i) => {
           if (!inputGrads[i]) return;
           const ig = keepOut(inputGrads[i]!);
           if (!input.requiresGrad) return ig.dispose();
           assertSameShape(node.name, input.shape, ig.shape);
-          const target = input.gradFn ? grads.get(input) : input.grad;
+          const target = gathered(input);
           let sum = ig;
-          if (target) {
+          if (target && priors[i] === null && unfolded[i] === target) {
+            target.dispose(); // the rule added it to its output
+          } else if (target) {
             sum = keepOut(add(target, ig));
             target.dispose();
             ig.dispose();

@@ -8,8 +8,13 @@
 
 import type { Tensor } from "./tensor.ts";
 
-/** Backward rule: output gradient and the saved tensors in, one gradient (or null) per input out. */
-export type BackwardRule = (grad: Tensor, saved: Tensor[]) => (Tensor | null)[];
+/**
+ * Backward rule: output gradient and the saved tensors in, one gradient (or null) per input out. `priors`
+ * holds the gradient each input has gathered so far from its other consumers (or null). A rule whose kernel
+ * can add it to its output for free (a convolution's input gradient) does so and sets that entry to null;
+ * otherwise backward adds the two.
+ */
+export type BackwardRule = (grad: Tensor, saved: Tensor[], priors: (Tensor | null)[]) => (Tensor | null)[];
 
 /** A recorded op in the autograd graph. */
 export interface GradNode {

@@ -34,15 +34,16 @@ export class Conv2d extends Module {
     this.bias = this.param("bias", uniformInit([outChannels], fanIn, rng));
   }
 
-  /** Applies the convolution, then ReLU when `relu` (fused into the convolution's output write unless
-   * `setFusion(false)` selects the composed ops). */
-  forward(x: Tensor, relu = false): Tensor {
-    if (relu && !fusionEnabled()) {
+  /** Applies the convolution, then ReLU when `relu`, or adds `residual` (both fused into the
+   * convolution's output write unless `setFusion(false)` selects the composed ops). */
+  forward(x: Tensor, relu = false, residual?: Tensor): Tensor {
+    if ((relu || residual) && !fusionEnabled()) {
       const c = conv2d(x, this.weight, this.bias, this.options);
-      const y = reluOp(c);
+      const y = relu ? reluOp(c) : add(c, residual!);
       c.dispose();
       return y;
     }
+    if (residual) return conv2d(x, this.weight, this.bias, { ...this.options, residual });
     return conv2d(x, this.weight, this.bias, relu ? { ...this.options, relu } : this.options);
   }
 }
@@ -103,10 +104,8 @@ export class DenseBlock extends Module {
       y.dispose();
       features = next;
     }
-    const fused = this.fuse.forward(features);
+    const out = this.fuse.forward(features, false, x);
     features.dispose();
-    const out = add(x, fused);
-    fused.dispose();
     return out;
   }
 }

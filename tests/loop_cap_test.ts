@@ -196,6 +196,34 @@ Deno.test("conv2d weight gradient over 2x368x368 positions (past 4 x 65,535 unro
   close("dw", dw, convRef(g, x, w, r).dw);
 });
 
+// The bias gradient comes from the weight-gradient kernels' column sums (split partials, then the reduction's
+// tail): checked on both kernel paths (stride 1 reads x and dy in place; stride 2 packs them).
+for (const stride of [1, 2]) {
+  Deno.test(`conv2d bias gradient from the weight-gradient kernel, 65,536 positions, stride ${stride}`, async () => {
+    const H = 256 * stride;
+    const g: ConvGeom = { N: 1, Cin: 3, H, W: H, Cout: 6, kh: 3, kw: 3, stride, pad: 1, dil: 1 };
+    const [Ho, Wo] = outSize(g);
+    assert.equal(Ho * Wo, 65536);
+    const x = randomArray(3 * H * H, 21 + stride);
+    const w = randomArray(6 * 3 * 9, 23);
+    const b = randomArray(6, 24);
+    const r = randomArray(6 * Ho * Wo, 25);
+    const [, dw, db] = await forwardBackward(
+      [
+        { data: x, shape: [1, 3, H, H], grad: false },
+        { data: w, shape: [6, 3, 3, 3], grad: true },
+        { data: b, shape: [6], grad: true },
+      ],
+      ([xt, wt, bt]) => ops.conv2d(xt, wt, bt, { stride, padding: 1 }),
+      r,
+    );
+    const wantDb = new Float64Array(6);
+    for (let i = 0; i < r.length; i++) wantDb[Math.floor(i / (Ho * Wo))] += r[i];
+    close("dw", dw, convRef(g, x, w, r).dw);
+    close("db", db, wantDb);
+  });
+}
+
 // ---- (b) reductions over 300,000 and 600,000 elements ----
 
 Deno.test("sum, mean, max and max gradient over an axis of length 300,000", async () => {

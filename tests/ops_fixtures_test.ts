@@ -35,6 +35,8 @@ const RUN: Record<string, (x: Record<string, Tensor>, p: P) => Tensor> = {
   pad: (x, p) => ops.pad(x.x, p.pads as [number, number][], p.value as number),
   matmul: (x) => ops.matmul(x.a, x.b),
   conv2d: (x, p) => ops.conv2d(x.x, x.w, x.b ?? null, p),
+  conv2dResidual: (x, p) => ops.conv2d(x.x, x.w, x.b ?? null, { ...p, residual: x.r }),
+  conv2dDense: (x, p) => ops.concat([x.x, ops.conv2d(x.x, x.w, x.b ?? null, { ...p, relu: true })], 1),
   convTranspose2d: (x, p) => ops.convTranspose2d(x.x, x.w, x.b ?? null, p),
   maxPool2d: (x, p) => ops.maxPool2d(x.x, p.kernel as number, p.stride as number),
   avgPool2d: (x, p) => ops.avgPool2d(x.x, p.kernel as number, p.stride as number),

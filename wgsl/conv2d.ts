@@ -594,9 +594,11 @@ function directConvPlan(
   tile: TexTile,
   relu = false,
   up?: { kh: number; kw: number },
+  residual = false,
 ): KernelPlan | null {
   const { tm, tn, wg } = tile;
   const kk = up ? up.kh * up.kw : 1;
+  if (up && residual) return null;
   if (up && (g.kh !== 1 || g.kw !== 1 || tn % kk !== 0 || g.O % kk !== 0)) return null;
   const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
   const srcFloats = g.N * g.C * g.Hs * g.Ws, wFloats = g.O * taps * C4 * 4;
@@ -675,6 +677,7 @@ function directConvPlan(
       { name: src, texture: true },
       { name: "wp", texture: true },
       ...(split ? [] : [{ name: "bias" }]),
+      ...(residual && !split ? [{ name: "res" }] : []),
     ],
     setup: setup.join("\n"),
     preStep: preStep.join("\n"),
@@ -698,7 +701,10 @@ function directConvPlan(
     ).join("\n"),
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : EPILOGUE_DECLS,
-    epilogue: (v, _i, j) => `act(${v} + bias_${j})`,
+    // A residual is read inside the store's guard, at the output's own index.
+    epilogue: residual
+      ? (v, i, j) => `act(${v} + bias_${j}) + res[outRow_${j} + ${i}]`
+      : (v, _i, j) => `act(${v} + bias_${j})`,
     epilogueSetup: biasLoads(tn, kk),
   };
   const inputs = spec.inputs.map((b) => b.name);
@@ -706,7 +712,9 @@ function directConvPlan(
     kernel: {
       key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}${
         sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
-      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${up ? `-up${up.kh}x${up.kw}` : ""}`,
+      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${up ? `-up${up.kh}x${up.kw}` : ""}${
+        residual && !split ? "-res" : ""
+      }`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -736,7 +744,13 @@ function directConvPlan(
     const biasSum = hasBias ? { name: "bias", inner: g.Hout * g.Wout, len: g.O } : undefined;
     stepsOut.push(reduceSplitsStep(outSize, sched.splits, biasSum));
   }
-  return { outSize, scratch, steps: stepsOut, appliesRelu: relu && !split };
+  return {
+    outSize,
+    scratch,
+    steps: stepsOut,
+    appliesRelu: relu && !split,
+    ...(residual ? { appliesResidual: !split } : {}),
+  };
 }
 
 /**
@@ -769,6 +783,7 @@ function forwardTexPlan(
   tile: TexTile,
   directTile: TexTile | null,
   relu: boolean,
+  residual: boolean,
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
   if (directTile && s.strideH <= DIRECT_MAX_STRIDE && s.strideW <= DIRECT_MAX_STRIDE) {
@@ -795,6 +810,8 @@ function forwardTexPlan(
       hasBias,
       directTile,
       relu,
+      undefined,
+      residual,
     );
     if (direct) return direct;
   }
@@ -814,7 +831,7 @@ function forwardTexPlan(
     kh: s.kh,
     kw: s.kw,
   };
-  return convCorePlan(
+  const core = convCorePlan(
     g,
     packNhwcStep("x", "xp", s.N, s.Cin, s.H, s.W, Hp, Wp, s.padH, s.padW, 1, 1),
     packWeightStep("wp", s.Cout, s.Cin, taps, s.Cin * taps, taps, false),
@@ -822,6 +839,7 @@ function forwardTexPlan(
     tile,
     relu,
   );
+  return core && residual ? { ...core, appliesResidual: false } : core;
 }
 
 /**
@@ -833,6 +851,7 @@ function inputGradTexPlan(
   tile: TexTile,
   directTile: TexTile | null,
   hasBias: boolean,
+  residual: boolean,
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
   const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
@@ -866,7 +885,7 @@ function inputGradTexPlan(
       false,
       { kh: s.kh, kw: s.kw },
     );
-    if (up) return up;
+    if (up) return residual ? { ...up, appliesResidual: false } : up;
   }
   if (directTile && s.strideH === 1 && s.strideW === 1) {
     // Stride 1: no zeros to insert, so the direct kernel reads dy where it is (no repack of dy).
@@ -890,6 +909,9 @@ function inputGradTexPlan(
       packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
       hasBias,
       directTile,
+      false,
+      undefined,
+      residual,
     );
     if (direct) return direct;
   }
@@ -909,13 +931,14 @@ function inputGradTexPlan(
     kh: s.kh,
     kw: s.kw,
   };
-  return convCorePlan(
+  const core = convCorePlan(
     g,
     packNhwcStep("dy", "xp", s.N, s.Cout, s.Hout, s.Wout, Hp, Wp, P0, Q0, s.strideH, s.strideW),
     packWeightStep("wp", s.Cin, s.Cout, taps, taps, s.Cin * taps, true),
     hasBias,
     tile,
   );
+  return core && residual ? { ...core, appliesResidual: false } : core;
 }
 
 /**
@@ -925,7 +948,7 @@ function inputGradTexPlan(
  * one (ci, r) lie in one row window of a few texels, loaded once per iteration for the kw rows of the block
  * that share it, so `tm` is a multiple of kw. Needs W and Wout multiples of 4; the caller checks stride 1.
  */
-function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
+function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean): KernelPlan | null {
   const { tn, wg } = tile;
   const taps = s.kh * s.kw;
   const tm = Math.max(s.kw, Math.floor(tile.tm / s.kw) * s.kw);
@@ -998,14 +1021,18 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null 
       }
     }`,
     outIndex: (i, j) => `(col0 + ${j}) * u.rows + row0 + ${i}`,
+    columnSums: biasGrad,
   };
+  const elems = outSize + (biasGrad ? cols : 0);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
+      key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${
+        biasGrad ? "-db" : ""
+      }`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
-      ...texBaseUniforms(rows, cols, steps, 1, sched, outSize),
+      ...texBaseUniforms(rows, cols, steps, 1, sched, elems),
       s.Cin,
       s.Cout,
       s.H,
@@ -1016,16 +1043,42 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null 
       s.padW,
       s.dilH,
     ]),
-    buffers: ["x", "dy", split ? "partials" : "out"],
+    buffers: ["x", "dy", ...outputs(split, biasGrad)],
     textures: ["x", "dy"],
-    writes: [split ? "partials" : "out"],
+    writes: outputs(split, biasGrad),
     workgroups: texWorkgroups(sched, wg),
   };
-  if (!split) return { outSize, scratch: {}, steps: [gemm] };
-  return {
+  return splitWeightGrad(gemm, outSize, elems, sched.splits, {}, biasGrad);
+}
+
+/** Bindings a weight-gradient GEMM writes: the output (and with `biasGrad` the bias gradient `db`), or the
+ * partials of a split. */
+const outputs = (split: boolean, biasGrad: boolean) =>
+  split ? ["partials"] : biasGrad ? ["out", "db"] : ["out"];
+
+/** A weight-gradient plan from its GEMM step (after `before`): with a split, the partials of `elems` floats
+ * each (the weights, then with `biasGrad` the bias gradient) are summed into `out` and `db`. */
+function splitWeightGrad(
+  gemm: KernelStep,
+  outSize: number,
+  elems: number,
+  splits: number,
+  scratch: Record<string, number>,
+  biasGrad: boolean,
+  before: KernelStep[] = [],
+): KernelPlan {
+  const plan: KernelPlan = {
     outSize,
-    scratch: { partials: sched.splits * outSize },
-    steps: [gemm, reduceSplitsStep(outSize, sched.splits)],
+    scratch,
+    steps: [...before, gemm],
+    ...(biasGrad ? { appliesBias: true } : {}),
+  };
+  if (splits === 1) return plan;
+  const tail = biasGrad ? { name: "db", from: outSize } : undefined;
+  return {
+    ...plan,
+    scratch: { ...scratch, partials: splits * elems },
+    steps: [...plan.steps, reduceSplitsStep(elems, splits, undefined, tail)],
   };
 }
 
@@ -1033,7 +1086,7 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null 
  * Weight gradient: rows = (tap, ci) with ci padded to 4, columns = Cout, k = output pixels (4 per loop
  * iteration, split across invocations). Both operands are NHWC texels (4 channels at one pixel).
  */
-function weightGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
+function weightGradTexPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean): KernelPlan | null {
   const { tm, tn, wg } = tile;
   const taps = s.kh * s.kw;
   const Cin4 = ceil4(s.Cin) / 4, Cout4 = ceil4(s.Cout) / 4;
@@ -1090,15 +1143,17 @@ function weightGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
     }`,
     outIndex: (i, j) => `((col0 + ${j}) * u.Cin + ci_${i}) * u.taps + tp_${i}`,
     outGuard: (i) => `ci_${i} < u.Cin`,
+    columnSums: biasGrad,
   };
   const inputs = ["xp", "dyp"];
+  const elems = outSize + (biasGrad ? cols : 0);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-dwq-tex-${tm}x${tn}-wg${wg}${split ? "-split" : ""}`,
+      key: `conv-dwq-tex-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${biasGrad ? "-db" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
-      ...texBaseUniforms(rows, cols, steps, 1, sched, outSize),
+      ...texBaseUniforms(rows, cols, steps, 1, sched, elems),
       Cin4,
       Cout4,
       s.Cin,
@@ -1114,21 +1169,16 @@ function weightGradTexPlan(s: Conv2dShape, tile: TexTile): KernelPlan | null {
       s.kw,
       s.N,
     ]),
-    buffers: [...inputs, split ? "partials" : "out"],
+    buffers: [...inputs, ...outputs(split, biasGrad)],
     textures: inputs,
-    writes: [split ? "partials" : "out"],
+    writes: outputs(split, biasGrad),
     workgroups: texWorkgroups(sched, wg),
   };
-  const scratch: Record<string, number> = { xp: xFloats, dyp: dyFloats };
   const packX = packNhwcStep("x", "xp", s.N, s.Cin, s.H, s.W, Hp, Wp, s.padH, s.padW, 1, 1);
   const packDy = packNhwcStep("dy", "dyp", s.N, s.Cout, s.Hout, s.Wout, s.Hout, Wq, 0, 0, 1, 1);
   if (!packX || !packDy) return null;
-  const stepsOut: KernelStep[] = [packX, packDy, gemm];
-  if (split) {
-    scratch.partials = sched.splits * outSize;
-    stepsOut.push(reduceSplitsStep(outSize, sched.splits));
-  }
-  return { outSize, scratch, steps: stepsOut };
+  const scratch = { xp: xFloats, dyp: dyFloats };
+  return splitWeightGrad(gemm, outSize, elems, sched.splits, scratch, biasGrad, [packX, packDy]);
 }
 
 /**
@@ -1150,7 +1200,9 @@ export function convTileFor(cols: number, maxTn: number, wg = 64): TexTile {
   return { tm: best <= 8 ? 32 : 16, tn: best, wg };
 }
 
-/** Forward convolution: inputs `x` [N,Cin,H,W], `w` [Cout,Cin,kh,kw], optional `bias` [Cout]. */
+/** Forward convolution: inputs `x` [N,Cin,H,W], `w` [Cout,Cin,kh,kw], optional `bias` [Cout]; with
+ * `residual`, also `res` [N,Cout,Hout,Wout], added after the activation where the plan can
+ * (`appliesResidual` says whether). */
 export function conv2dForwardPlan(
   s: Conv2dShape,
   hasBias: boolean,
@@ -1158,9 +1210,10 @@ export function conv2dForwardPlan(
   texTile: TexTile = convTileFor(s.Cout, CONV_TEX_TILE.tn),
   directTile: TexTile | null = convTileFor(s.Cout, CONV_DIRECT_TILE.tn),
   relu = false,
+  residual = false,
 ): KernelPlan {
   if (!tileOverride && s.N * s.Cout * s.Hout * s.Wout > 0) {
-    const tex = forwardTexPlan(s, hasBias, texTile, directTile, relu);
+    const tex = forwardTexPlan(s, hasBias, texTile, directTile, relu, residual);
     if (tex) return tex;
   }
   const taps = s.kh * s.kw;
@@ -1169,33 +1222,43 @@ export function conv2dForwardPlan(
   const outSize = s.N * s.Cout * s.Hout * s.Wout;
   const hooks = forwardHooks(s, tile, hasBias);
   const bias = hasBias ? { inner: s.Hout * s.Wout, len: s.Cout } : undefined;
-  return convGemmPlan(`fwd${hasBias ? "-bias" : ""}`, s, extent, tile, hooks, outSize, bias);
+  const plan = convGemmPlan(`fwd${hasBias ? "-bias" : ""}`, s, extent, tile, hooks, outSize, bias);
+  return residual ? { ...plan, appliesResidual: false } : plan;
 }
 
 /** Input gradient (also transposed convolution): inputs `dy` [N,Cout,Hout,Wout], `w` and, with `hasBias`,
- * `bias` [Cin] (added in the output write; `appliesBias` says whether the plan could). Out [N,Cin,H,W]. */
+ * `bias` [Cin] (added in the output write; `appliesBias` says whether the plan could); with `residual`, also
+ * `res` [N,Cin,H,W] added to the output (a gradient accumulated in place of a separate add; `appliesResidual`
+ * says whether the plan could). Out [N,Cin,H,W]. */
 export function conv2dInputGradPlan(
   s: Conv2dShape,
   texTile: TexTile = convTileFor(s.Cin, CONV_TEX_TILE.tn),
   directTile: TexTile | null = convTileFor(s.Cin, CONV_DIRECT_TILE.tn),
   hasBias = false,
+  residual = false,
 ): KernelPlan {
   if (s.N * s.Cin * s.H * s.W > 0) {
-    const tex = inputGradTexPlan(s, texTile, directTile, hasBias);
+    const tex = inputGradTexPlan(s, texTile, directTile, hasBias, residual);
     if (tex) return hasBias ? { ...tex, appliesBias: true } : tex;
   }
   const taps = s.kh * s.kw;
   const tile = convTile(s.Cin, taps);
   const extent = { rows: s.N * s.H * s.W, cols: s.Cin, kLen: s.Cout * taps, batches: 1 };
   const plan = convGemmPlan("dx", s, extent, tile, inputGradHooks(s, tile), s.N * s.Cin * s.H * s.W);
-  return hasBias ? { ...plan, appliesBias: false } : plan;
+  return {
+    ...plan,
+    ...(hasBias ? { appliesBias: false } : {}),
+    ...(residual ? { appliesResidual: false } : {}),
+  };
 }
 
-/** Weight gradient: inputs `x` [N,Cin,H,W], `dy` [N,Cout,Hout,Wout]; out [Cout,Cin,kh,kw]. */
+/** Weight gradient: inputs `x` [N,Cin,H,W], `dy` [N,Cout,Hout,Wout]; out [Cout,Cin,kh,kw]. With
+ * `biasGrad`, also the bias gradient `db` [Cout] where the plan can (`appliesBias` says whether). */
 export function conv2dWeightGradPlan(
   s: Conv2dShape,
   texTile: TexTile = convTileFor(s.Cout, CONV_TEX_TILE.tn),
   directTile: TexTile | null = texTile,
+  biasGrad = false,
 ): KernelPlan {
   const taps = s.kh * s.kw;
   const tile = { ...convTile(s.Cout, 4) };
@@ -1203,12 +1266,13 @@ export function conv2dWeightGradPlan(
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
   if (outSize > 0 && directTile && s.strideH === 1 && s.strideW === 1) {
-    const direct = weightGradDirectPlan(s, directTile);
+    const direct = weightGradDirectPlan(s, directTile, biasGrad);
     if (direct) return direct;
   }
   if (outSize > 0) {
-    const tex = weightGradTexPlan(s, texTile);
+    const tex = weightGradTexPlan(s, texTile, biasGrad);
     if (tex) return tex;
   }
-  return convGemmPlan("dw", s, extent, tile, weightGradHooks(s, tile), outSize);
+  const plan = convGemmPlan("dw", s, extent, tile, weightGradHooks(s, tile), outSize);
+  return biasGrad ? { ...plan, appliesBias: false } : plan;
 }

@@ -221,33 +221,39 @@ const REDUCE_WG = 64;
 
 /**
  * Deterministic sum of `splits` partial outputs: out[i] = sum_s part[s * n + i] (+ bias[(i / inner) % len]).
- * Each invocation loops `splits` times, far under the loop cap.
+ * With `tail`, values from index `tail.from` on go to the buffer `tail.name` instead (a weight gradient's
+ * column sums: the bias gradient). Each invocation loops `splits` times, far under the loop cap.
  */
 export function reduceSplitsStep(
   n: number,
   splits: number,
   bias?: { name: string; inner: number; len: number },
+  tail?: { name: string; from: number },
 ): KernelStep {
-  const code = `struct Params { n: i32, splits: i32, inner: i32, len: i32, }
+  const code = `struct Params { n: i32, splits: i32, inner: i32, len: i32,${tail ? " tailFrom: i32," : ""} }
 @group(0) @binding(0) var<uniform> u: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 ${bias ? "@group(0) @binding(2) var<storage, read> bias: array<f32>;\n" : ""}@group(0) @binding(${
     bias ? 3 : 2
   }) var<storage, read_write> out: array<f32>;
-@compute @workgroup_size(${REDUCE_WG})
+${
+    tail
+      ? `@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> tail: array<f32>;\n`
+      : ""
+  }@compute @workgroup_size(${REDUCE_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lane: u32) {
   let i = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
   if (i >= u.n) { return; }
   var acc = ${bias ? "bias[(i / u.inner) % u.len]" : "0.0"};
   for (var s = 0; s < u.splits; s++) { acc += part[s * u.n + i]; }
-  out[i] = acc;
+  ${tail ? "if (i >= u.tailFrom) { tail[i - u.tailFrom] = acc; } else { out[i] = acc; }" : "out[i] = acc;"}
 }`;
   return {
-    kernel: { key: `gemm-reduce${bias ? "-bias" : ""}`, code },
-    uniforms: packI32([n, splits, bias?.inner ?? 1, bias?.len ?? 1]),
-    buffers: bias ? ["partials", bias.name, "out"] : ["partials", "out"],
-    writes: ["out"],
+    kernel: { key: `gemm-reduce${bias ? "-bias" : ""}${tail ? "-tail" : ""}`, code },
+    uniforms: packI32([n, splits, bias?.inner ?? 1, bias?.len ?? 1, ...(tail ? [tail.from] : [])]),
+    buffers: [...(bias ? ["partials", bias.name, "out"] : ["partials", "out"]), ...(tail ? [tail.name] : [])],
+    writes: tail ? ["out", tail.name] : ["out"],
     workgroups: foldWorkgroups(Math.ceil(n / REDUCE_WG)),
   };
 }
@@ -326,6 +332,12 @@ export interface TexGemmSpec {
   epilogueSetup?: string;
   /** Statements after the loop that {@link outIndex} reads (emitted for split kernels too). */
   storeSetup?: string;
+  /**
+   * Also sum each column's B values over k: a weight gradient's B is dy, so these are the bias gradient, and
+   * no separate reduction pass is needed. Row block 0 stores them: without a split to the binding `sums`
+   * (after `out`), with one into the partials after the block's outputs, at `outElems - cols + column`.
+   */
+  columnSums?: boolean;
 }
 
 const TEX_BASE_PARAMS = [
@@ -401,6 +413,9 @@ export function texGemmCode(t: TexGemmSpec, split: boolean): string {
     }
   });
   lines.push(`@group(0) @binding(${t.inputs.length + 1}) var<storage, read_write> out: array<f32>;`);
+  if (t.columnSums && !split) {
+    lines.push(`@group(0) @binding(${t.inputs.length + 2}) var<storage, read_write> sums: array<f32>;`);
+  }
   if (t.decls) lines.push(t.decls);
   lines.push(`fn fma4(a: vec4f, b: vec4f, c: f32) -> f32 {
   return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, c))));
@@ -425,6 +440,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   for (const j of range(tn)) lines.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
   lines.push(t.setup);
   for (const i of range(tm)) for (const j of range(tn)) lines.push(`  var c_${i}_${j} = 0.0;`);
+  if (t.columnSums) { for (const j of range(tn)) lines.push(`  var colSum_${j} = 0.0;`); }
   lines.push("  for (var ks = stepBegin; ks < stepEnd; ks++) {");
   if (t.preStep) lines.push(t.preStep);
   const comp = ["x", "y", "z", "w"];
@@ -486,6 +502,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
   }
   lines.push(...accumulate);
+  if (t.columnSums) {
+    for (const j of range(tn)) {
+      const terms = kSub % 4 === 0
+        ? range(kSub / 4).map((g) => `dot(${kVector(t.b, "tb", j, g)}, vec4f(1.0))`)
+        : range(kSub).map((st) => value(t.b, "tb", j, st));
+      lines.push(`    colSum_${j} += ${terms.join(" + ")};`);
+    }
+  }
   if (t.postStep) lines.push(t.postStep);
   lines.push("  }");
   if (!split && t.epilogueSetup) lines.push(t.epilogueSetup);
@@ -503,6 +527,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       const v = split ? `c_${i}_${j}` : (t.epilogue ? t.epilogue(`c_${i}_${j}`, i, j) : `c_${i}_${j}`);
       const target = split ? `split * u.outElems + ${idx}` : idx;
       lines.push(`  if (storeRow_${i} & storeCol_${j}) { out[${target}] = ${v}; }`);
+    }
+  }
+  if (t.columnSums) {
+    const target = (j: number) =>
+      split ? `out[split * u.outElems + u.outElems - u.cols + col0 + ${j}]` : `sums[col0 + ${j}]`;
+    for (const j of range(tn)) {
+      lines.push(`  if ((rowBlock == 0) & storeCol_${j}) { ${target(j)} = colSum_${j}; }`);
     }
   }
   lines.push("}");

@@ -76,9 +76,12 @@ export interface KernelPlan {
   steps: KernelStep[];
   /** Set by plans asked for a ReLU epilogue (e.g. the convolutions'): whether `out` already has it. */
   appliesRelu?: boolean;
-  /** Set by plans that may be asked for a bias epilogue they cannot give (a transposed convolution's
-   * storage-path fallback): whether `out` already has the bias. */
+  /** Set by plans asked for a bias they may not be able to give: whether `out` already has the bias (a
+   * transposed convolution's epilogue), or whether the plan writes the bias gradient `db` (a weight
+   * gradient's column sums). */
   appliesBias?: boolean;
+  /** Set by plans asked to add a residual `res` to their output: whether `out` already has it. */
+  appliesResidual?: boolean;
 }
 
 /** Splits a workgroup count over x and y so that neither exceeds `maxPerDim`. Kernels then use

@@ -22,15 +22,18 @@ import { add, map } from "./elementwise.ts";
 import { sum } from "./reduce.ts";
 import { reluBiasGradPlan } from "../../wgsl/reduce.ts";
 import { concat, pad, reshape, slice } from "./shape.ts";
+import { fusionEnabled } from "../fusion.ts";
 
 // Plans by shape, built once (their WGSL source is long).
-const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, relu: boolean) =>
-  conv2dForwardPlan(s, hasBias, undefined, undefined, undefined, relu)
+const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, relu: boolean, residual: boolean) =>
+  conv2dForwardPlan(s, hasBias, undefined, undefined, undefined, relu, residual)
 );
-const inputGradPlan = memoizePlans((s: Conv2dShape, hasBias: boolean) =>
-  conv2dInputGradPlan(s, undefined, undefined, hasBias)
+const inputGradPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, residual: boolean) =>
+  conv2dInputGradPlan(s, undefined, undefined, hasBias, residual)
 );
-const weightGradPlan = memoizePlans((s: Conv2dShape) => conv2dWeightGradPlan(s));
+const weightGradPlan = memoizePlans((s: Conv2dShape, biasGrad: boolean) =>
+  conv2dWeightGradPlan(s, undefined, undefined, biasGrad)
+);
 
 /** A plan's weight-packing step (reads `w`, writes scratch `wp`), split from the rest of the plan. */
 interface PackSplit {
@@ -102,6 +105,9 @@ export interface Conv2dOnlyOptions extends Conv2dOptions {
   /** Apply ReLU to the output: `relu(conv2d(...))` in one op, fused into the kernel's output write where
    * the kernel allows (default false). */
   relu?: boolean;
+  /** A tensor of the output's shape added to the output, `add(conv2d(...), residual)` in one op, fused into
+   * the kernel's output write where the kernel allows (a residual connection). Not with `relu`. */
+  residual?: Tensor;
 }
 
 /** Options of {@link convTranspose2d}. */
@@ -172,38 +178,67 @@ export function conv2d(
   const [Cout, , kh, kw] = w.shape;
   const s = convShape(N, Cin, H, W, Cout, kh, kw, options);
   const relu = options.relu ?? false;
+  const residual = options.residual ?? null;
+  if (residual) {
+    if (relu) throw new Error("conv2d: `relu` and `residual` together are not supported");
+    const want = [N, Cout, s.Hout, s.Wout];
+    if (residual.rank !== 4 || residual.shape.some((d, i) => d !== want[i])) {
+      throw new Error(`conv2d: residual ${residual.describe()} does not match the output shape [${want}]`);
+    }
+    // Large convolutions run in bands (fitsBindings); their residual is a separate add.
+    if (s.Hout > 1 && !fitsBindings(s, !!bias)) {
+      const y = conv2d(x, w, bias, { ...options, residual: undefined });
+      const out = add(y, residual);
+      y.dispose();
+      return out;
+    }
+  }
   if (s.Hout > 1 && !fitsBindings(s, !!bias)) return conv2dInBands(x, w, bias, s, relu);
   const e = engine();
-  const inputs: Record<string, Tensor> = bias ? { x, w, bias } : { x, w };
-  const y = e.op(relu ? "conv2d+relu" : "conv2d", () => {
-    const plan = forwardPlan(s, !!bias, relu);
+  const inputs: Record<string, Tensor> = { x, w };
+  if (bias) inputs.bias = bias;
+  if (residual) inputs.res = residual;
+  const name = relu ? "conv2d+relu" : residual ? "conv2d+residual" : "conv2d";
+  const y = e.op(name, () => {
+    const plan = forwardPlan(s, !!bias, relu, !!residual);
     const out = runPacked(plan, inputs, Tensor.empty([N, Cout, s.Hout, s.Wout]));
+    if (residual && !plan.appliesResidual) {
+      const sum = add(out, residual);
+      out.dispose();
+      return sum;
+    }
     if (!relu || plan.appliesRelu) return out;
     const activated = map("max(a, 0.0)", [out]); // a split kernel: the bias came in its reduction
     out.dispose();
     return activated;
   });
   // With ReLU the rule first masks the incoming gradient where the output is zero (relu'(v) = [v > 0] =
-  // [relu(v) > 0]), so it keeps the output, not the pre-activation.
+  // [relu(v) > 0]), so it keeps the output, not the pre-activation. A residual's gradient is the output's.
   return record(
-    relu ? "conv2d+relu" : "conv2d",
-    bias ? [x, w, bias] : [x, w],
+    name,
+    [x, w, ...(bias ? [bias] : []), ...(residual ? [residual] : [])],
     y,
-    (g, [sx, sw, sy]) =>
+    (g, [sx, sw, sy], priors) =>
       e.op("conv2d backward", () => {
-        // With ReLU and a bias, the masked gradient and the bias gradient come from one pass where it fits.
-        const fused = relu && bias?.requiresGrad ? reluBiasGradPlan(N, Cout, s.Hout * s.Wout) : null;
+        // The bias gradient comes from the weight-gradient kernel's column sums where it can; otherwise,
+        // with ReLU, from the pass that masks the gradient, else from a sum.
+        const biasGrad = bias?.requiresGrad === true;
+        const dwPlan = w.requiresGrad ? weightGradPlan(s, biasGrad && fusionEnabled()) : null;
+        const dbInDw = dwPlan?.appliesBias === true;
+        const fused = relu && biasGrad && !dbInDw ? reluBiasGradPlan(N, Cout, s.Hout * s.Wout) : null;
         let dy = g, db: Tensor | null = null;
         if (fused) {
           dy = Tensor.empty(g.shape);
           db = Tensor.empty([Cout]);
           e.runPlan(fused, { g: g.buffer, y: sy.buffer, out: dy.buffer, db: db.buffer });
         } else if (relu) dy = map("select(0.0, a, b > 0.0)", [g, sy]);
-        const grads = [
-          x.requiresGrad ? runPacked(inputGradPlan(s, false), { dy, w: sw }, Tensor.empty(x.shape)) : null,
-          w.requiresGrad ? run(weightGradPlan(s), { x: sx, dy }, Tensor.empty(w.shape)) : null,
-          bias?.requiresGrad ? (db ?? sum(dy, [0, 2, 3])) : null,
+        if (dbInDw) db = Tensor.empty([Cout]);
+        const grads: (Tensor | null)[] = [
+          x.requiresGrad ? inputGrad(s, dy, sw, priors) : null,
+          dwPlan ? run(dwPlan, dbInDw ? { x: sx, dy, db: db! } : { x: sx, dy }, Tensor.empty(w.shape)) : null,
         ];
+        if (bias) grads.push(biasGrad ? (db ?? sum(dy, [0, 2, 3])) : null);
+        if (residual) grads.push(residual.requiresGrad ? g.view(g.shape, false) : null);
         if (dy !== g) dy.dispose();
         return grads;
       }),
@@ -211,11 +246,29 @@ export function conv2d(
   );
 }
 
+/** The input gradient of a convolution; where the kernel can, it adds the gradient x has gathered so far
+ * (`priors[0]`) in its output write and takes it over (sets the entry to null). */
+function inputGrad(s: Conv2dShape, dy: Tensor, w: Tensor, priors: (Tensor | null)[]): Tensor {
+  const prior = fusionEnabled() ? priors[0] : null;
+  if (prior) {
+    const plan = inputGradPlan(s, false, true);
+    if (plan.appliesResidual) {
+      priors[0] = null;
+      return runPacked(plan, { dy, w, res: prior }, Tensor.empty(prior.shape));
+    }
+  }
+  return runPacked(inputGradPlan(s, false, false), { dy, w }, Tensor.empty([s.N, s.Cin, s.H, s.W]));
+}
+
 /** Whether every tensor and scratch buffer of the forward and backward plans fits one storage binding. */
 function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
   const limit = engine().maxBindingBytes / 4;
   const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
-  const plans = [forwardPlan(s, hasBias, false), inputGradPlan(s, false), weightGradPlan(s)];
+  const plans = [
+    forwardPlan(s, hasBias, false, false),
+    inputGradPlan(s, false, false),
+    weightGradPlan(s, true),
+  ];
   return tensors.every((n) => n <= limit) &&
     plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
 }
@@ -280,7 +333,7 @@ export function convTranspose2d(
   if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options, Ho, Wo);
   const e = engine();
   // The bias is added in the kernel's output write where the plan can (the texture paths), else after.
-  const plan = inputGradPlan(s, !!bias);
+  const plan = inputGradPlan(s, !!bias, false);
   const fusedBias = bias !== null && plan.appliesBias === true;
   const inputs: Record<string, Tensor> = fusedBias ? { dy: x, w, bias } : { dy: x, w };
   const y = e.op("convTranspose2d", () => runPacked(plan, inputs, Tensor.empty([N, Cout, Ho, Wo])));
@@ -291,9 +344,9 @@ export function convTranspose2d(
     (g, [sx, sw]) =>
       e.op("convTranspose2d backward", () => [
         x.requiresGrad
-          ? runPacked(forwardPlan(s, false, false), { x: g, w: sw }, Tensor.empty(x.shape))
+          ? runPacked(forwardPlan(s, false, false, false), { x: g, w: sw }, Tensor.empty(x.shape))
           : null,
-        w.requiresGrad ? run(weightGradPlan(s), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
+        w.requiresGrad ? run(weightGradPlan(s, false), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
         fusedBias && bias.requiresGrad ? sum(g, [0, 2, 3]) : null,
       ]),
     [x, w],
