@@ -942,11 +942,12 @@ function inputGradTexPlan(
 }
 
 /**
- * Stride-1 weight gradient reading x and dy in place (NCHW rows of whole texels; no repacks): rows =
+ * Weight gradient at stride 1 or 2 reading x and dy in place (NCHW rows of whole texels; no repacks): rows =
  * (ci, kernel row r, tap column q) in the weight's own order, columns = Cout, k = (n, oh, 4 output pixels).
  * One dy texel is 4 neighbouring output pixels of one channel row; the x values they meet at the kw taps of
- * one (ci, r) lie in one row window of a few texels, loaded once per iteration for the kw rows of the block
- * that share it, so `tm` is a multiple of kw. Needs W and Wout multiples of 4; the caller checks stride 1.
+ * one (ci, r) lie in one row window of a few texels (4 * stride pixels wide), loaded once per iteration for
+ * the kw rows of the block that share it, so `tm` is a multiple of kw. Needs W and Wout multiples of 4; the
+ * caller checks the stride (at most DIRECT_MAX_STRIDE).
  */
 function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean): KernelPlan | null {
   const { tn, wg } = tile;
@@ -959,7 +960,8 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
   const groups = tm / s.kw;
   // Window of the 4 output pixels' taps in x: texel shift and offset inside the texel (compile-time).
   const off = ((-s.padW % 4) + 4) % 4;
-  const texels = Math.ceil((off + 4 + (s.kw - 1) * s.dilW) / 4);
+  const sH = s.strideH, sW = s.strideW;
+  const texels = Math.ceil((off + 3 * sW + 1 + (s.kw - 1) * s.dilW) / 4);
   const rows = s.Cin * taps, cols = s.Cout, steps = s.N * s.Hout * (s.Wout / 4);
   const outSize = cols * rows;
   const sched = texSchedule(rows, cols, steps, 1, tm, tn);
@@ -976,11 +978,11 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
   setup.push(`  var ow4 = stepBegin % Wo4;
   var oh = (stepBegin / Wo4) % u.Hout;
   var n = stepBegin / (Wo4 * u.Hout);`);
-  const preStep = [`    let t0 = (ow4 * 4 - ${off} - u.Q0) >> 2u;
+  const preStep = [`    let t0 = (ow4 * ${4 * sW} - ${off} - u.Q0) >> 2u;
     let dyb = (n * u.Cout * u.Hout + oh) * Wo4 + ow4;`];
   for (let t = 0; t < texels; t++) preStep.push(`    let colOk_${t} = u32(t0 + ${t}) < u32(W4);`);
   for (let g = 0; g < groups; g++) {
-    preStep.push(`    let ih_${g} = oh + r_${g} * u.dH - u.P0;
+    preStep.push(`    let ih_${g} = oh${sH === 1 ? "" : ` * ${sH}`} + r_${g} * u.dH - u.P0;
     let ok_${g} = ciOk_${g} & (u32(ih_${g}) < u32(u.H));
     let xRow_${g} = ((n * u.Cin + ci_${g}) * u.H + ih_${g}) * W4 + t0;`);
   }
@@ -991,9 +993,10 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
     }
   }
   const comp = ["x", "y", "z", "w"];
-  // Row i is tap column q = i % kw of group i / kw; pixel s of the 4 meets window position off + s + q * dW.
+  // Row i is tap column q = i % kw of group i / kw; pixel s of the 4 meets window position
+  // off + s * sW + q * dW.
   const aValue = (i: number, st: number) => {
-    const p = off + st + (i % s.kw) * s.dilW;
+    const p = off + st * sW + (i % s.kw) * s.dilW;
     return `ta_${Math.floor(i / s.kw)}_${p >> 2}.${comp[p & 3]}`;
   };
   const spec: TexGemmSpec = {
@@ -1026,9 +1029,9 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
   const elems = outSize + (biasGrad ? cols : 0);
   const gemm: KernelStep = {
     kernel: {
-      key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${
-        biasGrad ? "-db" : ""
-      }`,
+      key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}${
+        sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
+      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${biasGrad ? "-db" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -1265,7 +1268,7 @@ export function conv2dWeightGradPlan(
   const extent = { rows: s.Cin * taps, cols: s.Cout, kLen: s.N * s.Hout * s.Wout, batches: 1 };
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
-  if (outSize > 0 && directTile && s.strideH === 1 && s.strideW === 1) {
+  if (outSize > 0 && directTile && s.strideH <= DIRECT_MAX_STRIDE && s.strideW <= DIRECT_MAX_STRIDE) {
     const direct = weightGradDirectPlan(s, directTile, biasGrad);
     if (direct) return direct;
   }
