@@ -595,10 +595,11 @@ function directConvPlan(
   relu = false,
   up?: { kh: number; kw: number },
   residual = false,
+  gate?: string,
 ): KernelPlan | null {
   const { tm, tn, wg } = tile;
   const kk = up ? up.kh * up.kw : 1;
-  if (up && residual) return null;
+  if (up && (residual || gate)) return null;
   if (up && (g.kh !== 1 || g.kw !== 1 || tn % kk !== 0 || g.O % kk !== 0)) return null;
   const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
   const srcFloats = g.N * g.C * g.Hs * g.Ws, wFloats = g.O * taps * C4 * 4;
@@ -639,7 +640,7 @@ function directConvPlan(
   const aLoads = [], bLoads = [];
   for (let cs = 0; cs < 4; cs++) {
     for (let t = 0; t < texels; t++) {
-      aLoads.push({ name: `ta_${cs}_${t}`, texel: `aRow_${cs} + ${t}`, mask: `ok_${cs} & colOk_${t}` });
+      aLoads.push({ name: `ta_${cs}_${t}`, texel: `aRow_${cs} + ${t}`, mask: `ok_${cs} & colOk_${t}`, gate });
     }
   }
   for (let j = 0; j < tn; j++) {
@@ -678,6 +679,7 @@ function directConvPlan(
       { name: "wp", texture: true },
       ...(split ? [] : [{ name: "bias" }]),
       ...(residual && !split ? [{ name: "res" }] : []),
+      ...(gate ? [{ name: gate, texture: true }] : []),
     ],
     setup: setup.join("\n"),
     preStep: preStep.join("\n"),
@@ -714,7 +716,7 @@ function directConvPlan(
         sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
       }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${up ? `-up${up.kh}x${up.kw}` : ""}${
         residual && !split ? "-res" : ""
-      }`,
+      }${gate ? "-gate" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -732,7 +734,7 @@ function directConvPlan(
       ...(split ? [] : [hasBias ? 1 : 0, relu ? 1 : 0]),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
-    textures: [src, "wp"],
+    textures: gate ? [src, "wp", gate] : [src, "wp"],
     writes: [split ? "partials" : "out"],
     workgroups: texWorkgroups(sched, wg),
   };
@@ -750,6 +752,7 @@ function directConvPlan(
     steps: stepsOut,
     appliesRelu: relu && !split,
     ...(residual ? { appliesResidual: !split } : {}),
+    ...(gate ? { appliesGate: true } : {}),
   };
 }
 
@@ -852,6 +855,7 @@ function inputGradTexPlan(
   directTile: TexTile | null,
   hasBias: boolean,
   residual: boolean,
+  gate: boolean,
 ): KernelPlan | null {
   const taps = s.kh * s.kw;
   const P0 = (s.kh - 1) * s.dilH - s.padH, Q0 = (s.kw - 1) * s.dilW - s.padW;
@@ -885,7 +889,7 @@ function inputGradTexPlan(
       false,
       { kh: s.kh, kw: s.kw },
     );
-    if (up) return residual ? { ...up, appliesResidual: false } : up;
+    if (up) return residual || gate ? { ...up, appliesResidual: false, appliesGate: false } : up;
   }
   if (directTile && s.strideH === 1 && s.strideW === 1) {
     // Stride 1: no zeros to insert, so the direct kernel reads dy where it is (no repack of dy).
@@ -912,6 +916,7 @@ function inputGradTexPlan(
       false,
       undefined,
       residual,
+      gate ? "y" : undefined,
     );
     if (direct) return direct;
   }
@@ -938,7 +943,7 @@ function inputGradTexPlan(
     hasBias,
     tile,
   );
-  return core && residual ? { ...core, appliesResidual: false } : core;
+  return core && (residual || gate) ? { ...core, appliesResidual: false, appliesGate: false } : core;
 }
 
 /**
@@ -949,7 +954,12 @@ function inputGradTexPlan(
  * the kw rows of the block that share it, so `tm` is a multiple of kw. Needs W and Wout multiples of 4; the
  * caller checks the stride (at most DIRECT_MAX_STRIDE).
  */
-function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean): KernelPlan | null {
+function weightGradDirectPlan(
+  s: Conv2dShape,
+  tile: TexTile,
+  biasGrad: boolean,
+  gate: boolean,
+): KernelPlan | null {
   const { tn, wg } = tile;
   const taps = s.kh * s.kw;
   const tm = Math.max(s.kw, Math.floor(tile.tm / s.kw) * s.kw);
@@ -1007,11 +1017,19 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
     a: { layout: "custom", loads: aLoads, value: aValue },
     b: {
       layout: "custom",
-      loads: Array.from({ length: tn }, (_, j) => ({ name: `tb_${j}`, texel: `dyb + dyc_${j}` })),
+      loads: Array.from({ length: tn }, (_, j) => ({
+        name: `tb_${j}`,
+        texel: `dyb + dyc_${j}`,
+        gate: gate ? "y" : undefined,
+      })),
       value: (j, st) => `tb_${j}.${comp[st]}`,
     },
     params: ["Cin", "Cout", "H", "W", "Hout", "Wout", "P0", "Q0", "dH"],
-    inputs: [{ name: "x", texture: true }, { name: "dy", texture: true }],
+    inputs: [
+      { name: "x", texture: true },
+      { name: "dy", texture: true },
+      ...(gate ? [{ name: "y", texture: true }] : []),
+    ],
     setup: setup.join("\n"),
     preStep: preStep.join("\n"),
     postStep: `    ow4++;
@@ -1031,7 +1049,7 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
     kernel: {
       key: `conv-dwd-k${s.kh}x${s.kw}-d${s.dilW}-o${off}${
         sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
-      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${biasGrad ? "-db" : ""}`,
+      }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${biasGrad ? "-db" : ""}${gate ? "-gate" : ""}`,
       code: texGemmCode(spec, split),
     },
     uniforms: packI32([
@@ -1046,12 +1064,13 @@ function weightGradDirectPlan(s: Conv2dShape, tile: TexTile, biasGrad: boolean):
       s.padW,
       s.dilH,
     ]),
-    buffers: ["x", "dy", ...outputs(split, biasGrad)],
-    textures: ["x", "dy"],
+    buffers: ["x", "dy", ...(gate ? ["y"] : []), ...outputs(split, biasGrad)],
+    textures: gate ? ["x", "dy", "y"] : ["x", "dy"],
     writes: outputs(split, biasGrad),
     workgroups: texWorkgroups(sched, wg),
   };
-  return splitWeightGrad(gemm, outSize, elems, sched.splits, {}, biasGrad);
+  const plan = splitWeightGrad(gemm, outSize, elems, sched.splits, {}, biasGrad);
+  return gate ? { ...plan, appliesGate: true } : plan;
 }
 
 /** Bindings a weight-gradient GEMM writes: the output (and with `biasGrad` the bias gradient `db`), or the
@@ -1239,9 +1258,10 @@ export function conv2dInputGradPlan(
   directTile: TexTile | null = convTileFor(s.Cin, CONV_DIRECT_TILE.tn),
   hasBias = false,
   residual = false,
+  gate = false,
 ): KernelPlan {
   if (s.N * s.Cin * s.H * s.W > 0) {
-    const tex = inputGradTexPlan(s, texTile, directTile, hasBias, residual);
+    const tex = inputGradTexPlan(s, texTile, directTile, hasBias, residual, gate);
     if (tex) return hasBias ? { ...tex, appliesBias: true } : tex;
   }
   const taps = s.kh * s.kw;
@@ -1252,6 +1272,7 @@ export function conv2dInputGradPlan(
     ...plan,
     ...(hasBias ? { appliesBias: false } : {}),
     ...(residual ? { appliesResidual: false } : {}),
+    ...(gate ? { appliesGate: false } : {}),
   };
 }
 
@@ -1262,6 +1283,7 @@ export function conv2dWeightGradPlan(
   texTile: TexTile = convTileFor(s.Cout, CONV_TEX_TILE.tn),
   directTile: TexTile | null = texTile,
   biasGrad = false,
+  gate = false,
 ): KernelPlan {
   const taps = s.kh * s.kw;
   const tile = { ...convTile(s.Cout, 4) };
@@ -1269,13 +1291,13 @@ export function conv2dWeightGradPlan(
   const outSize = s.Cout * s.Cin * taps;
   if (extent.kLen === 0) throw new Error("conv2dWeightGradPlan: empty output positions");
   if (outSize > 0 && directTile && s.strideH <= DIRECT_MAX_STRIDE && s.strideW <= DIRECT_MAX_STRIDE) {
-    const direct = weightGradDirectPlan(s, directTile, biasGrad);
+    const direct = weightGradDirectPlan(s, directTile, biasGrad, gate);
     if (direct) return direct;
   }
   if (outSize > 0) {
     const tex = weightGradTexPlan(s, texTile, biasGrad);
-    if (tex) return tex;
+    if (tex) return gate ? { ...tex, appliesGate: false } : tex;
   }
   const plan = convGemmPlan("dw", s, extent, tile, weightGradHooks(s, tile), outSize);
-  return biasGrad ? { ...plan, appliesBias: false } : plan;
+  return { ...plan, ...(biasGrad ? { appliesBias: false } : {}), ...(gate ? { appliesGate: false } : {}) };
 }

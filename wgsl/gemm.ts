@@ -296,8 +296,9 @@ export type TexOperand =
     /** Any other arrangement: the operand lists its texel loads and says where each value lies. */
     layout: "custom";
     /** The loads of one iteration: `name` (declared with `let`) = texel `texel`, or zero where the bool WGSL
-     * expression `mask` is false. */
-    loads: { name: string; texel: string; mask?: string }[];
+     * expression `mask` is false; with `gate` (a texture input of the same layout), also zero in each
+     * component where the gate's texel is not positive (a ReLU's backward mask, read from its output). */
+    loads: { name: string; texel: string; mask?: string; gate?: string }[];
     /** f32 WGSL expression (over the loaded names) for block row (column) `idx` at k sub-step `s`. */
     value: (idx: number, s: number) => string;
   };
@@ -448,7 +449,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   const loads = (op: TexOperand, tex: string, p: string, n: number) => {
     if (op.layout === "custom") {
       for (const l of op.loads) {
-        const v = `ld_${tex}(${l.texel})`;
+        const raw = `ld_${tex}(${l.texel})`;
+        const v = l.gate ? `select(vec4f(0.0), ${raw}, ld_${l.gate}(${l.texel}) > vec4f(0.0))` : raw;
         lines.push(`    let ${l.name} = ${l.mask ? `select(vec4f(0.0), ${v}, ${l.mask})` : v};`);
       }
     } else if (op.layout === "k") {

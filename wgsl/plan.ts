@@ -82,6 +82,9 @@ export interface KernelPlan {
   appliesBias?: boolean;
   /** Set by plans asked to add a residual `res` to their output: whether `out` already has it. */
   appliesResidual?: boolean;
+  /** Set by plans asked to gate their `dy` by a ReLU's output `y` (zero where y <= 0; a convolution+ReLU's
+   * backward): whether they read dy gated, so that no masked copy of dy is needed. */
+  appliesGate?: boolean;
 }
 
 /** Splits a workgroup count over x and y so that neither exceeds `maxPerDim`. Kernels then use

@@ -28,11 +28,11 @@ import { fusionEnabled } from "../fusion.ts";
 const forwardPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, relu: boolean, residual: boolean) =>
   conv2dForwardPlan(s, hasBias, undefined, undefined, undefined, relu, residual)
 );
-const inputGradPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, residual: boolean) =>
-  conv2dInputGradPlan(s, undefined, undefined, hasBias, residual)
+const inputGradPlan = memoizePlans((s: Conv2dShape, hasBias: boolean, residual: boolean, gate: boolean) =>
+  conv2dInputGradPlan(s, undefined, undefined, hasBias, residual, gate)
 );
-const weightGradPlan = memoizePlans((s: Conv2dShape, biasGrad: boolean) =>
-  conv2dWeightGradPlan(s, undefined, undefined, biasGrad)
+const weightGradPlan = memoizePlans((s: Conv2dShape, biasGrad: boolean, gate: boolean) =>
+  conv2dWeightGradPlan(s, undefined, undefined, biasGrad, gate)
 );
 
 /** A plan's weight-packing step (reads `w`, writes scratch `wp`), split from the rest of the plan. */
@@ -220,44 +220,67 @@ export function conv2d(
     y,
     (g, [sx, sw, sy], priors) =>
       e.op("conv2d backward", () => {
-        // The bias gradient comes from the weight-gradient kernel's column sums where it can; otherwise,
-        // with ReLU, from the pass that masks the gradient, else from a sum.
-        const biasGrad = bias?.requiresGrad === true;
-        const dwPlan = w.requiresGrad ? weightGradPlan(s, biasGrad && fusionEnabled()) : null;
-        const dbInDw = dwPlan?.appliesBias === true;
-        const fused = relu && biasGrad && !dbInDw ? reluBiasGradPlan(N, Cout, s.Hout * s.Wout) : null;
-        let dy = g, db: Tensor | null = null;
-        if (fused) {
-          dy = Tensor.empty(g.shape);
-          db = Tensor.empty([Cout]);
-          e.runPlan(fused, { g: g.buffer, y: sy.buffer, out: dy.buffer, db: db.buffer });
-        } else if (relu) dy = map("select(0.0, a, b > 0.0)", [g, sy]);
-        if (dbInDw) db = Tensor.empty([Cout]);
-        const grads: (Tensor | null)[] = [
-          x.requiresGrad ? inputGrad(s, dy, sw, priors) : null,
-          dwPlan ? run(dwPlan, dbInDw ? { x: sx, dy, db: db! } : { x: sx, dy }, Tensor.empty(w.shape)) : null,
-        ];
-        if (bias) grads.push(biasGrad ? (db ?? sum(dy, [0, 2, 3])) : null);
+        const grads = convBackward(s, { x, w, bias }, g, sx, sw, relu ? sy : null, priors);
         if (residual) grads.push(residual.requiresGrad ? g.view(g.shape, false) : null);
-        if (dy !== g) dy.dispose();
         return grads;
       }),
     relu ? [x, w, y] : [x, w],
   );
 }
 
-/** The input gradient of a convolution; where the kernel can, it adds the gradient x has gathered so far
- * (`priors[0]`) in its output write and takes it over (sets the entry to null). */
-function inputGrad(s: Conv2dShape, dy: Tensor, w: Tensor, priors: (Tensor | null)[]): Tensor {
-  const prior = fusionEnabled() ? priors[0] : null;
-  if (prior) {
-    const plan = inputGradPlan(s, false, true);
-    if (plan.appliesResidual) {
-      priors[0] = null;
-      return runPacked(plan, { dy, w, res: prior }, Tensor.empty(prior.shape));
-    }
+/**
+ * Gradients of a convolution (+ ReLU when `y`, its output, is given) for x, w and the bias (when there is
+ * one), from the output gradient `g`. With fusion on, the kernels do more than their products where they can:
+ * - the weight gradient also sums dy's columns: the bias gradient;
+ * - the input gradient adds the gradient x has gathered so far (`priors[0]`, then set to null);
+ * - with ReLU, both read g gated by y > 0, so no masked copy of g is written. Only if every kernel needed can
+ *   gate (and the bias gradient comes from the weight gradient); otherwise one pass masks g (and sums the
+ *   bias gradient with it).
+ */
+function convBackward(
+  s: Conv2dShape,
+  p: { x: Tensor; w: Tensor; bias: Tensor | null },
+  g: Tensor,
+  sx: Tensor,
+  sw: Tensor,
+  y: Tensor | null,
+  priors: (Tensor | null)[],
+): (Tensor | null)[] {
+  const e = engine();
+  const fusing = fusionEnabled();
+  const biasGrad = p.bias?.requiresGrad === true;
+  const prior = fusing && p.x.requiresGrad ? priors[0] : null;
+  const plans = (gate: boolean) => ({
+    dx: p.x.requiresGrad ? inputGradPlan(s, false, !!prior, gate) : null,
+    dw: p.w.requiresGrad ? weightGradPlan(s, biasGrad && fusing, gate) : null,
+  });
+  let { dx, dw } = plans(!!y && fusing);
+  const gated = !!y && fusing && (!dx || dx.appliesGate === true) && (!dw || dw.appliesGate === true) &&
+    (!biasGrad || dw?.appliesBias === true);
+  if (y && fusing && !gated) ({ dx, dw } = plans(false));
+  const dbInDw = dw?.appliesBias === true;
+  const masked = y && !gated && biasGrad && !dbInDw ? reluBiasGradPlan(s.N, s.Cout, s.Hout * s.Wout) : null;
+  let dy = g, db: Tensor | null = null;
+  if (masked) {
+    dy = Tensor.empty(g.shape);
+    db = Tensor.empty([s.Cout]);
+    e.runPlan(masked, { g: g.buffer, y: y!.buffer, out: dy.buffer, db: db.buffer });
+  } else if (y && !gated) dy = map("select(0.0, a, b > 0.0)", [g, y]);
+  if (dbInDw) db = Tensor.empty([s.Cout]);
+  const gate: Record<string, Tensor> = gated ? { y: y! } : {};
+  let dxOut: Tensor | null = null;
+  if (dx) {
+    const res = prior && dx.appliesResidual === true ? prior : null;
+    if (res) priors[0] = null;
+    dxOut = runPacked(dx, { dy, w: sw, ...gate, ...(res ? { res } : {}) }, Tensor.empty(p.x.shape));
   }
-  return runPacked(inputGradPlan(s, false, false), { dy, w }, Tensor.empty([s.N, s.Cin, s.H, s.W]));
+  const grads: (Tensor | null)[] = [
+    dxOut,
+    dw ? run(dw, { x: sx, dy, ...gate, ...(dbInDw ? { db: db! } : {}) }, Tensor.empty(p.w.shape)) : null,
+  ];
+  if (p.bias) grads.push(biasGrad ? (db ?? sum(dy, [0, 2, 3])) : null);
+  if (dy !== g) dy.dispose();
+  return grads;
 }
 
 /** Whether every tensor and scratch buffer of the forward and backward plans fits one storage binding. */
@@ -266,8 +289,8 @@ function fitsBindings(s: Conv2dShape, hasBias: boolean): boolean {
   const tensors = [s.N * s.Cin * s.H * s.W, s.N * s.Cout * s.Hout * s.Wout, s.Cout * s.Cin * s.kh * s.kw];
   const plans = [
     forwardPlan(s, hasBias, false, false),
-    inputGradPlan(s, false, false),
-    weightGradPlan(s, true),
+    inputGradPlan(s, false, false, false),
+    weightGradPlan(s, true, false),
   ];
   return tensors.every((n) => n <= limit) &&
     plans.every((p) => Object.values(p.scratch).every((n) => n <= limit));
@@ -333,7 +356,7 @@ export function convTranspose2d(
   if (H > 1 && !fitsBindings(s, false)) return convTranspose2dInBands(x, w, bias, options, Ho, Wo);
   const e = engine();
   // The bias is added in the kernel's output write where the plan can (the texture paths), else after.
-  const plan = inputGradPlan(s, !!bias, false);
+  const plan = inputGradPlan(s, !!bias, false, false);
   const fusedBias = bias !== null && plan.appliesBias === true;
   const inputs: Record<string, Tensor> = fusedBias ? { dy: x, w, bias } : { dy: x, w };
   const y = e.op("convTranspose2d", () => runPacked(plan, inputs, Tensor.empty([N, Cout, Ho, Wo])));
@@ -346,7 +369,7 @@ export function convTranspose2d(
         x.requiresGrad
           ? runPacked(forwardPlan(s, false, false, false), { x: g, w: sw }, Tensor.empty(x.shape))
           : null,
-        w.requiresGrad ? run(weightGradPlan(s, false), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
+        w.requiresGrad ? run(weightGradPlan(s, false, false), { x: g, dy: sx }, Tensor.empty(w.shape)) : null,
         fusedBias && bias.requiresGrad ? sum(g, [0, 2, 3]) : null,
       ]),
     [x, w],
