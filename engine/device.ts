@@ -11,7 +11,13 @@
 
 import { BufferPool, type MemoryStats } from "./pool.ts";
 import { UserError } from "./errors.ts";
-import { type KernelPlan, type KernelSource, type KernelStep, TEXTURE_ROW_TEXELS } from "../wgsl/plan.ts";
+import {
+  type DeferredBatch,
+  type KernelPlan,
+  type KernelSource,
+  type KernelStep,
+  TEXTURE_ROW_TEXELS,
+} from "../wgsl/plan.ts";
 
 /** {@link Engine.memory}: the buffer pool's counters and the operand textures' bytes. */
 export interface EngineMemoryStats extends MemoryStats {
@@ -125,6 +131,13 @@ export interface DerivedRepack {
   batch: (steps: KernelStep[]) => Pick<KernelStep, "kernel" | "uniforms" | "workgroups">;
 }
 
+/** A deferred step ({@link KernelStep.defer}) with its bound buffers and the scratch buffers it owns. */
+interface DeferredJob {
+  step: KernelStep;
+  buffers: GPUBuffer[];
+  owned: GPUBuffer[];
+}
+
 /** Most derived buffers one batched refill dispatch takes (besides the adapter's storage-binding limit). */
 const MAX_REPACK_BATCH = 8;
 
@@ -181,6 +194,14 @@ export class Engine {
   #stale = new Map<GPUBuffer, Map<string, { target: GPUBuffer; repack: DerivedRepack }>>();
   /** The repack of each batchable derived buffer, by source and key. */
   #repacks = new Map<GPUBuffer, Map<string, DerivedRepack>>();
+  /** Deferred steps ({@link KernelStep.defer}) by kind, with their bound buffers and the scratch they own. */
+  #deferred = new Map<string, { kind: DeferredBatch; jobs: DeferredJob[] }>();
+  /** The buffers deferred steps read and write: reading one they write, or writing or releasing one they
+   * use, runs the deferred steps first. */
+  #deferredReads = new Set<GPUBuffer>();
+  #deferredWrites = new Set<GPUBuffer>();
+  /** Stand-ins bound to the empty slots of a batched deferred dispatch. */
+  #slotDummies: GPUBuffer[] = [];
   #pass: GPUComputePassEncoder | null = null;
   #uniformBuffer: GPUBuffer;
   #uniformData = new Uint8Array(UNIFORM_SLOT * UNIFORM_SLOTS);
@@ -267,7 +288,10 @@ export class Engine {
     powerPreference?: GPUPowerPreference,
   ) {
     this.pool = new BufferPool(device);
-    this.pool.onRelease = (buffer) => this.#dropDerived(buffer);
+    this.pool.onRelease = (buffer) => {
+      this.#touch(buffer, true);
+      this.#dropDerived(buffer);
+    };
     // WebGPU raises requested limits below the spec default up to it; honour a smaller request ourselves.
     this.#bindingLimit = Math.min(device.limits.maxStorageBufferBindingSize, requestedBindingLimit);
     this.adapterDescription = adapterInfo?.description || adapterInfo?.vendor || "unknown adapter";
@@ -729,6 +753,9 @@ export class Engine {
       this.#pendingTextures = [];
       return;
     }
+    if (this.#deferredWrites.size > 0) {
+      bindings.forEach((b, i) => "buffer" in b && this.#touch(b.buffer, kinds[i] === "w"));
+    }
     if (this.#uniformUsed === UNIFORM_SLOTS) this.flush();
     if (this.#derived.size > 0) {
       bindings.forEach((b, i) => kinds[i] === "w" && "buffer" in b && this.#invalidateDerived(b.buffer));
@@ -808,6 +835,7 @@ export class Engine {
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
     if (this.#collecting) return null as unknown as GPUTextureView; // never bound: nothing is recorded
+    this.#touch(buffer, false);
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
@@ -884,8 +912,88 @@ export class Engine {
     }
     // Texture copies of scratch buffers cover the plan's requested size, not the pooled bucket's.
     const extents = { ...plan.scratch, ...sizes };
-    for (const step of plan.steps) this.#runStep(step, bound, extents);
-    for (const b of scratch) this.pool.release(b);
+    const owned = new Set<GPUBuffer>();
+    for (const step of plan.steps) {
+      if (step.defer) this.#defer(step, step.defer, bound, scratch, owned);
+      else this.#runStep(step, bound, extents);
+    }
+    for (const b of scratch) if (!owned.has(b)) this.pool.release(b);
+  }
+
+  /** Keeps a deferred step (and the scratch buffers it binds, added to `owned`) until its buffers are used. */
+  #defer(
+    step: KernelStep,
+    kind: DeferredBatch,
+    bound: Record<string, GPUBuffer>,
+    scratch: GPUBuffer[],
+    owned: Set<GPUBuffer>,
+  ): void {
+    if (this.#collecting) {
+      // A dry run compiles the batched kernel the step will run in.
+      const size = kind.size(this.#storageBindings());
+      const batch = kind.batch([step], size);
+      this.dispatch(batch.kernel, batch.uniforms, [], this.#slotKinds(step, size), batch.workgroups);
+      return;
+    }
+    const buffers = step.buffers.map((name) => {
+      const buffer = bound[name];
+      if (!buffer) throw new Error(`${step.kernel.key}: plan buffer '${name}' is not bound`);
+      return buffer;
+    });
+    if (step.textures?.length || step.ranges) {
+      throw new Error(`${step.kernel.key}: a deferred step binds storage only`);
+    }
+    // Deferred steps run in the order they came: one that conflicts with an earlier one runs after it.
+    const writes = (i: number) => step.writes.includes(step.buffers[i]);
+    buffers.forEach((b, i) => this.#touch(b, writes(i)));
+    const mine = buffers.filter((b) => scratch.includes(b));
+    for (const b of mine) owned.add(b);
+    let entry = this.#deferred.get(kind.key);
+    if (!entry) this.#deferred.set(kind.key, entry = { kind, jobs: [] });
+    entry.jobs.push({ step, buffers, owned: mine });
+    buffers.forEach((b, i) => (writes(i) ? this.#deferredWrites : this.#deferredReads).add(b));
+  }
+
+  /** Binding kinds of a batched deferred dispatch of `size` slots of `step`'s bindings. */
+  #slotKinds(step: KernelStep, size: number): BindingKind[] {
+    const one = step.buffers.map((name): BindingKind => step.writes.includes(name) ? "w" : "r");
+    return Array.from({ length: size }, () => one).flat();
+  }
+
+  /** Runs the deferred steps if recording a read (or, with `write`, a write or release) of `buffer` now
+   * would overtake them: they write it, or (a write) they read it. */
+  #touch(buffer: GPUBuffer, write: boolean): void {
+    if (this.#deferredWrites.size === 0) return;
+    if (this.#deferredWrites.has(buffer) || (write && this.#deferredReads.has(buffer))) this.#runDeferred();
+  }
+
+  /** Records every deferred step: per kind, `size` per dispatch (empty slots bind stand-ins). */
+  #runDeferred(): void {
+    const kinds = [...this.#deferred.values()];
+    this.#deferred.clear();
+    this.#deferredReads.clear();
+    this.#deferredWrites.clear();
+    for (const { kind, jobs } of kinds) {
+      const size = kind.size(this.#storageBindings());
+      const kinds = this.#slotKinds(jobs[0].step, size);
+      const perSlot = jobs[0].buffers.length;
+      for (let i = 0; i < jobs.length; i += size) {
+        const part = jobs.slice(i, i + size);
+        const batch = kind.batch(part.map((j) => j.step), size);
+        const bindings = kinds.map((_, b) => ({
+          buffer: part[Math.floor(b / perSlot)]?.buffers[b % perSlot] ?? this.#slotDummy(b),
+        }));
+        this.dispatch(batch.kernel, batch.uniforms, bindings, kinds, batch.workgroups);
+      }
+      for (const job of jobs) for (const b of job.owned) this.pool.release(b);
+    }
+  }
+
+  #slotDummy(i: number): GPUBuffer {
+    while (this.#slotDummies.length <= i) {
+      this.#slotDummies.push(this.device.createBuffer({ size: 16, usage: USAGE_STORAGE }));
+    }
+    return this.#slotDummies[i];
   }
 
   #runStep(step: KernelStep, bound: Record<string, GPUBuffer>, sizes: Record<string, number>): void {
@@ -1010,6 +1118,8 @@ export class Engine {
   /** Records a buffer-to-buffer copy. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     if (this.#collecting) return;
+    this.#touch(src, false);
+    this.#touch(dst, true);
     this.#invalidateDerived(dst);
     this.#commandEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
@@ -1017,6 +1127,7 @@ export class Engine {
   /** Records zero-filling `bytes` bytes of `buffer` from `offset` (both multiples of 4). */
   clear(buffer: GPUBuffer, offset: number, bytes: number): void {
     if (this.#collecting) return;
+    this.#touch(buffer, true);
     this.#invalidateDerived(buffer);
     this.#commandEncoder().clearBuffer(buffer, offset, bytes);
   }
@@ -1025,6 +1136,7 @@ export class Engine {
    * before earlier recorded reads of it run). */
   write(buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
     if (this.#collecting) return;
+    this.#touch(buffer, true);
     this.#invalidateDerived(buffer);
     if (this.#encoder) this.flush();
     this.device.queue.writeBuffer(buffer, offset, data.buffer, data.byteOffset, data.byteLength);
@@ -1090,6 +1202,7 @@ export class Engine {
   /** Reads `bytes` bytes of a buffer back to the CPU (submits pending work first). */
   async read(buffer: GPUBuffer, offset: number, bytes: number): Promise<ArrayBuffer> {
     if (this.#collecting) throw new Error("collectPipelines: the collected work must not read data back");
+    this.#touch(buffer, false);
     const staging = this.device.createBuffer({
       size: Math.ceil(bytes / 4) * 4,
       usage: USAGE_MAP_READ | USAGE_COPY_DST,

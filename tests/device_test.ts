@@ -1,6 +1,6 @@
 // Engine plumbing: texture-bound plan inputs and batching.
 import assert from "node:assert/strict";
-import { randomArray, testEngine } from "./_setup.ts";
+import { randomArray, relativeError, testEngine } from "./_setup.ts";
 import * as ops from "../mod.ts";
 import { TEXTURE_WIDTH } from "../engine/device.ts";
 import { foldWorkgroups } from "../wgsl/plan.ts";
@@ -340,4 +340,65 @@ Deno.test("NoAdapterError is a user error (one line from the CLI) that says how 
   assert.match(e.message, /^no WebGPU adapter found \(navigator\.gpu is not available in this runtime\): /);
   assert.match(e.message, /apt-get install -y mesa-vulkan-drivers libvulkan1/);
   assert.ok(!e.message.includes("\n"));
+});
+
+Deno.test("weight-gradient reductions wait for their first use and run batched; values, writes and releases stay right", async () => {
+  const x = ops.tensor(randomArray(2 * 5 * 32 * 32, 91), [2, 5, 32, 32]);
+  const r = ops.tensor(randomArray(2 * 4 * 32 * 32, 92), [2, 4, 32, 32]);
+  const params = Array.from({ length: 12 }, (_, i) => {
+    const w = ops.tensor(randomArray(4 * 5 * 9, 93 + i, -0.5, 0.5), [4, 5, 3, 3]);
+    const b = ops.tensor(randomArray(4, 120 + i), [4]);
+    w.requiresGrad = b.requiresGrad = true;
+    return { w, b };
+  });
+  const all = params.flatMap((p) => [p.w, p.b]);
+  const backward = () =>
+    ops.tidy(() => {
+      let loss = ops.tensor([0], [1]);
+      for (const { w, b } of params) {
+        loss = ops.add(loss, ops.sum(ops.mul(ops.conv2d(x, w, b, { padding: 1 }), r)));
+      }
+      ops.backward(ops.sum(loss));
+    });
+  const clear = () => {
+    for (const p of all) {
+      p.grad?.dispose();
+      p.grad = null;
+    }
+  };
+  const read = async () => Promise.all(all.map((p) => p.grad!.data()));
+  // Reference: the unfused path, whose reductions run at once (no bias gradient in the weight gradient).
+  ops.setFusion(false);
+  backward();
+  const want = await read();
+  clear();
+  ops.setFusion(true);
+
+  backward();
+  const before = testEngine.dispatchCount;
+  const got = await read(); // the first read runs all twelve reductions
+  const size = Math.min(16, Math.floor(testEngine.device.limits.maxStorageBuffersPerShaderStage / 3));
+  assert.equal(testEngine.dispatchCount - before, Math.ceil(12 / size), "twelve reductions, batched");
+  for (const [i, g] of got.entries()) {
+    const err = relativeError(g, want[i]);
+    assert.ok(err <= 1e-5, `gradient ${i}: relative error ${err}`);
+  }
+  clear();
+
+  // A write to a pending gradient runs the reductions first, so they do not overwrite it afterwards.
+  backward();
+  const ones = ops.tensor(new Float32Array(4 * 5 * 9).fill(1), [4, 5, 3, 3]);
+  testEngine.copy(ones.buffer, 0, params[3].w.grad!.buffer, 0, ones.size * 4);
+  assert.deepEqual([...await params[3].w.grad!.data()], [...await ones.data()]);
+  assert.ok(relativeError(await params[4].w.grad!.data(), want[8]) <= 1e-5, "the others are right");
+  clear();
+
+  // Releasing pending gradients unread runs (or drops) their reductions and returns their scratch.
+  await testEngine.sync();
+  const live = testEngine.memory().liveBuffers;
+  backward();
+  clear();
+  await testEngine.sync();
+  assert.equal(testEngine.memory().liveBuffers, live, "no scratch left behind");
+  ops.dispose([x, r, ones, ...all]);
 });

@@ -18,7 +18,13 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelStep, texelCoords, TEXTURE_ROW_TEXELS } from "./plan.ts";
+import {
+  type DeferredBatch,
+  foldWorkgroups,
+  type KernelStep,
+  texelCoords,
+  TEXTURE_ROW_TEXELS,
+} from "./plan.ts";
 
 /** Target bound on the loop iterations of one invocation (llvmpipe stops at 65,535). */
 export const MAX_LOOP_ITERATIONS = 4096;
@@ -255,8 +261,73 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     buffers: [...(bias ? ["partials", bias.name, "out"] : ["partials", "out"]), ...(tail ? [tail.name] : [])],
     writes: tail ? ["out", tail.name] : ["out"],
     workgroups: foldWorkgroups(Math.ceil(n / REDUCE_WG)),
+    // A weight gradient's reduction (with its bias gradient as the tail): nothing reads it before the
+    // optimizer, so a backward pass's reductions run a few per dispatch.
+    ...(tail && !bias ? { defer: REDUCE_TAIL_BATCH } : {}),
   };
 }
+
+/** Most reductions one batched dispatch takes (its uniform block holds 4 numbers per reduction). */
+const MAX_REDUCE_BATCH = 16;
+
+/**
+ * Batched split-K reductions with a tail ({@link reduceSplitsStep}): slot j sums `part{j}` into `out{j}` and
+ * `tail{j}`; invocations are numbered across the slots (slot j from `start`), as in the weight repack.
+ */
+const REDUCE_TAIL_BATCH: DeferredBatch = {
+  key: "gemm-reduce-tail",
+  size: (storageBindings) => Math.max(1, Math.min(MAX_REDUCE_BATCH, Math.floor(storageBindings / 3))),
+  batch: (steps, size) => {
+    if (steps.length < 1 || steps.length > size) throw new Error(`reduce batch: 1 to ${size} steps`);
+    const params = new Int32Array(4 * size);
+    let start = 0;
+    steps.forEach((st, j) => {
+      const [n, splits, , , tailFrom] = new Int32Array(st.uniforms);
+      params.set([start, n, splits, tailFrom], 4 * j);
+      start += n;
+    });
+    for (let j = steps.length; j < size; j++) params.set([start, 0, 0, 0], 4 * j);
+    const slots = Array.from({ length: size }, (_, j) => j);
+    const code = `struct Job { start: i32, n: i32, splits: i32, tailFrom: i32, }
+struct Params { job: array<Job, ${size}>, }
+@group(0) @binding(0) var<uniform> u: Params;
+${
+      slots.map((j) =>
+        `@group(0) @binding(${3 * j + 1}) var<storage, read> part${j}: array<f32>;
+@group(0) @binding(${3 * j + 2}) var<storage, read_write> out${j}: array<f32>;
+@group(0) @binding(${3 * j + 3}) var<storage, read_write> tail${j}: array<f32>;`
+      ).join("\n")
+    }
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let g = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
+  var j = 0;
+  for (var m = 1; m < ${size}; m++) {
+    if (g >= u.job[m].start) { j = m; }
+  }
+  let job = u.job[j];
+  let i = g - job.start;
+  if (i >= job.n) { return; }
+  var acc = 0.0;
+  switch j {
+${
+      slots.map((j) =>
+        `    ${j === size - 1 ? "default" : `case ${j}`}: {
+      for (var s = 0; s < job.splits; s++) { acc += part${j}[s * job.n + i]; }
+      if (i >= job.tailFrom) { tail${j}[i - job.tailFrom] = acc; } else { out${j}[i] = acc; }
+    }`
+      ).join("\n")
+    }
+  }
+}`;
+    return {
+      kernel: { key: `gemm-reduce-tail-batch${size}`, code },
+      uniforms: params.buffer,
+      workgroups: foldWorkgroups(Math.max(1, Math.ceil(start / REDUCE_WG))),
+    };
+  },
+};
 
 /** Key fragment naming a tile shape. */
 export function tileKey(t: GemmTile): string {

@@ -40,6 +40,24 @@ export interface KernelStep {
    * rgba32float, `TEXTURE_WIDTH` (2,048) texels per row, value i at texel i / 4, component i % 4. On
    * llvmpipe a texel load costs about a quarter of one storage load per float. */
   textures?: string[];
+  /**
+   * The step may run later, batched with others of its kind: the engine keeps it (and the scratch buffers it
+   * binds) until one of its buffers is next used, bound, copied, read or released, then runs every kept step
+   * of the kind, `size` per dispatch. For steps whose output nothing reads soon: a weight gradient's split-K
+   * reduction, read only by the optimizer's step after the whole backward pass.
+   */
+  defer?: DeferredBatch;
+}
+
+/** How deferred steps of one kind ({@link KernelStep.defer}) run together. */
+export interface DeferredBatch {
+  /** Names the kind: steps with the same key are batched. */
+  key: string;
+  /** Steps per batched dispatch, given the adapter's storage buffers per shader stage. */
+  size: (storageBindings: number) => number;
+  /** One dispatch of `size` slots running `steps` (at most `size`; the rest are empty, bound to dummy
+   * buffers). Slot j binds step j's buffers, in order. */
+  batch: (steps: KernelStep[], size: number) => Pick<KernelStep, "kernel" | "uniforms" | "workgroups">;
 }
 
 /** Texels per row of the engine's texture views of plan inputs (see {@link KernelStep.textures}). */

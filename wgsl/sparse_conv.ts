@@ -49,7 +49,7 @@
  * @module
  */
 
-import { foldWorkgroups, type KernelPlan, type KernelStep, texelCoords } from "./plan.ts";
+import { type DeferredBatch, foldWorkgroups, type KernelPlan, type KernelStep, texelCoords } from "./plan.ts";
 
 /** Bound on any loop's trip count per invocation in these kernels (llvmpipe stops at 65,535). */
 export const SPARSE_MAX_LOOP = 8192;
@@ -719,10 +719,76 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
       buffers: ["counts", "partials", "out", ...(s.bias ? ["dbias"] : [])],
       writes: ["out", ...(s.bias ? ["dbias"] : [])],
       workgroups: foldWorkgroups(Math.ceil(partStride / REDUCE_WG)),
+      // A single pass with the bias: nothing reads dW and db before the optimizer, so a backward pass's
+      // reductions run a few per dispatch.
+      ...(s.bias && passes === 1 ? { defer: WGRAD_REDUCE_BATCH } : {}),
     });
   }
   return { outSize: outElems, scratch: { partials: perPass * partStride }, steps };
 }
+
+/** Most reductions one batched dispatch takes (its uniform block holds 7 numbers per reduction). */
+const MAX_WGRAD_REDUCE_BATCH = 8;
+
+/** Batched single-pass weight-gradient reductions with the bias ({@link sparseWeightGradPlan}'s reduce step):
+ * slot j binds `counts{j}`, `part{j}`, `out{j}`, `dbias{j}`; invocations are numbered across the slots. */
+const WGRAD_REDUCE_BATCH: DeferredBatch = {
+  key: "sparse-conv-wgrad-reduce-bias",
+  size: (storageBindings) => Math.max(1, Math.min(MAX_WGRAD_REDUCE_BATCH, Math.floor(storageBindings / 4))),
+  batch: (steps, size) => {
+    if (steps.length < 1 || steps.length > size) throw new Error(`wgrad reduce batch: 1 to ${size} steps`);
+    const params = new Int32Array(8 * size);
+    let start = 0;
+    steps.forEach((st, j) => {
+      const [n, outElems, partStride, chunk, splitBase, splits] = new Int32Array(st.uniforms);
+      params.set([start, n, outElems, partStride, chunk, splitBase, splits, 0], 8 * j);
+      start += n;
+    });
+    for (let j = steps.length; j < size; j++) params.set([start, 0, 0, 0, 1, 0, 0, 0], 8 * j);
+    const slots = range(size);
+    const code = `struct Job { start: i32, n: i32, outElems: i32, partStride: i32, chunk: i32, splitBase: i32,
+  splits: i32, pad: i32, }
+struct Params { job: array<Job, ${size}>, }
+@group(0) @binding(0) var<uniform> u: Params;
+${
+      slots.map((j) =>
+        `@group(0) @binding(${4 * j + 1}) var<storage, read> counts${j}: array<u32>;
+@group(0) @binding(${4 * j + 2}) var<storage, read> part${j}: array<f32>;
+@group(0) @binding(${4 * j + 3}) var<storage, read_write> out${j}: array<f32>;
+@group(0) @binding(${4 * j + 4}) var<storage, read_write> dbias${j}: array<f32>;`
+      ).join("\n")
+    }
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let g = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
+  var j = 0;
+  for (var m = 1; m < ${size}; m++) {
+    if (g >= u.job[m].start) { j = m; }
+  }
+  let job = u.job[j];
+  let i = g - job.start;
+  if (i >= job.n) { return; }
+  var acc = 0.0;
+  switch j {
+${
+      slots.map((j) =>
+        `    ${j === size - 1 ? "default" : `case ${j}`}: {
+      let used = clamp((i32(counts${j}[0]) + job.chunk - 1) / job.chunk - job.splitBase, 0, job.splits);
+      for (var s = 0; s < used; s++) { acc += part${j}[s * job.partStride + i]; }
+      if (i < job.outElems) { out${j}[i] = acc; } else { dbias${j}[i - job.outElems] = acc; }
+    }`
+      ).join("\n")
+    }
+  }
+}`;
+    return {
+      kernel: { key: `sparse-conv-wgrad-reduce-bias-batch${size}`, code },
+      uniforms: params.buffer,
+      workgroups: foldWorkgroups(Math.max(1, Math.ceil(start / REDUCE_WG))),
+    };
+  },
+};
 
 /**
  * ReLU backward in place at active sites: `out[c] = select(0, out[c], y[c] > 0)` for `channels` channels
