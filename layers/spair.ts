@@ -16,7 +16,6 @@ import { Module } from "../engine/module.ts";
 import { Rng } from "../engine/random.ts";
 import type { Tensor } from "../engine/tensor.ts";
 import { noGrad } from "../engine/autograd.ts";
-import { add } from "../engine/ops/elementwise.ts";
 import { concat } from "../engine/ops/shape.ts";
 import { Conv2d, DenseBlock, Upsample2x } from "./blocks.ts";
 import { type ActiveSites, binarizeMask, compactMask, maskPyramid } from "./sparse/active.ts";
@@ -368,19 +367,15 @@ export class NetR extends Module {
       u0.dispose();
       u0 = n0;
     }
-    const residual = this.tail.forward(u0);
-    const out = add(x, residual);
-    dispose(h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0, u0, residual);
+    const out = this.tail.forward(u0, false, x); // the global residual, added in the convolution's write
+    dispose(h, e0, s0, d0, e1, s1, d1, b, j1, u1, j0, u0);
     return out;
   }
 
   /** SFM's input F_R + P(F_L) at `level`, or null without SFM (Net1) or guidance. */
   #guidedInput(level: 0 | 1, fr: Tensor, proj: Conv2d | null, guidance: Guidance | undefined): Tensor | null {
     if (!proj || !guidance) return null;
-    const p = proj.forward(guidance.features[level]);
-    const sum = add(fr, p);
-    p.dispose();
-    return sum;
+    return proj.forward(guidance.features[level], false, fr); // F_R added in the convolution's write
   }
 
   /** SFM (or the hook that replaces it) on `input`; consumes `input`. */

@@ -24,6 +24,9 @@ for (
     [3, 5, 24, 30], // 5 outputs of 2,160 values
     [8, 16, 64, 64], // a NetR bias gradient at batch 8, 64x64
     [2, 300, 7, 90], // many outputs
+    [8, 3, 96, 96], // few outputs of 73,728 values: one pass
+    [4, 2, 256, 256], // few outputs of 262,144 values: the most one pass takes
+    [5, 1, 256, 256], // one output of 327,680 values: two passes
   ]
 ) {
   Deno.test(`sum, mean and max of [${shape}] over axes 0, 2, 3 match a float64 reference`, async () => {

@@ -7,6 +7,7 @@
  * 2. exclusive scan of block counts within groups of COMPACT_BLOCK blocks, plus each group's total;
  * 3. exclusive scan of group totals (one invocation; up to COMPACT_BLOCK groups = 2^30 sites);
  * 4. write the list, the rank map and the per-image counts/offsets.
+ * Up to COMPACT_BLOCK^2 sites (one group), passes 2 and 3 are one.
  *
  * Buffers (u32): `mask` (f32 in), `indices` [capacity = N*H*W], `rank` [N*H*W] (list position or
  * 0xffffffff), `counts` [1 + 2N]: total, then count per image, then offset per image.
@@ -63,6 +64,20 @@ ${ENTRY}
   counts[0] = run;
 }`;
 
+// Passes 2 and 3 in one when there is one group (up to COMPACT_BLOCK^2 sites): scan the block counts, the
+// group's offset is 0.
+const SCAN_ONE_GROUP = `${HEADER}
+@group(0) @binding(1) var<storage, read_write> blockCounts: array<u32>;
+@group(0) @binding(2) var<storage, read_write> groupTotals: array<u32>;
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>;
+${ENTRY}
+  if (id != 0u) { return; }
+  var run = 0u;
+  for (var b = 0u; b < u.blocks; b++) { let c = blockCounts[b]; blockCounts[b] = run; run += c; }
+  groupTotals[0] = 0u;
+  counts[0] = run;
+}`;
+
 const WRITE = `${HEADER}
 @group(0) @binding(1) var<storage, read> mask: array<f32>;
 @group(0) @binding(2) var<storage, read> blockCounts: array<u32>;
@@ -115,20 +130,30 @@ export function compactPlan(images: number, perImage: number): KernelPlan {
         writes: ["blockCounts"],
         workgroups: over(blocks),
       },
-      {
-        kernel: { key: "compact:scanGroups", code: SCAN_GROUPS },
-        uniforms,
-        buffers: ["blockCounts", "groupTotals"],
-        writes: ["blockCounts", "groupTotals"],
-        workgroups: over(groups),
-      },
-      {
-        kernel: { key: "compact:scanTotals", code: SCAN_TOTALS },
-        uniforms,
-        buffers: ["groupTotals", "out"],
-        writes: ["groupTotals", "out"],
-        workgroups: [1, 1, 1],
-      },
+      ...(groups === 1
+        ? [{
+          kernel: { key: "compact:scanOneGroup", code: SCAN_ONE_GROUP },
+          uniforms,
+          buffers: ["blockCounts", "groupTotals", "out"],
+          writes: ["blockCounts", "groupTotals", "out"],
+          workgroups: [1, 1, 1] as [number, number, number],
+        }]
+        : [
+          {
+            kernel: { key: "compact:scanGroups", code: SCAN_GROUPS },
+            uniforms,
+            buffers: ["blockCounts", "groupTotals"],
+            writes: ["blockCounts", "groupTotals"],
+            workgroups: over(groups),
+          },
+          {
+            kernel: { key: "compact:scanTotals", code: SCAN_TOTALS },
+            uniforms,
+            buffers: ["groupTotals", "out"],
+            writes: ["groupTotals", "out"],
+            workgroups: [1, 1, 1] as [number, number, number],
+          },
+        ]),
       {
         kernel: { key: "compact:write", code: WRITE },
         uniforms,

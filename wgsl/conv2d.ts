@@ -1100,7 +1100,7 @@ function splitWeightGrad(
   return {
     ...plan,
     scratch: { ...scratch, partials: splits * elems },
-    steps: [...plan.steps, reduceSplitsStep(elems, splits, undefined, tail)],
+    steps: [...plan.steps, reduceSplitsStep(elems, splits, undefined, tail, true)],
   };
 }
 

@@ -228,13 +228,16 @@ const REDUCE_WG = 64;
 /**
  * Deterministic sum of `splits` partial outputs: out[i] = sum_s part[s * n + i] (+ bias[(i / inner) % len]).
  * With `tail`, values from index `tail.from` on go to the buffer `tail.name` instead (a weight gradient's
- * column sums: the bias gradient). Each invocation loops `splits` times, far under the loop cap.
+ * column sums: the bias gradient). Each invocation loops `splits` times, far under the loop cap. With
+ * `deferred` (a weight gradient's reduction, read only by the optimizer after the whole backward pass; no
+ * bias), the step may wait and run batched with others ({@link KernelStep.defer}).
  */
 export function reduceSplitsStep(
   n: number,
   splits: number,
   bias?: { name: string; inner: number; len: number },
   tail?: { name: string; from: number },
+  deferred = false,
 ): KernelStep {
   const code = `struct Params { n: i32, splits: i32, inner: i32, len: i32,${tail ? " tailFrom: i32," : ""} }
 @group(0) @binding(0) var<uniform> u: Params;
@@ -261,9 +264,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     buffers: [...(bias ? ["partials", bias.name, "out"] : ["partials", "out"]), ...(tail ? [tail.name] : [])],
     writes: tail ? ["out", tail.name] : ["out"],
     workgroups: foldWorkgroups(Math.ceil(n / REDUCE_WG)),
-    // A weight gradient's reduction (with its bias gradient as the tail): nothing reads it before the
-    // optimizer, so a backward pass's reductions run a few per dispatch.
-    ...(tail && !bias ? { defer: REDUCE_TAIL_BATCH } : {}),
+    ...(deferred && !bias ? { defer: tail ? REDUCE_TAIL_BATCH : REDUCE_BATCH } : {}),
   };
 }
 
@@ -271,33 +272,45 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 const MAX_REDUCE_BATCH = 16;
 
 /**
- * Batched split-K reductions with a tail ({@link reduceSplitsStep}): slot j sums `part{j}` into `out{j}` and
- * `tail{j}`; invocations are numbered across the slots (slot j from `start`), as in the weight repack.
+ * Batched split-K reductions ({@link reduceSplitsStep} without a bias): slot j sums `part{j}` into `out{j}`
+ * (and, with `tail`, from `tailFrom` on into `tail{j}`); invocations are numbered across the slots (slot j
+ * from `start`), as in the weight repack. The same additions in the same order as the single step.
  */
-const REDUCE_TAIL_BATCH: DeferredBatch = {
-  key: "gemm-reduce-tail",
-  size: (storageBindings) => Math.max(1, Math.min(MAX_REDUCE_BATCH, Math.floor(storageBindings / 3))),
-  batch: (steps, size) => {
-    if (steps.length < 1 || steps.length > size) throw new Error(`reduce batch: 1 to ${size} steps`);
-    const params = new Int32Array(4 * size);
-    let start = 0;
-    steps.forEach((st, j) => {
-      const [n, splits, , , tailFrom] = new Int32Array(st.uniforms);
-      params.set([start, n, splits, tailFrom], 4 * j);
-      start += n;
-    });
-    for (let j = steps.length; j < size; j++) params.set([start, 0, 0, 0], 4 * j);
-    const slots = Array.from({ length: size }, (_, j) => j);
-    const code = `struct Job { start: i32, n: i32, splits: i32, tailFrom: i32, }
+function reduceBatch(tail: boolean): DeferredBatch {
+  const perSlot = tail ? 3 : 2;
+  const name = `gemm-reduce${tail ? "-tail" : ""}`;
+  return {
+    key: name,
+    size: (storageBindings) => Math.max(1, Math.min(MAX_REDUCE_BATCH, Math.floor(storageBindings / perSlot))),
+    batch: (steps, size) => {
+      if (steps.length < 1 || steps.length > size) throw new Error(`reduce batch: 1 to ${size} steps`);
+      const params = new Int32Array(4 * size);
+      let start = 0;
+      steps.forEach((st, j) => {
+        const [n, splits, , , tailFrom] = new Int32Array(st.uniforms);
+        params.set([start, n, splits, tail ? tailFrom : n], 4 * j);
+        start += n;
+      });
+      for (let j = steps.length; j < size; j++) params.set([start, 0, 0, 0], 4 * j);
+      const slots = Array.from({ length: size }, (_, j) => j);
+      const store = (j: number) =>
+        tail
+          ? `if (i >= job.tailFrom) { tail${j}[i - job.tailFrom] = acc; } else { out${j}[i] = acc; }`
+          : `out${j}[i] = acc;`;
+      const code = `struct Job { start: i32, n: i32, splits: i32, tailFrom: i32, }
 struct Params { job: array<Job, ${size}>, }
 @group(0) @binding(0) var<uniform> u: Params;
 ${
-      slots.map((j) =>
-        `@group(0) @binding(${3 * j + 1}) var<storage, read> part${j}: array<f32>;
-@group(0) @binding(${3 * j + 2}) var<storage, read_write> out${j}: array<f32>;
-@group(0) @binding(${3 * j + 3}) var<storage, read_write> tail${j}: array<f32>;`
-      ).join("\n")
-    }
+        slots.map((j) =>
+          [
+            `@group(0) @binding(${perSlot * j + 1}) var<storage, read> part${j}: array<f32>;`,
+            `@group(0) @binding(${perSlot * j + 2}) var<storage, read_write> out${j}: array<f32>;`,
+            ...(tail
+              ? [`@group(0) @binding(${perSlot * j + 3}) var<storage, read_write> tail${j}: array<f32>;`]
+              : []),
+          ].join("\n")
+        ).join("\n")
+      }
 @compute @workgroup_size(${REDUCE_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lane: u32) {
@@ -312,22 +325,26 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var acc = 0.0;
   switch j {
 ${
-      slots.map((j) =>
-        `    ${j === size - 1 ? "default" : `case ${j}`}: {
+        slots.map((j) =>
+          `    ${j === size - 1 ? "default" : `case ${j}`}: {
       for (var s = 0; s < job.splits; s++) { acc += part${j}[s * job.n + i]; }
-      if (i >= job.tailFrom) { tail${j}[i - job.tailFrom] = acc; } else { out${j}[i] = acc; }
+      ${store(j)}
     }`
-      ).join("\n")
-    }
+        ).join("\n")
+      }
   }
 }`;
-    return {
-      kernel: { key: `gemm-reduce-tail-batch${size}`, code },
-      uniforms: params.buffer,
-      workgroups: foldWorkgroups(Math.max(1, Math.ceil(start / REDUCE_WG))),
-    };
-  },
-};
+      return {
+        kernel: { key: `${name}-batch${size}`, code },
+        uniforms: params.buffer,
+        workgroups: foldWorkgroups(Math.max(1, Math.ceil(start / REDUCE_WG))),
+      };
+    },
+  };
+}
+
+const REDUCE_BATCH = reduceBatch(false);
+const REDUCE_TAIL_BATCH = reduceBatch(true);
 
 /** Key fragment naming a tile shape. */
 export function tileKey(t: GemmTile): string {

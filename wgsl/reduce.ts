@@ -54,6 +54,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 const WORKGROUP_REDUCE_MAX = 65536;
 /** Most outputs (workgroups) for {@link workgroupReduceKernel}. */
 const WORKGROUP_REDUCE_OUTPUTS = 4096;
+/** Outputs up to which {@link reducePlan}'s one-pass fold takes 4 * WORKGROUP_REDUCE_MAX values each (4,096
+ * per invocation, far under the loop cap). */
+const FEW_OUTPUTS = 4;
 
 /** Folds every invocation's `acc` into `partial[0]` (workgroup array `partial`, a barrier per halving). */
 const workgroupFold = (fold: (a: string, b: string) => string) =>
@@ -107,9 +110,9 @@ ${workgroupFold(fold)}
  */
 export function reducePlan(op: ReduceOp, outer: number, len: number, inner: number, lead = 1): KernelPlan {
   const outputs = outer * inner;
-  if (
-    lead * len > REDUCE_CHUNK && lead * len <= WORKGROUP_REDUCE_MAX && outputs <= WORKGROUP_REDUCE_OUTPUTS
-  ) {
+  // A few outputs (a loss) take one workgroup each up to 4x as many values: one pass instead of two.
+  const max = outputs <= FEW_OUTPUTS ? 4 * WORKGROUP_REDUCE_MAX : WORKGROUP_REDUCE_MAX;
+  if (lead * len > REDUCE_CHUNK && lead * len <= max && outputs <= WORKGROUP_REDUCE_OUTPUTS) {
     return {
       outSize: outputs,
       scratch: {},

@@ -838,24 +838,33 @@ ${ENTRY}
 
 /**
  * Copies `channels` channels between channel slices at active sites only (or, without `src`, writes zeros
- * there): `out[(n, dst.offset + c), site] = src[(n, src.offset + c), site]`. Buffers: `counts`, `indices`,
- * `src` (unless zeroing), `out`. One invocation per list entry, looping over the channels.
+ * there): `out[(n, dst.offset + c), site] = src[(n, src.offset + c), site]`; with `zeros`, then writes zeros
+ * to the next `zeros` channels of `dst` (one pass where a copy and a fill of the following channels would take
+ * two). Buffers: `counts`, `indices`, `src` (unless zeroing), `out`. One invocation per list entry, looping
+ * over the channels.
  */
 export function siteCopyStep(
   g: SiteGeometry,
   src: ChannelSlice | null,
   dst: ChannelSlice,
   channels: number,
+  zeros = 0,
 ): KernelStep {
-  if (channels > SPARSE_MAX_LOOP) {
-    throw new Error(`siteCopyStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
+  if (channels + zeros > SPARSE_MAX_LOOP) {
+    throw new Error(`siteCopyStep: ${channels + zeros} channels exceed ${SPARSE_MAX_LOOP}`);
   }
   const cap = capacityOf(g);
   const list = [ro("counts", "u32"), ro("indices", "u32"), ...(src ? [ro("src")] : []), rw("out")];
+  const fill = src && zeros > 0;
   return {
     kernel: {
-      key: `sparse-site-${src ? "copy" : "zero"}-${layoutKey(src)}${layoutKey(dst)}`,
-      code: `${header(["HW", "srcC", "srcOff", "dstC", "dstOff", "channels", "cap"], list)}
+      key: `sparse-site-${src ? "copy" : "zero"}-${layoutKey(src)}${layoutKey(dst)}${fill ? "-fill" : ""}`,
+      code: `${
+        header(
+          ["HW", "srcC", "srcOff", "dstC", "dstOff", "channels", "cap", ...(fill ? ["zeros"] : [])],
+          list,
+        )
+      }
 ${ENTRY}
   let cnt = i32(counts[0]);
   if (inv >= cnt) { return; }
@@ -867,7 +876,14 @@ ${ENTRY}
   let dstAt = ${sliceBase(dst, "dst", "n")} + ${slicePos(dst, "hw", "inv")};
   for (var c = 0; c < channels; c++) {
     out[dstAt + c * ${sliceStride(dst)}] = ${src ? `src[srcAt + c * ${sliceStride(src)}]` : "0.0"};
-  }
+  }${
+        fill
+          ? `
+  for (var c = channels; c < channels + u.zeros; c++) {
+    out[dstAt + c * ${sliceStride(dst)}] = 0.0;
+  }`
+          : ""
+      }
 }`,
     },
     uniforms: i32Uniforms([
@@ -876,8 +892,9 @@ ${ENTRY}
       src?.offset ?? 0,
       dst.channels,
       dst.offset,
-      channels,
+      src ? channels : channels + zeros,
       cap,
+      ...(fill ? [zeros] : []),
     ]),
     buffers: ["counts", "indices", ...(src ? ["src"] : []), "out"],
     writes: ["out"],

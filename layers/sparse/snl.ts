@@ -98,9 +98,8 @@ export function snlStep(
   const dense = mode === "dense";
   const shape: SnlShape = { N, C, H, W, dense };
   const e = engine();
-  const { out, stats, lists } = e.op("snlStep", () => {
-    const lists = dense ? null : Tensor.empty([snlListsSize(N, H, W)]);
-    if (lists) e.runPlan(snlListsPlan(N, H, W), { rank: sites!.rank.buffer, lists: lists.buffer });
+  const { out, stats } = e.op("snlStep", () => {
+    const lists = dense ? null : siteLists(sites!.rank, N, H, W);
     const out = Tensor.empty(f.shape);
     e.copy(f.buffer, 0, out.buffer, 0, f.size * 4);
     const stats = zeros([N * H * W, 4, 2]);
@@ -112,29 +111,32 @@ export function snlStep(
       stats: stats.buffer,
       out: out.buffer,
     });
-    return { out, stats, lists };
+    lists?.dispose();
+    return { out, stats };
   });
   const saved = [f, stats];
-  if (!dense) saved.push(lists!, sites!.rank);
+  if (!dense) saved.push(sites!.rank);
   record(
     "snlStep",
     [f, fusionLogits],
     out,
-    (g, [sf, sstats, slists, srank]) =>
+    (g, [sf, sstats, srank]) =>
       e.op("snlStep backward", () => {
         const dE = Tensor.empty(fusionLogits.shape);
         const dF = f.requiresGrad ? Tensor.empty(f.shape) : null;
         if (dF) e.copy(g.buffer, 0, dF.buffer, 0, g.size * 4);
+        const lists = srank ? siteLists(srank, N, H, W) : null;
         const buffers: Record<string, GPUBuffer> = {
           F: sf.buffer,
           dOut: g.buffer,
           stats: sstats.buffer,
-          lists: slists?.buffer ?? sf.buffer,
+          lists: lists?.buffer ?? sf.buffer,
           rank: srank?.buffer ?? sf.buffer,
           out: dE.buffer,
         };
         if (dF) buffers.dF = dF.buffer;
         e.runPlan(snlBackwardPlan(shape, !!dF), buffers);
+        lists?.dispose();
         if (!fusionLogits.requiresGrad) {
           dE.dispose();
           return [dF, null];
@@ -144,8 +146,25 @@ export function snlStep(
     saved,
   );
   stats.dispose();
-  lists?.dispose();
   return out;
+}
+
+/**
+ * The per-row/column site lists of a mask's sites (from their `rank`), kept by the engine until the sites
+ * are released ({@link Engine.derivedBuffer}): a module's two steps, their backward passes and every later
+ * call with the same sites share one build. `dispose` releases a list built without the engine's cache
+ * (while pipelines are collected).
+ */
+function siteLists(rank: Tensor, N: number, H: number, W: number): { buffer: GPUBuffer; dispose(): void } {
+  const e = engine();
+  const floats = snlListsSize(N, H, W);
+  const plan = snlListsPlan(N, H, W);
+  const fill = (target: GPUBuffer) => e.runPlan(plan, { rank: rank.buffer, lists: target });
+  const kept = e.derivedBuffer(rank.buffer, `snl-lists:${N}x${H}x${W}`, floats, fill);
+  if (kept) return { buffer: kept, dispose() {} };
+  const own = Tensor.empty([floats]);
+  fill(own.buffer);
+  return { buffer: own.buffer, dispose: () => own.dispose() };
 }
 
 /**

@@ -360,8 +360,7 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       // dF, the gradient w.r.t. the block (compact like F): rows < C start as the residual's gradient g, the
       // others at 0; every sparse layer adds its input gradient there.
       const dF = Tensor.empty([Ct, sites.capacity]);
-      sitePass(siteCopyStep(geometry, whole(C), rows(0), C), { ...s, src: g, out: dF });
-      sitePass(siteCopyStep(geometry, null, rows(C), Ct - C), { ...s, out: dF });
+      sitePass(siteCopyStep(geometry, whole(C), rows(0), C, Ct - C), { ...s, src: g, out: dF });
       if (wantParams(SC_LAYERS)) {
         const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), weights[SC_LAYERS].shape, true);
         keepGrads(SC_LAYERS, dw, db);
