@@ -133,6 +133,13 @@ long_mse() { # task variant
   $DENO run -A cli.ts train --resume "$run"
 }
 
+# Recipe "long + MSE, equal time" (blur Net1): "long + MSE", then NetR continued to step $3, where its training
+# time matched the blur SPAIR's 76 minutes on the machine that trained it (issue 18: the same wall-clock budget).
+long_mse_equal_time() { # task variant steps
+  long_mse "$1" "$2"
+  $DENO run -A cli.ts train --resume "$ROOT/$1-$2" --steps-r "$3"
+}
+
 set_config() { # run json-object: merges the fields into the run's config.json, drops its final weights
   $DENO eval "const p='$1/config.json'; const c=JSON.parse(Deno.readTextFileSync(p));
     Object.assign(c,$2); Deno.writeTextFileSync(p, JSON.stringify(c,null,2))"
@@ -165,7 +172,7 @@ for task in "$@"; do
     rain) mix rain SPAIR; mix_equal_time rain Net1 5088; spair="$ROOT/rain-SPAIR-mix"; net1="$ROOT/rain-Net1-mix" ;;
     raindrop) half_scale raindrop SPAIR; half_scale raindrop Net1 ;;
     shadow) refocused shadow SPAIR 300 104 1e-3 2 5e-4 500; uniform shadow Net1 ;;
-    blur) long_mse blur SPAIR; uniform blur Net1 ;;
+    blur) long_mse blur SPAIR; long_mse_equal_time blur Net1 7154 ;;
   esac
   mkdir -p weights/baselines
   cp "$spair/model.safetensors" "weights/$task.safetensors"
