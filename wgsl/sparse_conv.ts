@@ -139,12 +139,6 @@ export interface SiteGemmSpec extends SparseGeometry {
   accumulate: boolean;
   /** Reads the source from the `out` binding (a disjoint channel range of the same buffer). */
   srcIsOut: boolean;
-  /**
-   * Zeroes the output columns in [lo, hi) where buffer `gate` (laid out as `out`) is not positive, after
-   * accumulating: the ReLU backward of the layer that owns those channels, done by the input gradient that
-   * writes them last instead of a pass of its own. A pipeline of its own (`-gate`).
-   */
-  gate?: { lo: number; hi: number };
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -357,12 +351,11 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     ...(s.srcIsOut ? [] : [ro("src")]),
     ro("wt", "texture"),
     ro("bias"),
-    ...(s.gate ? [ro("gate")] : []),
     rw("out"),
   ];
   const L: string[] = [];
   const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
-  L.push(header([...fields, "flags", "colsPad", "cap", ...(s.gate ? ["gateLo", "gateHi"] : [])], list));
+  L.push(header([...fields, "flags", "colsPad", "cap"], list));
   L.push(`${ENTRY}
   if (inv >= u.rowBlocks * u.colBlocks) { return; }
   let col0 = (inv % u.colBlocks) * ${t.tn};
@@ -428,20 +421,10 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     L.push(`  if (row0 + ${i} < cnt) {\n    let d_${i} = ${dst};`);
     for (const j of range(t.tn)) {
       const idx = `d_${i} + (col0 + ${j}) * ${sliceStride(s.dst)}`;
-      const value = `select(v_${i}_${j}, max(v_${i}_${j}, 0.0), relu) + select(0.0, out[${idx}], accumulate)`;
       L.push(`    if (col0 + ${j} < u.cols) {
-      let v_${i}_${j} = c_${i}_${j} + bias_${j};`);
-      if (s.gate) {
-        L.push(`      var w_${i}_${j} = ${value};
-      if (col0 + ${j} >= u.gateLo & col0 + ${j} < u.gateHi) {
-        w_${i}_${j} = select(w_${i}_${j}, 0.0, gate[${idx}] <= 0.0);
-      }
-      out[${idx}] = w_${i}_${j};
+      let v_${i}_${j} = c_${i}_${j} + bias_${j};
+      out[${idx}] = select(v_${i}_${j}, max(v_${i}_${j}, 0.0), relu) + select(0.0, out[${idx}], accumulate);
     }`);
-      } else {
-        L.push(`      out[${idx}] = ${value};
-    }`);
-      }
     }
     L.push("  }");
   }
@@ -469,9 +452,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   const rowBlocks = Math.ceil(cap / t.tm);
   const colBlocks = Math.ceil(s.cols / t.tn);
   const layouts = layoutKey(s.src) + layoutKey(s.dst);
-  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}${
-    s.gate ? "-gate" : ""
-  }`;
+  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}`;
   const flags = (s.bias ? FLAG_BIAS : 0) | (s.relu ? FLAG_RELU : 0) | (s.accumulate ? FLAG_ACCUMULATE : 0) |
     (s.flip ? FLAG_FLIP : 0);
   const step: KernelStep = {
@@ -491,7 +472,6 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       flags,
       weightCols(s.cols),
       cap,
-      ...(s.gate ? [s.gate.lo, s.gate.hi] : []),
     ]),
     buffers: [
       "counts",
@@ -501,7 +481,6 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       "wt",
       // Without a bias any storage buffer fills the slot (its values are never used).
       s.bias ? "bias" : "indices",
-      ...(s.gate ? ["gate"] : []),
       "out",
     ],
     writes: ["out"],
