@@ -139,6 +139,14 @@ export interface SiteGemmSpec extends SparseGeometry {
   accumulate: boolean;
   /** Reads the source from the `out` binding (a disjoint channel range of the same buffer). */
   srcIsOut: boolean;
+  /**
+   * Then zeroes the output columns in [lo, hi) where buffer `gate` (laid out as `out`) is not positive: the
+   * ReLU backward of the layer that owns those channels, done by the input gradient that writes them last
+   * instead of a pass of its own. A loop after the stores, in the column blocks that meet [lo, hi) only (a
+   * condition in the stores themselves made the kernel twice as slow). Compact destinations only; a pipeline
+   * of its own (`-gate`).
+   */
+  gate?: { lo: number; hi: number };
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -351,11 +359,12 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     ...(s.srcIsOut ? [] : [ro("src")]),
     ro("wt", "texture"),
     ro("bias"),
+    ...(s.gate ? [ro("gate")] : []),
     rw("out"),
   ];
   const L: string[] = [];
   const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
-  L.push(header([...fields, "flags", "colsPad", "cap"], list));
+  L.push(header([...fields, "flags", "colsPad", "cap", ...(s.gate ? ["gateLo", "gateHi"] : [])], list));
   L.push(`${ENTRY}
   if (inv >= u.rowBlocks * u.colBlocks) { return; }
   let col0 = (inv % u.colBlocks) * ${t.tn};
@@ -428,6 +437,19 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     }
     L.push("  }");
   }
+  if (s.gate) {
+    if (!s.dst.compact) throw new Error("siteGemmPlan: a gate needs a compact destination");
+    L.push(`  if ((col0 < u.gateHi) & (col0 + ${t.tn} > u.gateLo)) {
+    let colEnd = min(min(col0 + ${t.tn}, u.gateHi), u.cols);
+    let rowEnd = min(row0 + ${t.tm}, cnt);
+    for (var col = max(col0, u.gateLo); col < colEnd; col++) {
+      for (var e = row0; e < rowEnd; e++) {
+        let at = (u.dstOff + col) * u.cap + e;
+        if (gate[at] <= 0.0) { out[at] = 0.0; }
+      }
+    }
+  }`);
+  }
   L.push("}");
   return L.join("\n");
 }
@@ -452,7 +474,9 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   const rowBlocks = Math.ceil(cap / t.tm);
   const colBlocks = Math.ceil(s.cols / t.tn);
   const layouts = layoutKey(s.src) + layoutKey(s.dst);
-  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}`;
+  const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}${
+    s.gate ? "-gate" : ""
+  }`;
   const flags = (s.bias ? FLAG_BIAS : 0) | (s.relu ? FLAG_RELU : 0) | (s.accumulate ? FLAG_ACCUMULATE : 0) |
     (s.flip ? FLAG_FLIP : 0);
   const step: KernelStep = {
@@ -472,6 +496,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       flags,
       weightCols(s.cols),
       cap,
+      ...(s.gate ? [s.gate.lo, s.gate.hi] : []),
     ]),
     buffers: [
       "counts",
@@ -481,6 +506,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       "wt",
       // Without a bias any storage buffer fills the slot (its values are never used).
       s.bias ? "bias" : "indices",
+      ...(s.gate ? ["gate"] : []),
       "out",
     ],
     writes: ["out"],

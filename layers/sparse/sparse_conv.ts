@@ -26,6 +26,7 @@ import { Tensor } from "../../engine/tensor.ts";
 import { zeros } from "../../engine/ops/elementwise.ts";
 import { PACK_WEIGHT_KEY, packWeightBatch, packWeightStep } from "../../wgsl/conv2d.ts";
 import { Module, uniformInit } from "../../engine/module.ts";
+import { fusionEnabled } from "../../engine/fusion.ts";
 import type { Rng } from "../../engine/random.ts";
 import {
   type ChannelSlice,
@@ -364,6 +365,12 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), weights[SC_LAYERS].shape, true);
         keepGrads(SC_LAYERS, dw, db);
       }
+      // Layer i's ReLU backward zeroes its own rows of dF where its output is 0, once every gradient has
+      // arrived there: fused, by the input gradient that writes them last (the 1x1's for the top layer, layer
+      // i + 1's below it); unfused, by a pass of its own.
+      const fused = fusionEnabled();
+      const gateOf = (i: number) => (fused ? { gate: { lo: C + i * growth, hi: C + (i + 1) * growth } } : {});
+      const gateBuffer: Record<string, Tensor> = fused ? { gate: F } : {};
       {
         const wt = weightLayout(ws[SC_LAYERS], true);
         const spec = gemmSpec(g1, {
@@ -373,13 +380,14 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
           dst: rows(0),
           flip: true,
           accumulate: true,
+          ...gateOf(SC_LAYERS - 1),
         });
-        run(siteGemmPlan(spec), { ...s, src: g, wt, out: dF });
+        run(siteGemmPlan(spec), { ...s, src: g, wt, out: dF, ...gateBuffer });
         wt.dispose();
       }
       for (let i = SC_LAYERS - 1; i >= 0; i--) {
         const own = rows(C + i * growth);
-        sitePass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
+        if (!fused) sitePass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
         if (wantParams(i)) {
           const { dw, db } = weightGrads(g3, s, F, rows(0), dF, own, weights[i].shape, true);
           keepGrads(i, dw, db);
@@ -394,8 +402,9 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
             flip: true,
             accumulate: true,
             srcIsOut: true,
+            ...(i > 0 ? gateOf(i - 1) : {}),
           });
-          run(siteGemmPlan(spec), { ...s, wt, out: dF });
+          run(siteGemmPlan(spec), { ...s, wt, out: dF, ...(i > 0 ? gateBuffer : {}) });
           wt.dispose();
         }
       }
