@@ -32,7 +32,7 @@ export {
   setEngine,
 } from "./engine/device.ts";
 export type { BufferPool, MemoryStats } from "./engine/pool.ts";
-export type { KernelPlan, KernelSource, KernelStep } from "./wgsl/plan.ts";
+export type { DeferredBatch, KernelPlan, KernelSource, KernelStep } from "./wgsl/plan.ts";
 export {
   assignData,
   collectTensors,
