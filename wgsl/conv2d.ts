@@ -41,7 +41,7 @@ import {
   texWorkgroups,
   tileKey,
 } from "./gemm.ts";
-import { foldWorkgroups, type KernelPlan, type KernelStep } from "./plan.ts";
+import { batchedEntry, foldWorkgroups, type KernelPlan, type KernelStep, slotSwitch } from "./plan.ts";
 
 /** Convolution geometry. For the input-gradient plan H and W are the input size to produce. */
 export interface Conv2dShape {
@@ -376,10 +376,6 @@ export function packWeightBatch(steps: KernelStep[]): Pick<KernelStep, "kernel" 
     params.set([start, n, C, Cp, taps, oS, cS, flip], 8 * j);
     start += n;
   });
-  const cases = steps.map((_, j) =>
-    `    case ${j}: { dst${j}[i] = select(0.0, src${j}[select(0, at, ok)], ok); }`
-  );
-  cases[k - 1] = cases[k - 1].replace(`case ${k - 1}:`, "default:");
   const code = `struct Pack { start: i32, n: i32, C: i32, Cp: i32, taps: i32, oS: i32, cS: i32, flip: i32, }
 struct Params { p: array<Pack, ${k}>, }
 @group(0) @binding(0) var<uniform> u: Params;
@@ -388,21 +384,9 @@ ${
     steps.map((_, j) => `@group(0) @binding(${k + j + 1}) var<storage, read_write> dst${j}: array<f32>;`)
       .join("\n")
   }
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lane: u32) {
-  let g = i32((wid.x + wid.y * nwg.x) * 64u + lane);
-  var j = 0;
-  for (var m = 1; m < ${k}; m++) {
-    if (g >= u.p[m].start) { j = m; }
-  }
-  let p = u.p[j];
-  let i = g - p.start;
-  if (i >= p.n) { return; }
+${batchedEntry(k, 64, "u.p", "p")}
 ${packSource("p")}
-  switch j {
-${cases.join("\n")}
-  }
+${slotSwitch(k, (j) => `      dst${j}[i] = select(0.0, src${j}[select(0, at, ok)], ok);`)}
 }`;
   return {
     kernel: { key: `${PACK_WEIGHT_KEY}-batch${k}`, code },

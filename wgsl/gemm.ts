@@ -19,9 +19,11 @@
  */
 
 import {
+  batchedEntry,
   type DeferredBatch,
   foldWorkgroups,
   type KernelStep,
+  slotSwitch,
   texelCoords,
   TEXTURE_ROW_TEXELS,
 } from "./plan.ts";
@@ -311,28 +313,13 @@ ${
           ].join("\n")
         ).join("\n")
       }
-@compute @workgroup_size(${REDUCE_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lane: u32) {
-  let g = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
-  var j = 0;
-  for (var m = 1; m < ${size}; m++) {
-    if (g >= u.job[m].start) { j = m; }
-  }
-  let job = u.job[j];
-  let i = g - job.start;
-  if (i >= job.n) { return; }
+${batchedEntry(size, REDUCE_WG, "u.job", "job")}
   var acc = 0.0;
-  switch j {
 ${
-        slots.map((j) =>
-          `    ${j === size - 1 ? "default" : `case ${j}`}: {
-      for (var s = 0; s < job.splits; s++) { acc += part${j}[s * job.n + i]; }
-      ${store(j)}
-    }`
-        ).join("\n")
+        slotSwitch(size, (j) =>
+          `      for (var s = 0; s < job.splits; s++) { acc += part${j}[s * job.n + i]; }
+      ${store(j)}`)
       }
-  }
 }`;
       return {
         kernel: { key: `${name}-batch${size}`, code },

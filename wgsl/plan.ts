@@ -105,6 +105,37 @@ export interface KernelPlan {
   appliesGate?: boolean;
 }
 
+/**
+ * The entry of a batched kernel: `slots` jobs in one dispatch of `wg`-invocation workgroups, their invocations
+ * numbered one job after the other. `jobs` names the uniform array of job structs, each starting with `start`
+ * (the job's first invocation) and `n` (its invocation count). Declares `j` (the slot), `job` (its struct;
+ * named by `job`) and `i` (the invocation within the job); invocations past their job's `n` return. Used by
+ * the weight repack and the deferred reductions (one dispatch for several small jobs).
+ */
+export function batchedEntry(slots: number, wg: number, jobs: string, job: string): string {
+  return `@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lane: u32) {
+  let g = i32((wid.x + wid.y * nwg.x) * ${wg}u + lane);
+  var j = 0;
+  for (var m = 1; m < ${slots}; m++) {
+    if (g >= ${jobs}[m].start) { j = m; }
+  }
+  let ${job} = ${jobs}[j];
+  let i = g - ${job}.start;
+  if (i >= ${job}.n) { return; }`;
+}
+
+/** WGSL `switch j` over a batched kernel's `slots` (see {@link batchedEntry}): slot j runs `body(j)`, the last
+ * slot as the default. */
+export function slotSwitch(slots: number, body: (j: number) => string): string {
+  const cases = Array.from({ length: slots }, (_, j) =>
+    `    ${j === slots - 1 ? "default" : `case ${j}`}: {
+${body(j)}
+    }`);
+  return `  switch j {\n${cases.join("\n")}\n  }`;
+}
+
 /** Splits a workgroup count over x and y so that neither exceeds `maxPerDim`. Kernels then use
  * `id = wg.x + wg.y * num_workgroups.x` and guard `id < count`. */
 export function foldWorkgroups(count: number, maxPerDim = 65535): [number, number, number] {

@@ -49,7 +49,15 @@
  * @module
  */
 
-import { type DeferredBatch, foldWorkgroups, type KernelPlan, type KernelStep, texelCoords } from "./plan.ts";
+import {
+  batchedEntry,
+  type DeferredBatch,
+  foldWorkgroups,
+  type KernelPlan,
+  type KernelStep,
+  slotSwitch,
+  texelCoords,
+} from "./plan.ts";
 
 /** Bound on any loop's trip count per invocation in these kernels (llvmpipe stops at 65,535). */
 export const SPARSE_MAX_LOOP = 8192;
@@ -763,29 +771,14 @@ ${
 @group(0) @binding(${4 * j + 4}) var<storage, read_write> dbias${j}: array<f32>;`
       ).join("\n")
     }
-@compute @workgroup_size(${REDUCE_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lane: u32) {
-  let g = i32((wid.x + wid.y * nwg.x) * ${REDUCE_WG}u + lane);
-  var j = 0;
-  for (var m = 1; m < ${size}; m++) {
-    if (g >= u.job[m].start) { j = m; }
-  }
-  let job = u.job[j];
-  let i = g - job.start;
-  if (i >= job.n) { return; }
+${batchedEntry(size, REDUCE_WG, "u.job", "job")}
   var acc = 0.0;
-  switch j {
 ${
-      slots.map((j) =>
-        `    ${j === size - 1 ? "default" : `case ${j}`}: {
-      let used = clamp((i32(counts${j}[0]) + job.chunk - 1) / job.chunk - job.splitBase, 0, job.splits);
+      slotSwitch(size, (j) =>
+        `      let used = clamp((i32(counts${j}[0]) + job.chunk - 1) / job.chunk - job.splitBase, 0, job.splits);
       for (var s = 0; s < used; s++) { acc += part${j}[s * job.partStride + i]; }
-      if (i < job.outElems) { out${j}[i] = acc; } else { dbias${j}[i - job.outElems] = acc; }
-    }`
-      ).join("\n")
+      if (i < job.outElems) { out${j}[i] = acc; } else { dbias${j}[i - job.outElems] = acc; }`)
     }
-  }
 }`;
     return {
       kernel: { key: `sparse-conv-wgrad-reduce-bias-batch${size}`, code },
