@@ -118,6 +118,8 @@ export interface PipelineStats {
 const PROBE_CODE_LENGTH = 8192;
 /** Pipelines per submission of {@link Engine.compilePipelines} once the shader cache has hit. */
 const WARM_GROUP = 8;
+/** Bytes of new buffers cleared before each group of pipelines in {@link Engine.compilePipelines}. */
+const UNTOUCHED_CHUNK_BYTES = 32 << 20;
 
 /**
  * How {@link Engine.derivedBuffer} refills a derived buffer whose source was written, batched with others:
@@ -279,6 +281,8 @@ export class Engine {
   };
   /** Set while {@link collectPipelines} runs: the pipelines asked for, by cache key; nothing is recorded. */
   #collecting: Map<string, PipelineRequest> | null = null;
+  /** Buffers the last {@link collectPipelines} created and nothing has written yet (see #touchUntouched). */
+  #untouched: { buffer: GPUBuffer; size: number }[] = [];
 
   private constructor(
     readonly device: GPUDevice,
@@ -472,12 +476,14 @@ export class Engine {
     if (this.#collecting) throw new Error("collectPipelines: already collecting");
     this.flush();
     this.#collecting = new Map();
+    if (this.compilesAtFirstDispatch) this.pool.listCreated();
     try {
       fn();
       return [...this.#collecting.values()];
     } finally {
       this.#collecting = null;
       this.#pendingTextures = [];
+      this.#untouched = this.pool.takeCreated();
     }
   }
 
@@ -497,6 +503,7 @@ export class Engine {
     // Creates a group of pipelines; on lazily compiling drivers it runs each once, all in one submission, and
     // returns the time those first dispatches took (the machine-code compiles), else 0.
     const createGroup = async (group: PipelineRequest[]): Promise<number> => {
+      this.#touchUntouched(UNTOUCHED_CHUNK_BYTES);
       const made = [];
       for (const { kernel, kinds } of group) {
         const start = performance.now();
@@ -539,15 +546,39 @@ export class Engine {
     const probe = queue.findLastIndex((r) => r.kernel.code.length >= PROBE_CODE_LENGTH);
     if (probe > 0) queue.unshift(...queue.splice(probe, 1));
     let groupSize = 1;
-    while (queue.length > 0) {
-      const dispatchMs = await createGroup(queue.splice(0, groupSize));
-      const helpers = Math.min(this.compileThreads - 1, queue.length - 1);
-      if (helpers > 0 && dispatchMs >= this.cacheMissMs) {
-        await this.#compileWithHelpers(queue, helpers, create);
-        return;
+    try {
+      while (queue.length > 0) {
+        const dispatchMs = await createGroup(queue.splice(0, groupSize));
+        const helpers = Math.min(this.compileThreads - 1, queue.length - 1);
+        if (helpers > 0 && dispatchMs >= this.cacheMissMs) {
+          await this.#compileWithHelpers(queue, helpers, create);
+          return;
+        }
+        groupSize = WARM_GROUP;
       }
-      groupSize = WARM_GROUP;
+    } finally {
+      this.#untouched = []; // what is left is touched by the run that uses it
     }
+  }
+
+  /**
+   * Clears up to `bytes` of the buffers the last {@link collectPipelines} created, in a submission of its own.
+   * A buffer's first write costs llvmpipe a page fault per 4 KB page (about 3 ms per MB on a 2-core VM, most
+   * of a first restore's extra second); the driver's queue thread takes them here, while this thread creates
+   * pipelines, instead of in the first real run. WebGPU zero-fills new buffers anyway, so this adds no work.
+   */
+  #touchUntouched(bytes: number): void {
+    if (!this.compilesAtFirstDispatch || this.#untouched.length === 0) return;
+    const encoder = this.device.createCommandEncoder();
+    let cleared = 0;
+    while (cleared < bytes && this.#untouched.length > 0) {
+      const { buffer, size } = this.#untouched.pop()!;
+      if (!this.pool.isFree(buffer)) continue; // a tensor holds it now: its contents are not ours to clear
+      encoder.clearBuffer(buffer);
+      cleared += size;
+    }
+    this.flush();
+    this.device.queue.submit([encoder.finish()]);
   }
 
   /**

@@ -42,6 +42,7 @@ export class BufferPool {
   #free = new Map<number, GPUBuffer[]>();
   #sizes = new WeakMap<GPUBuffer, number>();
   #stats: MemoryStats = { liveBytes: 0, peakBytes: 0, pooledBytes: 0, liveBuffers: 0, created: 0 };
+  #created: GPUBuffer[] | null = null;
 
   /**
    * Creates an empty pool.
@@ -68,11 +69,29 @@ export class BufferPool {
       buffer = this.device.createBuffer({ size, usage: BUFFER_USAGE });
       this.#sizes.set(buffer, size);
       this.#stats.created++;
+      this.#created?.push(buffer);
     }
     this.#stats.liveBytes += size;
     this.#stats.liveBuffers++;
     if (this.#stats.liveBytes > this.#stats.peakBytes) this.#stats.peakBytes = this.#stats.liveBytes;
     return buffer;
+  }
+
+  /** Starts listing the buffers {@link acquire} creates; {@link takeCreated} returns them and stops. */
+  listCreated(): void {
+    this.#created = [];
+  }
+
+  /** The buffers created since {@link listCreated}, with their sizes; stops listing. */
+  takeCreated(): { buffer: GPUBuffer; size: number }[] {
+    const list = (this.#created ?? []).map((buffer) => ({ buffer, size: this.#sizes.get(buffer)! }));
+    this.#created = null;
+    return list;
+  }
+
+  /** Whether `buffer` is in the pool's free lists (no tensor holds it). */
+  isFree(buffer: GPUBuffer): boolean {
+    return this.#free.get(this.#sizes.get(buffer) ?? -1)?.includes(buffer) ?? false;
   }
 
   /** Called with each buffer {@link release} takes back (the engine drops what it derived from it). */

@@ -87,6 +87,29 @@ Deno.test("collectPipelines lists a forward's new pipelines without running it; 
   ops.dispose([x, w, b, y]);
 });
 
+Deno.test("compilePipelines touches the dry run's new buffers ahead of the run, never one a tensor took since", async () => {
+  const e = testEngine;
+  const n = 150_001; // a buffer bucket (640 KiB) no other test of this file allocates
+  const x = ops.tensor(randomArray(n, 61), [n]);
+  const run = () => ops.map("a * 0.75 + 0.03125", [x]); // an expression of this test only: a new pipeline
+  const created = e.pool.stats().created;
+  const requests = e.collectPipelines(() => ops.tidy(() => run().dispose()));
+  assert.ok(requests.length > 0, "nothing to compile: the test would prove nothing");
+  assert.ok(e.pool.stats().created > created, "the dry run created no buffer: the test would prove nothing");
+  // The dry run's output buffer is free again, and a tensor of its size takes it before the pipelines are built.
+  const data = randomArray(n, 62);
+  const before = e.pool.stats().created;
+  const held = ops.tensor(data, [n]);
+  assert.equal(e.pool.stats().created, before, "the tensor got a new buffer: the test would prove nothing");
+  await e.compilePipelines(requests);
+  const got = await held.data();
+  assert.equal(got.findIndex((v, i) => v !== data[i]), -1, "a held tensor's buffer was cleared");
+  const y = run();
+  const [xs, ys] = [await x.data(), await y.data()];
+  assert.ok(ys.every((v, i) => Math.abs(v - (xs[i] * 0.75 + 0.03125)) < 1e-6));
+  ops.dispose([x, held, y]);
+});
+
 Deno.test("compilePipelines shares a batch with helper threads on lazily compiling drivers; values stay right", async () => {
   const e = testEngine;
   // Convolutions no other test compiles (their own channel counts), so the batch is new to this process.
