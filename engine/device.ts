@@ -577,6 +577,7 @@ export class Engine {
       encoder.clearBuffer(buffer);
       cleared += size;
     }
+    if (cleared === 0) return;
     this.flush();
     this.device.queue.submit([encoder.finish()]);
   }
