@@ -87,7 +87,7 @@ Deno.test("collectPipelines lists a forward's new pipelines without running it; 
   ops.dispose([x, w, b, y]);
 });
 
-Deno.test("compilePipelines touches the dry run's new buffers ahead of the run, never one a tensor took since", async () => {
+Deno.test("compilePipelines clears the dry run's new buffers only while free: never one a tensor took since", async () => {
   const e = testEngine;
   const n = 150_001; // a buffer bucket (640 KiB) no other test of this file allocates
   const x = ops.tensor(randomArray(n, 61), [n]);
