@@ -681,17 +681,30 @@ function directConvPlan(
         }) * u.Wout * ${up.kw} + (ow0 + ${i}) * ${up.kw} + ${j % up.kw}`
       : (i, j) => `outRow_${j} + ${i}`,
     // Each column's output row, once: 256 full index expressions made a third of a 16x16 block's source.
-    storeSetup: up ? undefined : Array.from(
-      { length: tn },
-      (_, j) => `  let outRow_${j} = ((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0;`,
-    ).join("\n"),
+    storeSetup: up ? tn % 4 === 0 ? upStoreBases(tn, up, kk) : undefined : tn % 4 === 0
+      ? Array.from(
+        { length: tn / 4 },
+        (_, q) =>
+          `  let outRow_${q} = ((n * u.cols + col0 + ${
+            4 * q
+          } + vec4i(0, 1, 2, 3)) * u.Hout + oh) * u.Wout + ow0;`,
+      ).join("\n")
+      : Array.from(
+        { length: tn },
+        (_, j) => `  let outRow_${j} = ((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0;`,
+      ).join("\n"),
+    vectorStore: {
+      index: up ? (i, q) => `upBase_${q} + (ow0 + ${i}) * ${up.kw}` : (i, q) => `outRow_${q} + ${i}`,
+      epilogue: (v, _i, q) => `act4(${v} + biasv_${q})`,
+      add: residual && !split ? "res" : undefined,
+    },
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
-    decls: split ? undefined : EPILOGUE_DECLS,
+    decls: split ? undefined : `${EPILOGUE_DECLS}\n${EPILOGUE_DECLS_4}`,
     // A residual is read inside the store's guard, at the output's own index.
     epilogue: residual
       ? (v, i, j) => `act(${v} + bias_${j}) + res[outRow_${j} + ${i}]`
       : (v, _i, j) => `act(${v} + bias_${j})`,
-    epilogueSetup: biasLoads(tn, kk),
+    epilogueSetup: biasLoads(tn, kk) + (tn % 4 ? "" : `\n${biasVectors(tn)}`),
   };
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {
@@ -752,11 +765,25 @@ const biasLoads = (tn: number, columnsPerBias = 1) =>
     const index = columnsPerBias === 1 ? `colc_${j}` : `colc_${j} / ${columnsPerBias}`;
     return `  let bias_${j} = select(0.0, bias[${index}], u.hasBias != 0);`;
   }).join("\n");
+/** The output index of columns 4q..4q+3 of an `up` kernel's pixel ow0 = 0 (its outIndex as vectors; add
+ * (ow0 + i) * kw for pixel i). */
+const upStoreBases = (tn: number, up: { kh: number; kw: number }, kk: number) =>
+  Array.from({ length: tn / 4 }, (_, q) => {
+    const J = `(${4 * q} + vec4i(0, 1, 2, 3))`;
+    return `  let upBase_${q} = (((n * u.cols + col0 + ${J}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + (${J} / ${up.kw}) % ${up.kh}) * u.Wout * ${up.kw} + ${J} % ${up.kw};`;
+  }).join("\n");
+/** The bias loads as vectors of 4 neighbouring columns, for the vector stores. */
+const biasVectors = (tn: number) =>
+  Array.from({ length: tn / 4 }, (_, q) => {
+    const j = 4 * q;
+    return `  let biasv_${q} = vec4f(bias_${j}, bias_${j + 1}, bias_${j + 2}, bias_${j + 3});`;
+  }).join("\n");
 /** Floats of the stand-in bias binding of a convolution without bias. */
 const NO_BIAS_FLOATS = 4;
 /** Uniform flags of the texture kernels' epilogue: add the bias, then ReLU (both uniforms, one pipeline). */
 const EPILOGUE_PARAMS = ["hasBias", "relu"];
 const EPILOGUE_DECLS = "fn act(v: f32) -> f32 { return select(v, max(v, 0.0), u.relu != 0); }";
+const EPILOGUE_DECLS_4 = "fn act4(v: vec4f) -> vec4f { return select(v, max(v, vec4f(0.0)), u.relu != 0); }";
 
 /** Largest stride the direct kernel takes (its row window grows with the stride). */
 const DIRECT_MAX_STRIDE = 2;

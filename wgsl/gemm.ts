@@ -409,6 +409,18 @@ export interface TexGemmSpec {
   /** Statements after the loop that {@link outIndex} reads (emitted for split kernels too). */
   storeSetup?: string;
   /**
+   * Stores of 4 neighbouring columns at once, used when tn is a multiple of 4 (a quarter of the store
+   * source): `index` is the vec4i of {@link outIndex} over columns 4q..4q+3 of block row i; `epilogue` maps
+   * the accumulators' vec4f as {@link epilogue} does each; `add` names a storage input read at the output's
+   * own index inside the store's guard and added (a residual). Its declarations go in {@link storeSetup}
+   * and {@link epilogueSetup}.
+   */
+  vectorStore?: {
+    index: (i: number, q: number) => string;
+    epilogue?: (v: string, i: number, q: number) => string;
+    add?: string;
+  };
+  /**
    * Also sum each column's B values over k: a weight gradient's B is dy, so these are the bias gradient, and
    * no separate reduction pass is needed. Row block 0 stores them: without a split to the binding `sums`
    * (after `out`), with one into the partials after the block's outputs, at `outElems - cols + column`.
@@ -496,6 +508,12 @@ export function texGemmCode(t: TexGemmSpec, split: boolean): string {
   lines.push(`fn fma4(a: vec4f, b: vec4f, c: f32) -> f32 {
   return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, c))));
 }`);
+  // fma4 of one row's k vector with 4 columns at once; m[e] holds the 4 columns' k value e.
+  if (tn % 4 === 0) {
+    lines.push(`fn fma4x4(a: vec4f, m: mat4x4f, c: vec4f) -> vec4f {
+  return fma(vec4f(a.w), m[3], fma(vec4f(a.z), m[2], fma(vec4f(a.y), m[1], fma(vec4f(a.x), m[0], c))));
+}`);
+  }
   const texA = t.inputs[0].name, texB = t.inputs[1].name;
   lines.push(`@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -515,7 +533,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   for (const i of range(tm)) lines.push(`  let rowc_${i} = min(row0 + ${i}, u.rows - 1);`);
   for (const j of range(tn)) lines.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
   lines.push(t.setup);
-  for (const i of range(tm)) for (const j of range(tn)) lines.push(`  var c_${i}_${j} = 0.0;`);
+  // With tn a multiple of 4, the accumulators are vectors of 4 neighbouring columns: the same FMAs in the
+  // same order per column, in a quarter of the source (its length drives pipeline creation on llvmpipe,
+  // whose SIMD lanes are invocations, so a vec4 compiles to the same scalar operations).
+  const vec = tn % 4 === 0;
+  const acc = (i: number, j: number) => vec ? `c_${i}_${j >> 2}.${"xyzw"[j & 3]}` : `c_${i}_${j}`;
+  for (const i of range(tm)) {
+    if (vec) { for (const q of range(tn / 4)) lines.push(`  var c_${i}_${q} = vec4f(0.0);`); }
+    else for (const j of range(tn)) lines.push(`  var c_${i}_${j} = 0.0;`);
+  }
   if (t.columnSums) { for (const j of range(tn)) lines.push(`  var colSum_${j} = 0.0;`); }
   lines.push("  for (var ks = stepBegin; ks < stepEnd; ks++) {");
   if (t.preStep) lines.push(t.preStep);
@@ -549,33 +575,68 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   // go through `fma4` on vectors of 4 consecutive k values, the same FMAs in the same order: the source is
   // then a third as long, and parsing it was most of a pipeline's creation time on a warm shader cache.
   const vectors = new Map<string, string>();
-  const kVector = (op: TexOperand, p: string, i: number, g: number) => {
-    const parts = range(4).map((c) => value(op, p, i, 4 * g + c));
-    const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
-    if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
-    const code = `vec4f(${parts.join(", ")})`;
+  const shared = (code: string, prefix: string) => {
     let name = vectors.get(code);
     if (!name) {
-      name = `kv_${vectors.size}`;
+      name = `${prefix}_${vectors.size}`;
       vectors.set(code, name);
       lines.push(`    let ${name} = ${code};`);
     }
     return name;
   };
+  const kVector = (op: TexOperand, p: string, i: number, g: number) => {
+    const parts = range(4).map((c) => value(op, p, i, 4 * g + c));
+    const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
+    if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
+    return shared(`vec4f(${parts.join(", ")})`, "kv");
+  };
+  // 4 columns' B values at k sub-step s (a vector), or at the 4 sub-steps of group g (a matrix, column e =
+  // sub-step 4g + e), declared once per iteration.
+  const columnVector = (q: number, s: number) => {
+    const parts = range(4).map((c) => value(t.b, "tb", 4 * q + c, s));
+    const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
+    if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
+    return shared(`vec4f(${parts.join(", ")})`, "bv");
+  };
+  const columnMatrix = (q: number, g: number) =>
+    shared(
+      `mat4x4f(${
+        range(4).map((e) =>
+          `vec4f(${range(4).map((c) => value(t.b, "tb", 4 * q + c, 4 * g + e)).join(", ")})`
+        ).join(", ")
+      })`,
+      "bm",
+    );
   const accumulate: string[] = [];
   for (const i of range(tm)) {
+    if (vec) {
+      for (const q of range(tn / 4)) {
+        let sum = `c_${i}_${q}`;
+        if (kSub % 4 === 0) {
+          for (const g of range(kSub / 4)) {
+            sum = `fma4x4(${kVector(t.a, "ta", i, g)}, ${columnMatrix(q, g)}, ${sum})`;
+          }
+        } else {
+          for (const s of range(kSub)) {
+            sum = `fma(vec4f(${value(t.a, "ta", i, s)}), ${columnVector(q, s)}, ${sum})`;
+          }
+        }
+        accumulate.push(`    c_${i}_${q} = ${sum};`);
+      }
+      continue;
+    }
     for (const j of range(tn)) {
-      let acc = `c_${i}_${j}`;
+      let sum = `c_${i}_${j}`;
       if (kSub % 4 === 0) {
         for (const g of range(kSub / 4)) {
-          acc = `fma4(${kVector(t.a, "ta", i, g)}, ${kVector(t.b, "tb", j, g)}, ${acc})`;
+          sum = `fma4(${kVector(t.a, "ta", i, g)}, ${kVector(t.b, "tb", j, g)}, ${sum})`;
         }
       } else {
         for (const s of range(kSub)) {
-          acc = `fma(${value(t.a, "ta", i, s)}, ${value(t.b, "tb", j, s)}, ${acc})`;
+          sum = `fma(${value(t.a, "ta", i, s)}, ${value(t.b, "tb", j, s)}, ${sum})`;
         }
       }
-      accumulate.push(`    c_${i}_${j} = ${acc};`);
+      accumulate.push(`    c_${i}_${j} = ${sum};`);
     }
   }
   lines.push(...accumulate);
@@ -597,11 +658,35 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     const guard = t.outGuard ? ` & (${t.outGuard(i)})` : "";
     lines.push(`  let storeRow_${i} = (row0 + ${i} < u.rows)${guard};`);
   }
-  for (const j of range(tn)) lines.push(`  let storeCol_${j} = col0 + ${j} < u.cols;`);
-  for (const i of range(tm)) {
+  const vs = vec && !t.columnSums ? t.vectorStore : undefined;
+  if (vs) {
+    // One guarded store per component: a vector store would need all 4 in range.
+    const put = range(4).map((e) => {
+      const c = "xyzw"[e];
+      return `  if (row & cols.${c}) { out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add}[at.${c}]` : ""}; }`;
+    });
+    lines.splice(
+      lines.findIndex((l) => l.startsWith("@compute")),
+      0,
+      `fn put4(row: bool, cols: vec4<bool>, at: vec4i, v: vec4f) {\n${put.join("\n")}\n}`,
+    );
+    for (const q of range(tn / 4)) {
+      lines.push(`  let storeCol_${q} = col0 + ${4 * q} + vec4i(0, 1, 2, 3) < vec4i(u.cols);`);
+    }
+    for (const i of range(tm)) {
+      for (const q of range(tn / 4)) {
+        const v = split || !vs.epilogue ? `c_${i}_${q}` : vs.epilogue(`c_${i}_${q}`, i, q);
+        const at = split ? `split * u.outElems + ${vs.index(i, q)}` : vs.index(i, q);
+        lines.push(`  put4(storeRow_${i}, storeCol_${q}, ${at}, ${v});`);
+      }
+    }
+  } else {
+    for (const j of range(tn)) lines.push(`  let storeCol_${j} = col0 + ${j} < u.cols;`);
+  }
+  for (const i of range(vs ? 0 : tm)) {
     for (const j of range(tn)) {
       const idx = t.outIndex(i, j);
-      const v = split ? `c_${i}_${j}` : (t.epilogue ? t.epilogue(`c_${i}_${j}`, i, j) : `c_${i}_${j}`);
+      const v = split ? acc(i, j) : (t.epilogue ? t.epilogue(acc(i, j), i, j) : acc(i, j));
       const target = split ? `split * u.outElems + ${idx}` : idx;
       lines.push(`  if (storeRow_${i} & storeCol_${j}) { out[${target}] = ${v}; }`);
     }

@@ -373,6 +373,16 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   const L: string[] = [];
   const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
   L.push(header([...fields, "flags", "colsPad", "cap", ...(s.gate ? ["gateLo", "gateHi"] : [])], list));
+  // One output per in-range channel: ReLU, then add what is there when accumulating.
+  const put = range(4).map((e) => {
+    const c = "xyzw"[e];
+    return `  if (ok.${c}) { out[at.${c}] = select(v.${c}, max(v.${c}, 0.0), relu) + select(0.0, out[at.${c}], accumulate); }`;
+  });
+  L.push(`fn put4(ok: vec4<bool>, at: vec4i, v: vec4f) {
+  let relu = (u.flags & ${FLAG_RELU}) != 0;
+  let accumulate = (u.flags & ${FLAG_ACCUMULATE}) != 0;
+${put.join("\n")}
+}`);
   L.push(`${ENTRY}
   if (inv >= u.rowBlocks * u.colBlocks) { return; }
   let col0 = (inv % u.colBlocks) * ${t.tn};
@@ -381,8 +391,6 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   if (row0 >= cnt) { return; }
   ${opaqueUniform("kEnd", "u.K")}
   let hasBias = (u.flags & ${FLAG_BIAS}) != 0;
-  let relu = (u.flags & ${FLAG_RELU}) != 0;
-  let accumulate = (u.flags & ${FLAG_ACCUMULATE}) != 0;
   let flip = (u.flags & ${FLAG_FLIP}) != 0;`);
   for (const j of range(t.tn)) L.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
   for (const i of range(t.tm)) {
@@ -394,7 +402,10 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   let sp_${i} = ${slicePos(s.src, `hw_${i}`, `e_${i}`)};`);
     if (s.k > 1 && !s.src.compact) L.push(`  let bits_${i} = nbits[e_${i}];`);
   }
-  for (const i of range(t.tm)) for (const j of range(t.tn)) L.push(`  var c_${i}_${j} = 0.0;`);
+  // Accumulators are vectors of 4 neighbouring channels (tn is 4, 8 or 16): the same FMAs, a quarter of the
+  // source, whose length drives pipeline creation on llvmpipe.
+  const groups = t.tn / 4;
+  for (const i of range(t.tm)) for (const g of range(groups)) L.push(`  var c_${i}_${g} = vec4f(0.0);`);
   // Weights come from a texture ([K][taps][cols rounded up to 4], 4 channels per texel): tn / 4 texel loads
   // per step instead of tn storage loads.
   const inner = (tw: string) => {
@@ -404,10 +415,8 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     for (const g of range(t.tn / 4)) body.push(`      let tb_${g} = ld_wt(wb + ${g});`);
     for (const i of range(t.tm)) {
       const load = `${src}[o_${i} + kb]`;
-      body.push(`      let a_${i} = ${T > 1 ? `select(0.0, ${load}, ok_${i})` : load};`);
-      for (const j of range(t.tn)) {
-        body.push(`      c_${i}_${j} = fma(a_${i}, tb_${j >> 2}.${"xyzw"[j & 3]}, c_${i}_${j});`);
-      }
+      body.push(`      let a_${i} = vec4f(${T > 1 ? `select(0.0, ${load}, ok_${i})` : load});`);
+      for (const g of range(groups)) body.push(`      c_${i}_${g} = fma(a_${i}, tb_${g}, c_${i}_${g});`);
     }
     body.push("    }");
     return body.join("\n");
@@ -432,16 +441,17 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
     }
     L.push(`    let tw = select(t, ${T - 1} - t, flip);`, inner("tw"), "  }");
   }
-  for (const j of range(t.tn)) L.push(`  let bias_${j} = select(0.0, bias[colc_${j}], hasBias);`);
+  for (const g of range(groups)) {
+    const bias = range(4).map((c) => `select(0.0, bias[colc_${4 * g + c}], hasBias)`);
+    L.push(`  let bias_${g} = vec4f(${bias.join(", ")});
+  let colOk_${g} = col0 + ${4 * g} + vec4i(0, 1, 2, 3) < vec4i(u.cols);
+  let colOff_${g} = (col0 + ${4 * g} + vec4i(0, 1, 2, 3)) * ${sliceStride(s.dst)};`);
+  }
   for (const i of range(t.tm)) {
     const dst = `${sliceBase(s.dst, "dst", `n_${i}`)} + ${slicePos(s.dst, `hw_${i}`, `e_${i}`)}`;
     L.push(`  if (row0 + ${i} < cnt) {\n    let d_${i} = ${dst};`);
-    for (const j of range(t.tn)) {
-      const idx = `d_${i} + (col0 + ${j}) * ${sliceStride(s.dst)}`;
-      L.push(`    if (col0 + ${j} < u.cols) {
-      let v_${i}_${j} = c_${i}_${j} + bias_${j};
-      out[${idx}] = select(v_${i}_${j}, max(v_${i}_${j}, 0.0), relu) + select(0.0, out[${idx}], accumulate);
-    }`);
+    for (const g of range(groups)) {
+      L.push(`    put4(colOk_${g}, d_${i} + colOff_${g}, c_${i}_${g} + bias_${g});`);
     }
     L.push("  }");
   }
