@@ -333,6 +333,17 @@ ${
 const REDUCE_BATCH = reduceBatch(false);
 const REDUCE_TAIL_BATCH = reduceBatch(true);
 
+/** 0, 1, ..., n - 1 (cached: the code generators ask for the same small ranges thousands of times). */
+function indices(n: number): number[] {
+  let list = INDICES[n];
+  if (!list) {
+    list = INDICES[n] = [];
+    for (let i = 0; i < n; i++) list.push(i);
+  }
+  return list;
+}
+const INDICES: number[][] = [];
+
 /** Key fragment naming a tile shape. */
 export function tileKey(t: GemmTile): string {
   return `tm${t.tm}-tn${t.tn}-wg${t.wg}-ku${t.ku}`;
@@ -487,7 +498,7 @@ export function texWorkgroups(s: GemmSchedule, wg: number): [number, number, num
  */
 export function texGemmCode(t: TexGemmSpec, split: boolean): string {
   const { tm, tn, wg, kSub } = t;
-  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const range = indices;
   const lines: string[] = [paramsStruct([...TEX_BASE_PARAMS, ...t.params])];
   lines.push("@group(0) @binding(0) var<uniform> u: Params;");
   t.inputs.forEach((b, i) => {
@@ -584,7 +595,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     return name;
   };
-  const kVector = (op: TexOperand, p: string, i: number, g: number) => {
+  // Each vector is named once per (operand, index, group): a first restore runs this generator cold, where
+  // rebuilding the same strings per row cost a tenth of a second.
+  const named = new Map<string, string>();
+  const memo = (key: string, make: () => string) => {
+    let name = named.get(key);
+    if (name === undefined) named.set(key, name = make());
+    return name;
+  };
+  const kVector = (op: TexOperand, p: string, i: number, g: number) =>
+    memo(`${p} ${i} ${g}`, () => kVectorOf(op, p, i, g));
+  const kVectorOf = (op: TexOperand, p: string, i: number, g: number) => {
     const parts = range(4).map((c) => value(op, p, i, 4 * g + c));
     const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
     if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
@@ -592,13 +613,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   };
   // 4 columns' B values at k sub-step s (a vector), or at the 4 sub-steps of group g (a matrix, column e =
   // sub-step 4g + e), declared once per iteration.
-  const columnVector = (q: number, s: number) => {
+  const columnVector = (q: number, s: number) => memo(`bv ${q} ${s}`, () => columnVectorOf(q, s));
+  const columnVectorOf = (q: number, s: number) => {
     const parts = range(4).map((c) => value(t.b, "tb", 4 * q + c, s));
     const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
     if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
     return shared(`vec4f(${parts.join(", ")})`, "bv");
   };
-  const columnMatrix = (q: number, g: number) =>
+  const columnMatrix = (q: number, g: number) => memo(`bm ${q} ${g}`, () => columnMatrixOf(q, g));
+  const columnMatrixOf = (q: number, g: number) =>
     shared(
       `mat4x4f(${
         range(4).map((e) =>
