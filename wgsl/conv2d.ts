@@ -602,6 +602,11 @@ function directConvPlan(
   const sched = texSchedule(rows, g.O, steps, 1, tm, tn);
   const split = sched.splits > 1;
   if (up && split) return null; // the split-K reduction writes the plain layout
+  // Kernels that write the plain layout themselves always bind a residual, with a uniform saying whether it
+  // is one (as for the bias): with and without a residual they are one pipeline, not two (a restore then
+  // creates 28 pipelines, not 31).
+  const resBound = !split && !up;
+  const residualOf = (at: string) => `select(0.0, res[${at}], u.hasRes != 0)`;
   const setup: string[] = [`  let lineBlock = rowBlock % u.lineBlocks;
   let nh = rowBlock / u.lineBlocks;
   let oh = nh % u.Hout;
@@ -657,12 +662,13 @@ function directConvPlan(
       "dH",
       "lineBlocks",
       ...(split ? [] : EPILOGUE_PARAMS),
+      ...(resBound ? ["hasRes"] : []),
     ],
     inputs: [
       { name: src, texture: true },
       { name: "wp", texture: true },
       ...(split ? [] : [{ name: "bias" }]),
-      ...(residual && !split ? [{ name: "res" }] : []),
+      ...(resBound ? [{ name: "res" }] : []),
       ...(gate ? [{ name: gate, texture: true }] : []),
     ],
     setup: setup.join("\n"),
@@ -696,13 +702,13 @@ function directConvPlan(
     vectorStore: {
       index: up ? (i, q) => `upBase_${q} + (ow0 + ${i}) * ${up.kw}` : (i, q) => `outRow_${q} + ${i}`,
       epilogue: (v, _i, q) => `act4(${v} + biasv_${q})`,
-      add: residual && !split ? "res" : undefined,
+      add: resBound ? residualOf : undefined,
     },
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : `${EPILOGUE_DECLS}\n${EPILOGUE_DECLS_4}`,
     // A residual is read inside the store's guard, at the output's own index.
-    epilogue: residual
-      ? (v, i, j) => `act(${v} + bias_${j}) + res[outRow_${j} + ${i}]`
+    epilogue: resBound
+      ? (v, i, j) => `act(${v} + bias_${j}) + ${residualOf(`outRow_${j} + ${i}`)}`
       : (v, _i, j) => `act(${v} + bias_${j})`,
     epilogueSetup: biasLoads(tn, kk) + (tn % 4 ? "" : `\n${biasVectors(tn)}`),
   };
@@ -712,7 +718,7 @@ function directConvPlan(
       key: `conv-direct-k${g.kh}x${g.kw}-d${g.dW}-o${off}${
         sH === 1 && sW === 1 ? "" : `-s${sH}x${sW}`
       }-${tm}x${tn}-wg${wg}${split ? "-split" : ""}${up ? `-up${up.kh}x${up.kw}` : ""}${
-        residual && !split ? "-res" : ""
+        resBound ? "-res" : ""
       }${gate ? "-gate" : ""}`,
       code: texGemmCode(spec, split),
     },
@@ -729,6 +735,7 @@ function directConvPlan(
       g.dH,
       rowBlocksPerLine,
       ...(split ? [] : [hasBias ? 1 : 0, relu ? 1 : 0]),
+      ...(resBound ? [residual ? 1 : 0] : []),
     ]),
     buffers: [...inputs, split ? "partials" : "out"],
     textures: gate ? [src, "wp", gate] : [src, "wp"],
@@ -737,6 +744,7 @@ function directConvPlan(
   };
   const scratch: Record<string, number> = { wp: wFloats };
   if (!split && !hasBias) scratch.bias = NO_BIAS_FLOATS;
+  if (resBound && !residual) scratch.res = NO_BIAS_FLOATS;
   const stepsOut = [packW, gemm];
   if (split) {
     scratch.partials = sched.splits * outSize;

@@ -422,14 +422,14 @@ export interface TexGemmSpec {
   /**
    * Stores of 4 neighbouring columns at once, used when tn is a multiple of 4 (a quarter of the store
    * source): `index` is the vec4i of {@link outIndex} over columns 4q..4q+3 of block row i; `epilogue` maps
-   * the accumulators' vec4f as {@link epilogue} does each; `add` names a storage input read at the output's
-   * own index inside the store's guard and added (a residual). Its declarations go in {@link storeSetup}
-   * and {@link epilogueSetup}.
+   * the accumulators' vec4f as {@link epilogue} does each; `add` is an f32 WGSL expression, given one output
+   * index, added to that output inside the store's guard (a residual read there). Its declarations go in
+   * {@link storeSetup} and {@link epilogueSetup}.
    */
   vectorStore?: {
     index: (i: number, q: number) => string;
     epilogue?: (v: string, i: number, q: number) => string;
-    add?: string;
+    add?: (at: string) => string;
   };
   /**
    * Also sum each column's B values over k: a weight gradient's B is dy, so these are the bias gradient, and
@@ -686,7 +686,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     // One guarded store per component: a vector store would need all 4 in range.
     const put = range(4).map((e) => {
       const c = "xyzw"[e];
-      return `  if (row & cols.${c}) { out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add}[at.${c}]` : ""}; }`;
+      return `  if (row & cols.${c}) { out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add(`at.${c}`)}` : ""}; }`;
     });
     lines.splice(
       lines.findIndex((l) => l.startsWith("@compute")),
