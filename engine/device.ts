@@ -118,8 +118,10 @@ export interface PipelineStats {
 const PROBE_CODE_LENGTH = 8192;
 /** Pipelines per submission of {@link Engine.compilePipelines} once the shader cache has hit. */
 const WARM_GROUP = 8;
-/** Bytes of new buffers cleared before each group of pipelines in {@link Engine.compilePipelines}. */
-const UNTOUCHED_CHUNK_BYTES = 32 << 20;
+/** Bytes of new buffers and textures touched per pipeline of the group about to be created in
+ * {@link Engine.compilePipelines} (about 35 ms of page faults on the queue thread, against 40-50 ms to
+ * create a pipeline on this one, on a 2-core llvmpipe VM). */
+const UNTOUCHED_BYTES_PER_PIPELINE = 12 << 20;
 
 /**
  * How {@link Engine.derivedBuffer} refills a derived buffer whose source was written, batched with others:
@@ -283,6 +285,12 @@ export class Engine {
   #collecting: Map<string, PipelineRequest> | null = null;
   /** Buffers the last {@link collectPipelines} created and nothing has written yet (see #touchUntouched). */
   #untouched: { buffer: GPUBuffer; size: number }[] = [];
+  /** Operand textures the last {@link collectPipelines} created (its dry run takes and pools textures as the
+   * real run will, without filling them); touched ahead like {@link #untouched}. */
+  #untouchedTextures: GPUTexture[] = [];
+  /** A buffer {@link #touchUntouched} cleared, the source it copies into untouched textures (any contents do:
+   * a pooled texture's are overwritten before they are read). */
+  #touchSource: { buffer: GPUBuffer; size: number } | null = null;
 
   private constructor(
     readonly device: GPUDevice,
@@ -477,12 +485,13 @@ export class Engine {
     this.flush();
     this.#collecting = new Map();
     if (this.compilesAtFirstDispatch) this.pool.listCreated();
+    this.#untouchedTextures = [];
     try {
       fn();
       return [...this.#collecting.values()];
     } finally {
+      this.#poolPendingTextures();
       this.#collecting = null;
-      this.#pendingTextures = [];
       this.#untouched = this.pool.takeCreated();
     }
   }
@@ -503,7 +512,7 @@ export class Engine {
     // Creates a group of pipelines; on lazily compiling drivers it runs each once, all in one submission, and
     // returns the time those first dispatches took (the machine-code compiles), else 0.
     const createGroup = async (group: PipelineRequest[]): Promise<number> => {
-      this.#touchUntouched(UNTOUCHED_CHUNK_BYTES);
+      this.#touchUntouched(UNTOUCHED_BYTES_PER_PIPELINE * group.length);
       const made = [];
       for (const { kernel, kinds } of group) {
         const start = performance.now();
@@ -557,7 +566,10 @@ export class Engine {
         groupSize = WARM_GROUP;
       }
     } finally {
-      this.#untouched = []; // what is left is touched by the run that uses it
+      // What is left is touched by the run that uses it.
+      this.#untouched = [];
+      this.#untouchedTextures = [];
+      this.#touchSource = null;
     }
   }
 
@@ -566,9 +578,11 @@ export class Engine {
    * A buffer's first write costs llvmpipe a page fault per 4 KB page (about 3 ms per MB on a 2-core VM, most
    * of a first restore's extra second); the driver's queue thread takes them here, while this thread creates
    * pipelines, instead of in the first real run. WebGPU zero-fills new buffers anyway, so this adds no work.
+   * Then the same for the operand textures the dry run created.
    */
   #touchUntouched(bytes: number): void {
-    if (!this.compilesAtFirstDispatch || this.#untouched.length === 0) return;
+    if (!this.compilesAtFirstDispatch) return;
+    if (this.#untouched.length === 0 && this.#untouchedTextures.length === 0) return;
     const encoder = this.device.createCommandEncoder();
     let cleared = 0;
     while (cleared < bytes && this.#untouched.length > 0) {
@@ -576,6 +590,26 @@ export class Engine {
       if (!this.pool.isFree(buffer)) continue; // a tensor holds it now: its contents are not ours to clear
       encoder.clearBuffer(buffer);
       cleared += size;
+      if (size > (this.#touchSource?.size ?? 0)) this.#touchSource = { buffer, size };
+    }
+    // Textures are written by a copy from a cleared buffer (free now, so alive), a band of rows at a time;
+    // only pooled ones: a taken texture's copy may be recorded and not yet read.
+    const source = this.#touchSource;
+    const bandRows = source && this.pool.isFree(source.buffer)
+      ? Math.floor(source.size / TEXTURE_ROW_BYTES)
+      : 0;
+    while (bandRows > 0 && cleared < bytes && this.#untouchedTextures.length > 0) {
+      const texture = this.#untouchedTextures.pop()!;
+      if (!this.#texturePool.get(texture.height)?.includes(texture)) continue;
+      for (let y = 0; y < texture.height; y += bandRows) {
+        const rows = Math.min(bandRows, texture.height - y);
+        encoder.copyBufferToTexture(
+          { buffer: source!.buffer, bytesPerRow: TEXTURE_ROW_BYTES },
+          { texture, origin: [0, y] },
+          [TEXTURE_WIDTH, rows],
+        );
+      }
+      cleared += textureBytes(texture);
     }
     if (cleared === 0) return;
     this.flush();
@@ -782,7 +816,7 @@ export class Engine {
     if (this.#collecting) {
       const key = pipelineKey(kernel, kinds);
       if (!this.#pipelines.has(key)) this.#collecting.set(key, { kernel, kinds });
-      this.#pendingTextures = [];
+      this.#poolPendingTextures();
       return;
     }
     if (this.#deferredWrites.size > 0) {
@@ -801,7 +835,12 @@ export class Engine {
     pass.setBindGroup(0, bindGroup, [slot * UNIFORM_SLOT]);
     pass.dispatchWorkgroups(workgroups[0], workgroups[1], workgroups[2]);
     this.dispatchCount++;
-    // Operand textures may be refilled by later copies: those are recorded after this dispatch.
+    this.#poolPendingTextures();
+  }
+
+  /** Pools the textures taken since the last dispatch, once the dispatch that reads them is recorded: later
+   * copies may refill them, as those are recorded after it. */
+  #poolPendingTextures(): void {
     for (const texture of this.#pendingTextures) {
       const bytes = textureBytes(texture);
       if (this.#texturePoolBytes + bytes > TEXTURE_POOL_BYTES) {
@@ -866,8 +905,7 @@ export class Engine {
    * Texels past `floats` are unspecified; kernels never read them.
    */
   textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
-    if (this.#collecting) return null as unknown as GPUTextureView; // never bound: nothing is recorded
-    this.#touch(buffer, false);
+    if (!this.#collecting) this.#touch(buffer, false);
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
@@ -883,8 +921,11 @@ export class Engine {
         format: "rgba32float",
         usage: TEXTURE_BINDING | TEXTURE_COPY_DST,
       });
+      if (this.#collecting && this.compilesAtFirstDispatch) this.#untouchedTextures.push(texture);
     }
     this.#pendingTextures.push(texture);
+    // A dry run takes the textures the real run will (so they exist, pooled, before it), but copies nothing.
+    if (this.#collecting) return this.#viewOf(texture);
     const encoder = this.#commandEncoder();
     const fullRows = Math.floor(texels / TEXTURE_WIDTH);
     const rowBytes = TEXTURE_ROW_BYTES;

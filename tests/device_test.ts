@@ -110,6 +110,45 @@ Deno.test("compilePipelines clears the dry run's new buffers only while free: ne
   ops.dispose([x, held, y]);
 });
 
+Deno.test("the dry run takes the operand textures the real run will; compilePipelines leaves their use right", async () => {
+  const e = testEngine;
+  // A convolution of this test's own shape: its input texture (27 rows) a size no other test of this file pools.
+  const [C, O, H, W] = [9, 8, 150, 160];
+  const xs = randomArray(C * H * W, 63), ws = randomArray(O * C * 9, 64);
+  const x = ops.tensor(xs, [1, C, H, W]), w = ops.tensor(ws, [O, C, 3, 3]);
+  const run = () => ops.conv2d(x, w, null, { padding: 1 });
+  const before = e.memory().textureBytes;
+  const requests = e.collectPipelines(() => ops.tidy(() => run().dispose()));
+  assert.ok(requests.length > 0, "nothing to compile: the test would prove nothing");
+  const taken = e.memory().textureBytes;
+  assert.ok(taken > before, "the dry run created no operand texture");
+  await e.compilePipelines(requests);
+  const y = run();
+  assert.equal(e.memory().textureBytes, taken, "the real run created textures the dry run did not");
+  const got = await y.data();
+  const want = new Float32Array(O * H * W);
+  for (let o = 0; o < O; o++) {
+    for (let i = 0; i < H; i++) {
+      for (let j = 0; j < W; j++) {
+        let acc = 0;
+        for (let c = 0; c < C; c++) {
+          for (let r = 0; r < 3; r++) {
+            for (let q = 0; q < 3; q++) {
+              const [ii, jj] = [i + r - 1, j + q - 1];
+              if (ii >= 0 && ii < H && jj >= 0 && jj < W) {
+                acc += xs[(c * H + ii) * W + jj] * ws[((o * C + c) * 3 + r) * 3 + q];
+              }
+            }
+          }
+        }
+        want[(o * H + i) * W + j] = acc;
+      }
+    }
+  }
+  assert.ok(relativeError(got, want) < 1e-5, `relative error ${relativeError(got, want)}`);
+  ops.dispose([x, w, y]);
+});
+
 Deno.test("compilePipelines shares a batch with helper threads on lazily compiling drivers; values stay right", async () => {
   const e = testEngine;
   // Convolutions no other test compiles (their own channel counts), so the batch is new to this process.
