@@ -690,10 +690,7 @@ function directConvPlan(
     storeSetup: up ? tn % 4 === 0 ? upStoreBases(tn, up, kk) : undefined : tn % 4 === 0
       ? Array.from(
         { length: tn / 4 },
-        (_, q) =>
-          `  let outRow_${q} = ((n * u.cols + col0 + ${
-            4 * q
-          } + vec4i(0, 1, 2, 3)) * u.Hout + oh) * u.Wout + ow0;`,
+        (_, q) => `  let outRow_${q} = ((n * u.cols + ${clampedColumns(q)}) * u.Hout + oh) * u.Wout + ow0;`,
       ).join("\n")
       : Array.from(
         { length: tn },
@@ -701,6 +698,7 @@ function directConvPlan(
       ).join("\n"),
     vectorStore: {
       index: up ? (i, q) => `upBase_${q} + (ow0 + ${i}) * ${up.kw}` : (i, q) => `outRow_${q} + ${i}`,
+      lastRow: "u.Wout - 1 - ow0",
       epilogue: (v, _i, q) => `act4(${v} + biasv_${q})`,
       add: resBound ? residualOf : undefined,
     },
@@ -773,13 +771,15 @@ const biasLoads = (tn: number, columnsPerBias = 1) =>
     const index = columnsPerBias === 1 ? `colc_${j}` : `colc_${j} / ${columnsPerBias}`;
     return `  let bias_${j} = select(0.0, bias[${index}], u.hasBias != 0);`;
   }).join("\n");
-/** The output index of columns 4q..4q+3 of an `up` kernel's pixel ow0 = 0 (its outIndex as vectors; add
- * (ow0 + i) * kw for pixel i). */
+/** The output index of columns 4q..4q+3 (clamped) of an `up` kernel's pixel ow0 = 0 (its outIndex as
+ * vectors; add (ow0 + i) * kw for pixel i). */
 const upStoreBases = (tn: number, up: { kh: number; kw: number }, kk: number) =>
   Array.from({ length: tn / 4 }, (_, q) => {
-    const J = `(${4 * q} + vec4i(0, 1, 2, 3))`;
-    return `  let upBase_${q} = (((n * u.cols + col0 + ${J}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + (${J} / ${up.kw}) % ${up.kh}) * u.Wout * ${up.kw} + ${J} % ${up.kw};`;
+    const J = clampedColumns(q); // absolute columns: col0 is a multiple of kh * kw
+    return `  let upBase_${q} = (((n * u.cols + ${J}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + (${J} / ${up.kw}) % ${up.kh}) * u.Wout * ${up.kw} + ${J} % ${up.kw};`;
   }).join("\n");
+/** Columns 4q..4q+3 of a texture GEMM's block, those past the end clamped to the last (WGSL vec4i). */
+const clampedColumns = (q: number) => `min(col0 + ${4 * q} + vec4i(0, 1, 2, 3), vec4i(u.cols - 1))`;
 /** The bias loads as vectors of 4 neighbouring columns, for the vector stores. */
 const biasVectors = (tn: number) =>
   Array.from({ length: tn / 4 }, (_, q) => {

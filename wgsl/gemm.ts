@@ -420,14 +420,17 @@ export interface TexGemmSpec {
   /** Statements after the loop that {@link outIndex} reads (emitted for split kernels too). */
   storeSetup?: string;
   /**
-   * Stores of 4 neighbouring columns at once, used when tn is a multiple of 4 (a quarter of the store
-   * source): `index` is the vec4i of {@link outIndex} over columns 4q..4q+3 of block row i; `epilogue` maps
-   * the accumulators' vec4f as {@link epilogue} does each; `add` is an f32 WGSL expression, given one output
-   * index, added to that output inside the store's guard (a residual read there). Its declarations go in
-   * {@link storeSetup} and {@link epilogueSetup}.
+   * Stores of 4 neighbouring columns at once and without guards, used when tn is a multiple of 4 (a quarter
+   * of the store source, and no branches): `index` is the vec4i of {@link outIndex} over columns 4q..4q+3,
+   * with columns past `u.cols` clamped to the last, of block row `i` (a WGSL i32: the row, clamped to the
+   * last in range); `lastRow` is the block's last row in range by {@link outGuard} (a WGSL i32, relative to
+   * row0); `epilogue` maps the accumulators' vec4f as {@link epilogue} does each; `add` is an f32 WGSL
+   * expression, given one output index, added to that output (a residual; never `out` itself, as rows past the
+   * end store twice). Its declarations go in {@link storeSetup} and {@link epilogueSetup}.
    */
   vectorStore?: {
-    index: (i: number, q: number) => string;
+    index: (i: string, q: number) => string;
+    lastRow: string;
     epilogue?: (v: string, i: number, q: number) => string;
     add?: (at: string) => string;
   };
@@ -677,30 +680,31 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t.storeSetup) lines.push(t.storeSetup);
   // Guards as flags joined by \`&\`: \`&&\` short-circuits, which the shader translators turn into a branch
   // per operand (twice the creation time of a 16x16 block on llvmpipe, for the same machine code).
-  for (const i of range(tm)) {
+  const vs = vec && !t.columnSums ? t.vectorStore : undefined;
+  for (const i of range(vs ? 0 : tm)) {
     const guard = t.outGuard ? ` & (${t.outGuard(i)})` : "";
     lines.push(`  let storeRow_${i} = (row0 + ${i} < u.rows)${guard};`);
   }
-  const vs = vec && !t.columnSums ? t.vectorStore : undefined;
   if (vs) {
-    // One guarded store per component: a vector store would need all 4 in range.
+    // Stores without guards (256 guarded ones were most of a 16x16 block's pipeline creation on llvmpipe):
+    // a column past the end computed the last column's value from the same clamped loads, so it stores that
+    // value at that column's index; a row past the end stores at the block's last row, and rows go last to
+    // first, so that row's own value is written last.
     const put = range(4).map((e) => {
       const c = "xyzw"[e];
-      return `  if (row & cols.${c}) { out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add(`at.${c}`)}` : ""}; }`;
+      return `  out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add(`at.${c}`)}` : ""};`;
     });
     lines.splice(
       lines.findIndex((l) => l.startsWith("@compute")),
       0,
-      `fn put4(row: bool, cols: vec4<bool>, at: vec4i, v: vec4f) {\n${put.join("\n")}\n}`,
+      `fn put4(at: vec4i, v: vec4f) {\n${put.join("\n")}\n}`,
     );
-    for (const q of range(tn / 4)) {
-      lines.push(`  let storeCol_${q} = col0 + ${4 * q} + vec4i(0, 1, 2, 3) < vec4i(u.cols);`);
-    }
-    for (const i of range(tm)) {
+    lines.push(`  let lastRow = min(u.rows - 1 - row0, ${vs.lastRow});`);
+    for (let i = tm - 1; i >= 0; i--) {
       for (const q of range(tn / 4)) {
         const v = split || !vs.epilogue ? `c_${i}_${q}` : vs.epilogue(`c_${i}_${q}`, i, q);
-        const at = split ? `split * u.outElems + ${vs.index(i, q)}` : vs.index(i, q);
-        lines.push(`  put4(storeRow_${i}, storeCol_${q}, ${at}, ${v});`);
+        const index = vs.index(`min(${i}, lastRow)`, q);
+        lines.push(`  put4(${split ? `split * u.outElems + ${index}` : index}, ${v});`);
       }
     }
   } else {
