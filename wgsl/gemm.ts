@@ -584,10 +584,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       : `${p}_${s}_${i >> 2}.${comp[i & 3]}`;
   loads(t.a, texA, "ta", tm);
   loads(t.b, texB, "tb", tn);
-  // Each accumulator takes its kSub FMAs back to back: with register blocks larger than the register file
-  // (llvmpipe: 16 AVX2 registers) a spilled accumulator is then loaded and stored once per iteration. They
-  // go through `fma4` on vectors of 4 consecutive k values, the same FMAs in the same order: the source is
-  // then a third as long, and parsing it was most of a pipeline's creation time on a warm shader cache.
+  // Each accumulator (a vector of 4 columns, or one column) takes its kSub FMAs back to back: with register
+  // blocks larger than the register file (llvmpipe: 16 AVX2 registers) a spilled accumulator is then loaded
+  // and stored once per iteration. They go through `fma4x4` (or `fma4`) on vectors of 4 consecutive k values,
+  // the same FMAs in the same order per column: the source is then a fraction as long, and parsing it was
+  // most of a pipeline's creation time on a warm shader cache.
   const vectors = new Map<string, string>();
   const shared = (code: string, prefix: string) => {
     let name = vectors.get(code);
