@@ -700,7 +700,12 @@ function directConvPlan(
       index: up ? (i, q) => `upBase_${q} + (ow0 + ${i}) * ${up.kw}` : (i, q) => `outRow_${q} + ${i}`,
       lastRow: "u.Wout - 1 - ow0",
       epilogue: (v, _i, q) => `act4(${v} + biasv_${q})`,
-      add: resBound ? residualOf : undefined,
+      add: resBound
+        ? {
+          when: "u.hasRes != 0",
+          value: (at) => `vec4f(${[0, 1, 2, 3].map((e) => `res[${at}.${"xyzw"[e]}]`).join(", ")})`,
+        }
+        : undefined,
     },
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : `${EPILOGUE_DECLS}\n${EPILOGUE_DECLS_4}`,

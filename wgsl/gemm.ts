@@ -424,15 +424,17 @@ export interface TexGemmSpec {
    * of the store source, and no branches): `index` is the vec4i of {@link outIndex} over columns 4q..4q+3,
    * with columns past `u.cols` clamped to the last, of block row `i` (a WGSL i32: the row, clamped to the
    * last in range); `lastRow` is the block's last row in range by {@link outGuard} (a WGSL i32, relative to
-   * row0); `epilogue` maps the accumulators' vec4f as {@link epilogue} does each; `add` is an f32 WGSL
-   * expression, given one output index, added to that output (a residual; never `out` itself, as rows past the
-   * end store twice). Its declarations go in {@link storeSetup} and {@link epilogueSetup}.
+   * row0); `epilogue` maps the accumulators' vec4f as {@link epilogue} does each; `add` is a vec4f WGSL
+   * expression, given the vec4i of output indices, added to those outputs where the bool WGSL expression
+   * `when` holds (a residual, read only then: a load per output cost the kernels without one 5-30%; never
+   * `out` itself, as rows past the end store twice). Its declarations go in {@link storeSetup} and
+   * {@link epilogueSetup}.
    */
   vectorStore?: {
     index: (i: string, q: number) => string;
     lastRow: string;
     epilogue?: (v: string, i: number, q: number) => string;
-    add?: (at: string) => string;
+    add?: { when: string; value: (at: string) => string };
   };
   /**
    * Also sum each column's B values over k: a weight gradient's B is dy, so these are the bias gradient, and
@@ -691,14 +693,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     // a column past the end computed the last column's value from the same clamped loads, so it stores that
     // value at that column's index; a row past the end stores at the block's last row, and rows go last to
     // first, so that row's own value is written last.
-    const put = range(4).map((e) => {
-      const c = "xyzw"[e];
-      return `  out[at.${c}] = v.${c}${vs.add ? ` + ${vs.add(`at.${c}`)}` : ""};`;
-    });
+    const put = range(4).map((e) => `  out[at.${"xyzw"[e]}] = w.${"xyzw"[e]};`);
+    const add = vs.add ? `\n  if (${vs.add.when}) { w = w + ${vs.add.value("at")}; }` : "";
     lines.splice(
       lines.findIndex((l) => l.startsWith("@compute")),
       0,
-      `fn put4(at: vec4i, v: vec4f) {\n${put.join("\n")}\n}`,
+      `fn put4(at: vec4i, v: vec4f) {\n  var w = v;${add}\n${put.join("\n")}\n}`,
     );
     lines.push(`  let lastRow = min(u.rows - 1 - row0, ${vs.lastRow});`);
     for (let i = tm - 1; i >= 0; i--) {
