@@ -587,7 +587,11 @@ function directConvPlan(
   if (up && (g.kh !== 1 || g.kw !== 1 || tn % kk !== 0 || g.O % kk !== 0)) return null;
   const C4 = ceil4(g.C) / 4, taps = g.kh * g.kw;
   const srcFloats = g.N * g.C * g.Hs * g.Ws, wFloats = g.O * taps * C4 * 4;
-  if (g.Ws % 4 !== 0 || tm % 4 !== 0 || srcFloats > MAX_TEXTURE_FLOATS || wFloats > MAX_TEXTURE_FLOATS) {
+  // tn a multiple of 4: the stores are texGemmCode's vector stores (convTileFor's blocks all are).
+  if (
+    g.Ws % 4 !== 0 || tm % 4 !== 0 || tn % 4 !== 0 || srcFloats > MAX_TEXTURE_FLOATS ||
+    wFloats > MAX_TEXTURE_FLOATS
+  ) {
     return null;
   }
   // Window of the block's first pixel: texel shift and offset inside the texel (compile-time: the kernel
@@ -606,7 +610,6 @@ function directConvPlan(
   // is one (as for the bias): with and without a residual they are one pipeline, not two (a restore then
   // creates 28 pipelines, not 31).
   const resBound = !split && !up;
-  const residualOf = (at: string) => `select(0.0, res[${at}], u.hasRes != 0)`;
   const setup: string[] = [`  let lineBlock = rowBlock % u.lineBlocks;
   let nh = rowBlock / u.lineBlocks;
   let oh = nh % u.Hout;
@@ -685,17 +688,13 @@ function directConvPlan(
         `(((n * u.cols + col0 + ${j}) / ${kk}) * u.Hout * ${up.kh} + oh * ${up.kh} + ${
           Math.floor(j / up.kw) % up.kh
         }) * u.Wout * ${up.kw} + (ow0 + ${i}) * ${up.kw} + ${j % up.kw}`
-      : (i, j) => `outRow_${j} + ${i}`,
-    // Each column's output row, once: 256 full index expressions made a third of a 16x16 block's source.
-    storeSetup: up ? tn % 4 === 0 ? upStoreBases(tn, up, kk) : undefined : tn % 4 === 0
-      ? Array.from(
-        { length: tn / 4 },
-        (_, q) => `  let outRow_${q} = ((n * u.cols + ${clampedColumns(q)}) * u.Hout + oh) * u.Wout + ow0;`,
-      ).join("\n")
-      : Array.from(
-        { length: tn },
-        (_, j) => `  let outRow_${j} = ((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0;`,
-      ).join("\n"),
+      : (i, j) => `((n * u.cols + col0 + ${j}) * u.Hout + oh) * u.Wout + ow0 + ${i}`,
+    // Each group of 4 columns' output row, once: 256 full index expressions made a third of a 16x16 block's
+    // source.
+    storeSetup: up ? upStoreBases(tn, up, kk) : Array.from(
+      { length: tn / 4 },
+      (_, q) => `  let outRow_${q} = ((n * u.cols + ${clampedColumns(q)}) * u.Hout + oh) * u.Wout + ow0;`,
+    ).join("\n"),
     vectorStore: {
       index: up ? (i, q) => `upBase_${q} + (ow0 + ${i}) * ${up.kw}` : (i, q) => `outRow_${q} + ${i}`,
       lastRow: "u.Wout - 1 - ow0",
@@ -709,11 +708,9 @@ function directConvPlan(
     },
     outGuard: (i) => `ow0 + ${i} < u.Wout`,
     decls: split ? undefined : `${EPILOGUE_DECLS}\n${EPILOGUE_DECLS_4}`,
-    // A residual is read inside the store's guard, at the output's own index.
-    epilogue: resBound
-      ? (v, i, j) => `act(${v} + bias_${j}) + ${residualOf(`outRow_${j} + ${i}`)}`
-      : (v, _i, j) => `act(${v} + bias_${j})`,
-    epilogueSetup: biasLoads(tn, kk) + (tn % 4 ? "" : `\n${biasVectors(tn)}`),
+    // What each output gets (the vector stores above apply it, then add the residual).
+    epilogue: (v, _i, j) => `act(${v} + bias_${j})`,
+    epilogueSetup: `${biasLoads(tn, kk)}\n${biasVectors(tn)}`,
   };
   const inputs = spec.inputs.map((b) => b.name);
   const gemm: KernelStep = {

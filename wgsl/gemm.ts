@@ -611,21 +611,19 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   };
   const kVector = (op: TexOperand, p: string, i: number, g: number) =>
     memo(`${p} ${i} ${g}`, () => kVectorOf(op, p, i, g));
-  const kVectorOf = (op: TexOperand, p: string, i: number, g: number) => {
-    const parts = range(4).map((c) => value(op, p, i, 4 * g + c));
+  // A vec4f of 4 values: a loaded texel's name when they are its x, y, z, w, else a shared construction.
+  const vectorOf = (parts: string[], prefix: string) => {
     const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
     if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
-    return shared(`vec4f(${parts.join(", ")})`, "kv");
+    return shared(`vec4f(${parts.join(", ")})`, prefix);
   };
+  const kVectorOf = (op: TexOperand, p: string, i: number, g: number) =>
+    vectorOf(range(4).map((c) => value(op, p, i, 4 * g + c)), "kv");
   // 4 columns' B values at k sub-step s (a vector), or at the 4 sub-steps of group g (a matrix, column e =
   // sub-step 4g + e), declared once per iteration.
   const columnVector = (q: number, s: number) => memo(`bv ${q} ${s}`, () => columnVectorOf(q, s));
-  const columnVectorOf = (q: number, s: number) => {
-    const parts = range(4).map((c) => value(t.b, "tb", 4 * q + c, s));
-    const whole = parts[0].match(/^(\w+)\.x$/)?.[1];
-    if (whole && parts.every((v, c) => v === `${whole}.${comp[c]}`)) return whole;
-    return shared(`vec4f(${parts.join(", ")})`, "bv");
-  };
+  const columnVectorOf = (q: number, s: number) =>
+    vectorOf(range(4).map((c) => value(t.b, "tb", 4 * q + c, s)), "bv");
   const columnMatrix = (q: number, g: number) => memo(`bm ${q} ${g}`, () => columnMatrixOf(q, g));
   const columnMatrixOf = (q: number, g: number) =>
     shared(
