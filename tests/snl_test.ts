@@ -9,7 +9,7 @@ import type { Tensor } from "../mod.ts";
 import { type ActiveSites, compactMask } from "../layers/sparse/active.ts";
 import { DenseNonLocal, SNLModule, snlStep } from "../layers/sparse/snl.ts";
 import { snlForwardRefAt, snlGradRefAt, type SnlProblem } from "../bench/snl.ts";
-import { snlForwardPlan } from "../wgsl/snl.ts";
+import { snlForwardPlan, snlUsesTextures } from "../wgsl/snl.ts";
 
 /** Scale-relative tolerance (max |error| / max |reference| per tensor). */
 const TOL = 1e-4;
@@ -158,6 +158,9 @@ const CASES: Case[] = [
   { name: "batch 3, densities 3/30/60%", shape: [3, 4, 6, 10], densities: [0.03, 0.3, 0.6] },
   { name: "batch 2, 0% and 100%", shape: [2, 3, 5, 4], densities: [0, 1] },
   { name: "C=40, 2 images", shape: [2, 40, 9, 10], densities: [0.5, 0.1] },
+  // C and H * W multiples of 4: on adapters that prefer texture reads these also run the texture kernels.
+  { name: "C=8, 12x10, batch 2, 5% and 30%", shape: [2, 8, 12, 10], densities: [0.05, 0.3] },
+  { name: "C=12, 6x8, dense mode", shape: [2, 12, 6, 8], densities: [0.3, 0.6], dense: true },
   { name: "dense mode", shape: [2, 6, 7, 9], densities: [0.3, 0.6], dense: true },
   // Lines of at least 256 sites: the query passes also run the few-query variant (rows here, columns next).
   { name: "rows of 300 sites, 3% and 30%", shape: [2, 8, 3, 300], densities: [0.03, 0.3] },
@@ -177,31 +180,79 @@ Deno.test("the query passes run the few-query variant on lines of at least 256 s
   ]);
 });
 
+/**
+ * The read paths of the line passes: storage loads, and (where the shape allows, see `snlUsesTextures`)
+ * texels of channels-last copies. Tests run both, whichever the adapter prefers.
+ */
+const READ_PATHS = [{ textures: false, name: "storage" }, { textures: true, name: "textures" }];
+
+/** Runs `fn` with the engine's texture preference set to `textures` (restored afterwards). */
+async function withReads<T>(textures: boolean, fn: () => Promise<T>): Promise<T> {
+  const before = testEngine.readsViaTextures;
+  testEngine.readsViaTextures = textures;
+  try {
+    return await fn();
+  } finally {
+    testEngine.readsViaTextures = before;
+  }
+}
+
+/** Whether snlStep on this shape takes the texture path when the engine prefers textures. */
+const texturable = ([N, C, H, W]: readonly number[]) => snlUsesTextures({ N, C, H, W, dense: false }, true);
+
+Deno.test("the texture path is taken exactly where C and H * W are multiples of 4 and the copy is small", () => {
+  assert.equal(texturable([2, 8, 12, 10]), true);
+  assert.equal(texturable([1, 32, 256, 256]), true);
+  assert.equal(texturable([2, 40, 9, 10]), false, "H * W = 90");
+  assert.equal(texturable([1, 6, 8, 8]), false, "C = 6");
+  assert.equal(texturable([1, 64, 512, 512]), false, "a 64 MiB copy");
+  assert.equal(
+    snlUsesTextures({ N: 2, C: 8, H: 12, W: 10, dense: false }, false),
+    false,
+    "storage preferred",
+  );
+  const keys = snlForwardPlan({ N: 2, C: 8, H: 12, W: 10, dense: false, textures: true }).steps.map((st) =>
+    st.kernel.key
+  );
+  assert.deepEqual(keys, [
+    "snl:channels-last",
+    "snl:stats-lanes:c8:t8:tex",
+    "snl:stats-lanes:c8:t8:tex",
+    "snl:finalize",
+    "snl:accum-lanes:c8:t8:tex",
+    "snl:accum-lanes:c8:t8:tex",
+  ]);
+});
+
 for (const c of CASES) {
-  Deno.test(`snlStep equals the dense masked reference: ${c.name}`, async () => {
-    const [N, C, H, W] = c.shape;
-    const n = N * C * H * W;
-    const seed = 100 + CASES.indexOf(c) * 7;
-    const f = randomArray(n, seed, -1.5, 1.5);
-    const e = randomArray(N * 4 * H * W, seed + 1);
-    const g = randomArray(n, seed + 2);
-    const mask = randomMask(N, H, W, c.densities, seed + 3);
-    const mode = c.dense ? "dense" : "sparse";
-    const got = await withSites(
-      mask,
-      c.shape,
-      (sites) => stepAndGrads((x, le) => snlStep(x, le, sites, mode), c.shape, f, e, g),
-    );
-    const want = await stepAndGrads((x, le) => referenceStep(x, le, mask, !!c.dense), c.shape, f, e, g);
-    close("forward", got.out, want.out);
-    close("grad f", got.df, want.df);
-    close("grad E", got.de, want.de);
-    if (!c.dense && c.densities.every((d) => d === 1 || d === 0)) {
-      // No (query, clean key) pair at all: the step is the identity and E gets no gradient.
-      sameBits("identity", got.out, f, got.out.keys());
-      assert.ok(got.de.every((v) => v === 0), "grad E is zero");
-    }
-  });
+  for (const path of READ_PATHS) {
+    if (path.textures && !texturable(c.shape)) continue;
+    Deno.test(`snlStep equals the dense masked reference: ${c.name} (${path.name})`, () =>
+      withReads(path.textures, async () => {
+        const [N, C, H, W] = c.shape;
+        const n = N * C * H * W;
+        const seed = 100 + CASES.indexOf(c) * 7;
+        const f = randomArray(n, seed, -1.5, 1.5);
+        const e = randomArray(N * 4 * H * W, seed + 1);
+        const g = randomArray(n, seed + 2);
+        const mask = randomMask(N, H, W, c.densities, seed + 3);
+        const mode = c.dense ? "dense" : "sparse";
+        const got = await withSites(
+          mask,
+          c.shape,
+          (sites) => stepAndGrads((x, le) => snlStep(x, le, sites, mode), c.shape, f, e, g),
+        );
+        const want = await stepAndGrads((x, le) => referenceStep(x, le, mask, !!c.dense), c.shape, f, e, g);
+        close("forward", got.out, want.out);
+        close("grad f", got.df, want.df);
+        close("grad E", got.de, want.de);
+        if (!c.dense && c.densities.every((d) => d === 1 || d === 0)) {
+          // No (query, clean key) pair at all: the step is the identity and E gets no gradient.
+          sameBits("identity", got.out, f, got.out.keys());
+          assert.ok(got.de.every((v) => v === 0), "grad E is zero");
+        }
+      }));
+  }
 }
 
 // ---- (b) PyTorch fixtures ----
@@ -220,24 +271,32 @@ function decode(raw: RawTensor): Float32Array {
   return out;
 }
 
-Deno.test("snlStep matches PyTorch fixtures (dense masked formula, float64): forward, grad f, grad E", async () => {
+Deno.test("snlStep matches PyTorch fixtures (dense masked formula, float64): forward, grad f, grad E, both read paths", async () => {
   const file = JSON.parse(Deno.readTextFileSync(new URL("./fixtures/snl.json", import.meta.url)));
   assert.ok(file.cases.length >= 5);
+  let textured = 0;
   for (const fx of file.cases) {
-    const shape = fx.inputs.f.shape as number[];
-    const mask = decode(fx.inputs.mask);
-    const got = await withSites(mask, shape, (sites) =>
-      stepAndGrads(
-        (x, le) => snlStep(x, le, sites, fx.params.mode),
-        shape,
-        decode(fx.inputs.f),
-        decode(fx.inputs.e),
-        decode(fx.gradOutput),
-      ));
-    close(`${fx.name} forward`, got.out, decode(fx.output));
-    close(`${fx.name} grad f`, got.df, decode(fx.grads.f));
-    close(`${fx.name} grad E`, got.de, decode(fx.grads.e));
+    for (const path of READ_PATHS) {
+      const shape = fx.inputs.f.shape as number[];
+      if (path.textures && !texturable(shape)) continue;
+      if (path.textures) textured++;
+      await withReads(path.textures, async () => {
+        const mask = decode(fx.inputs.mask);
+        const got = await withSites(mask, shape, (sites) =>
+          stepAndGrads(
+            (x, le) => snlStep(x, le, sites, fx.params.mode),
+            shape,
+            decode(fx.inputs.f),
+            decode(fx.inputs.e),
+            decode(fx.gradOutput),
+          ));
+        close(`${fx.name} forward (${path.name})`, got.out, decode(fx.output));
+        close(`${fx.name} grad f (${path.name})`, got.df, decode(fx.grads.f));
+        close(`${fx.name} grad E (${path.name})`, got.de, decode(fx.grads.e));
+      });
+    }
   }
+  console.log(`${textured} of ${file.cases.length} fixture cases also ran the texture path`);
 });
 
 // ---- (c) invariants ----
@@ -430,7 +489,8 @@ Deno.test("snlStep at 1x64x512x512, 30% density: sampled float64 check, memory O
 // ---- (e) finite differences ----
 
 async function moduleGradcheck(dense: boolean): Promise<void> {
-  const shape = [1, 4, 5, 6];
+  // H * W and C multiples of 4: the texture path where the adapter prefers it (both paths run below).
+  const shape = [1, 4, 6, 6];
   const [N, C, H, W] = shape;
   const f = randomArray(N * C * H * W, 61, -1, 1);
   const r = randomArray(N * C * H * W, 62);
@@ -481,6 +541,9 @@ async function moduleGradcheck(dense: boolean): Promise<void> {
   assert.deepEqual(failures, []);
 }
 
-Deno.test("SNLModule gradients match finite differences (sparse)", () => moduleGradcheck(false));
-Deno.test("SNLModule gradients match finite differences (dense / DenseNonLocal)", () =>
-  moduleGradcheck(true));
+for (const path of READ_PATHS) {
+  Deno.test(`SNLModule gradients match finite differences (sparse, ${path.name})`, () =>
+    withReads(path.textures, () => moduleGradcheck(false)));
+  Deno.test(`SNLModule gradients match finite differences (dense / DenseNonLocal, ${path.name})`, () =>
+    withReads(path.textures, () => moduleGradcheck(true)));
+}

@@ -67,7 +67,14 @@
  * @module
  */
 
-import type { KernelPlan, KernelSource, KernelStep } from "./plan.ts";
+import {
+  defineKernel,
+  foldWorkgroups,
+  type KernelPlan,
+  type KernelSource,
+  type KernelStep,
+  texelCoords,
+} from "./plan.ts";
 
 /** Bound on the loop iterations of one invocation (llvmpipe stops loops after 65,535). */
 export const SNL_LOOP_BUDGET = 16000;
@@ -85,7 +92,62 @@ export interface SnlShape {
   W: number;
   /** Dense (criss-cross) mode: every site is a query and a key. */
   dense: boolean;
+  /**
+   * The line passes read the other side's features (keys for the query passes, queries for `dk`) as texels
+   * of channels-last copies of F and dOut ([N, H, W, C], plan scratch `Fcl` and `Hcl` made by the plan's
+   * first steps, bound as textures): C / 4 texel loads per visited site instead of C storage loads. Needs
+   * C % 4 == 0 and H * W % 4 == 0. See {@link snlUsesTextures}.
+   */
+  textures?: boolean;
 }
+
+/**
+ * Largest channels-last copy (floats) the texture path makes. A copy and its texture live for the plan, so
+ * the path costs 2 C words per site (4 C in a backward with dF) where the storage path keeps its scratch at
+ * 14 words per site; up to this size (16 MiB: 64 channels at 256x256, 16 at 512x512) that is cheap, and
+ * larger steps read storage.
+ */
+export const SNL_TEXTURE_MAX_FLOATS = 1 << 22;
+
+/**
+ * Whether an SNL step of this shape reads through textures: where the engine prefers texture reads (CPU
+ * rasterizers, which gather storage loads lane by lane: about 12 ns per float against 2-4 ns per 4-float
+ * texel on llvmpipe), C and H * W are multiples of 4, and the copy is at most {@link SNL_TEXTURE_MAX_FLOATS}.
+ */
+export function snlUsesTextures(shape: SnlShape, readsViaTextures: boolean): boolean {
+  const { N, C, H, W } = shape;
+  return readsViaTextures && C % 4 === 0 && (H * W) % 4 === 0 && N * C * H * W <= SNL_TEXTURE_MAX_FLOATS;
+}
+
+/** Copies NCHW `src` into channels-last `dst` [N, H, W, C] (C and H * W multiples of 4): an invocation moves 4 channels of 4
+ * neighbouring sites, 4 texel loads of the source's texture view and 4 vec4 stores. */
+const CHANNELS_LAST = defineKernel({
+  key: "snl:channels-last",
+  uniforms: { C4: "u32", HW: "u32", quads: "u32" },
+  bindings: [{ name: "src", kind: "t" }, { name: "dst", kind: "w", type: "vec4<f32>" }],
+  body: `@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  // Invocation: (image and channel quad) outer, site quad inner, so neighbouring lanes read neighbouring texels.
+  let id = (wg.x + wg.y * nwg.x) * 64u + lid;
+  if (id >= u.quads) { return; }
+  let siteQuads = u.HW >> 2u;
+  let bc = id / siteQuads;
+  let pq = id - bc * siteQuads;
+  let b = bc / u.C4;
+  let cq = bc - b * u.C4;
+  let first = (b * u.C4 + cq) * 4u * siteQuads + pq;
+  let t0 = textureLoad(src, ${texelCoords("first")}, 0);
+  let t1 = textureLoad(src, ${texelCoords("first + siteQuads")}, 0);
+  let t2 = textureLoad(src, ${texelCoords("first + 2u * siteQuads")}, 0);
+  let t3 = textureLoad(src, ${texelCoords("first + 3u * siteQuads")}, 0);
+  let o = (b * u.HW + pq * 4u) * u.C4 + cq;
+  dst[o] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
+  dst[o + u.C4] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
+  dst[o + 2u * u.C4] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
+  dst[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
+}`,
+});
 
 /** Checks the limits of the kernels: lines up to {@link SNL_MAX_LINE} sites, batch and lines per image up
  * to 65,535 (workgroup grid dimensions). */
@@ -115,11 +177,14 @@ const PARAMS = `struct Params {
 @group(0) @binding(0) var<uniform> u: Params;
 const NONE = 0xffffffffu;`;
 
-type Binding = [name: string, type: "f32" | "u32", write: boolean];
+/** A binding: storage of f32/u32 (read or read-write), or an rgba32float texture view of a buffer. */
+type Binding = [name: string, type: "f32" | "u32" | "texture", write: boolean];
 
 function bindings(list: Binding[]): string {
   return list.map(([name, type, write], i) =>
-    `@group(0) @binding(${i + 1}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`
+    type === "texture"
+      ? `@group(0) @binding(${i + 1}) var ${name}: texture_2d<f32>;`
+      : `@group(0) @binding(${i + 1}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`
   ).join("\n");
 }
 
@@ -202,6 +267,20 @@ const PASS_BINDINGS: Record<Pass, Binding[]> = {
   dq: [read("F"), read("dOut"), read("stats"), read("D"), read("lists", "u32"), written("dF")],
   dk: [read("F"), read("dOut"), read("stats"), read("D"), read("lists", "u32"), written("dF")],
 };
+
+/** Channels-last copies of F and dOut, read as textures (see {@link SnlShape.textures}). */
+const TEXTURE_OF = { F: "Fcl", dOut: "Hcl" } as const;
+
+/** A pass's bindings (names are the plan's buffer names): its storage buffers, then the texture views the
+ * `tex` kernels read the other side from; the `tex` key pass also reads the queries' stats and D as texels. */
+function passBindings(pass: Pass, tex: boolean): Binding[] {
+  if (!tex) return PASS_BINDINGS[pass];
+  if (pass !== "dk") return [...PASS_BINDINGS[pass], [TEXTURE_OF.F, "texture", false]];
+  return [
+    ...PASS_BINDINGS.dk.filter(([name]) => name !== "stats" && name !== "D"),
+    ...(["stats", "D", TEXTURE_OF.F, TEXTURE_OF.dOut].map((name): Binding => [name, "texture", false])),
+  ];
+}
 
 /**
  * Items (queries, or keys for the key-gradient pass) each invocation holds in registers. Every storage
@@ -351,7 +430,7 @@ function hasFewVariant(C: number, T: number, len: number): boolean {
  * partial results per query (streaming max/sum for `stats`, plain sums otherwise), and invocation q writes
  * query q. The `lanes-many` variant then skips those lines.
  */
-function lineKernel(pass: Pass, C: number, T: number, variant: LineVariant): KernelSource {
+function lineKernel(pass: Pass, C: number, T: number, variant: LineVariant, tex: boolean): KernelSource {
   const keysPass = pass === "dk";
   const few = variant === "few";
   const lanes = variant === "lanes" || variant === "lanes-many";
@@ -422,8 +501,19 @@ ${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      
     }
   }`;
   const zeroAcc = perQ(T, (q) => perC(C, (c) => `var acc${q}_${c} = 0.0;`), "  ");
-  const loadOther = (name: string, src: string) =>
-    perC(C, (c) => `let ${name}${c} = ${src}[${ch("x0", c)}];`, "\n    ");
+  // The other side's features: C storage loads per site, or (tex) C / 4 texels of its channels-last copy.
+  const loadOther = (name: string, src: "F" | "dOut") =>
+    tex
+      ? [
+        `let ${name}At = (b * u.HW + lineBase + t * step) * ${C / 4}u;`,
+        ...Array.from(
+          { length: C / 4 },
+          (_, j) =>
+            `let ${name}v${j} = textureLoad(${TEXTURE_OF[src]}, ${texelCoords(`${name}At + ${j}u`)}, 0);`,
+        ),
+        perC(C, (c) => `let ${name}${c} = ${name}v${c >> 2}.${"xyzw"[c & 3]};`),
+      ].join("\n    ")
+      : perC(C, (c) => `let ${name}${c} = ${src}[${ch("x0", c)}];`, "\n    ");
   const sideStats = (what: "lse" | "w" | "D") =>
     perQ(T, (q) => {
       const at = (d: string) =>
@@ -634,12 +724,25 @@ ${loopHead}
     ${loadOther("f", "F")}
     ${loadOther("h", "dOut")}
     let gq = b * u.HW + lineBase + t * step;
-    let lseB = stats[(gq * 4u + dBefore) * 2u];
+${
+        tex
+          ? `    // One texel of stats holds (lse, w) of both directions of the line, one of D all four directions.
+    let st = textureLoad(stats, ${texelCoords("gq * 2u + (dBefore >> 1u)")}, 0);
+    let Dv = textureLoad(D, ${texelCoords("gq")}, 0);
+    let DBA = select(Dv.zw, Dv.xy, u.row != 0u);
+    let lseB = st.x;
+    let wB = st.y;
+    let DB = DBA.x;
+    let lseA = st.z;
+    let wA = st.w;
+    let DA = DBA.y;`
+          : `    let lseB = stats[(gq * 4u + dBefore) * 2u];
     let wB = stats[(gq * 4u + dBefore) * 2u + 1u];
     let DB = D[gq * 4u + dBefore];
     let lseA = stats[(gq * 4u + dBefore + 1u) * 2u];
     let wA = stats[(gq * 4u + dBefore + 1u) * 2u + 1u];
-    let DA = D[gq * 4u + dBefore + 1u];
+    let DA = D[gq * 4u + dBefore + 1u];`
+      }
 ${
         perQ(T, (q) =>
           `{
@@ -660,7 +763,7 @@ ${storeOwn("dF", () => "true")}`;
   }
   const partCount = WG * T * (pass === "stats" ? 4 : pass === "dgdot" ? 2 : C);
   const code = `${PARAMS}
-${bindings(PASS_BINDINGS[pass])}
+${bindings(passBindings(pass, tex))}
 ${few ? `var<workgroup> part: array<f32, ${partCount}>;` : ""}
 ${ENTRY_FN}
 @compute @workgroup_size(${WG})
@@ -670,30 +773,44 @@ ${own}
 ${body}
 }
 `;
-  return { key: `snl:${pass}${variant === "all" ? "" : `-${variant}`}:c${C}:t${T}`, code };
+  return {
+    key: `snl:${pass}${variant === "all" ? "" : `-${variant}`}:c${C}:t${T}${tex ? ":tex" : ""}`,
+    code,
+  };
 }
 
 const cache = new Map<string, KernelSource>();
-function kernel(pass: Pass, C: number, T: number, variant: LineVariant): KernelSource {
-  const key = `${pass}:${C}:${T}:${variant}`;
+function kernel(pass: Pass, C: number, T: number, variant: LineVariant, tex: boolean): KernelSource {
+  const key = `${pass}:${C}:${T}:${variant}:${tex}`;
   let k = cache.get(key);
-  if (!k) cache.set(key, k = lineKernel(pass, C, T, variant));
+  if (!k) cache.set(key, k = lineKernel(pass, C, T, variant, tex));
   return k;
 }
 
 /** Steps of one line pass: rows, then columns. The key pass takes `all`, the query passes `lanes`, and over
  * lines of at least {@link FEW_MIN_LINE} sites `lanes-many` plus `few` (a workgroup per T queries) for the
  * lines with at most FEW_GROUPS * T queries. */
-function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]): KernelStep[] {
+function linePass(pass: Pass, s: SnlShape): KernelStep[] {
   checkShape(s);
   const T = snlBlock(s.C);
+  const tex = !!s.textures;
+  if (tex && (s.C % 4 !== 0 || (s.H * s.W) % 4 !== 0)) {
+    throw new Error(
+      `snl: texture reads need C and H * W multiples of 4, got C = ${s.C}, H * W = ${s.H * s.W}`,
+    );
+  }
+  const bound = passBindings(pass, tex);
+  const buffers = bound.map(([name]) => name);
+  const writes = bound.filter(([, , write]) => write).map(([name]) => name);
+  const textures = bound.filter(([, type]) => type === "texture").map(([name]) => name);
   return [true, false].flatMap((row) => {
     const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
     const step = (variant: LineVariant): KernelStep => ({
-      kernel: kernel(pass, s.C, T, variant),
+      kernel: kernel(pass, s.C, T, variant, tex),
       uniforms: uniforms(s, row),
       buffers,
       writes,
+      ...(tex ? { textures } : {}),
       workgroups: variant === "few"
         ? [FEW_GROUPS, lines, s.N]
         : variant === "lanes" || variant === "lanes-many"
@@ -703,6 +820,19 @@ function linePass(pass: Pass, s: SnlShape, buffers: string[], writes: string[]):
     if (pass === "dk") return [step("all")];
     return hasFewVariant(s.C, T, len) ? [step("lanes-many"), step("few")] : [step("lanes")];
   });
+}
+
+/** With {@link SnlShape.textures}: the steps writing the channels-last copies of `names` into their scratch. */
+function channelsLastSteps(s: SnlShape, names: ("F" | "dOut")[]): KernelStep[] {
+  if (!s.textures) return [];
+  const quads = (s.N * s.C * s.H * s.W) / 16;
+  return names.map((name) =>
+    CHANNELS_LAST.step(
+      { C4: s.C / 4, HW: s.H * s.W, quads },
+      foldWorkgroups(Math.ceil(quads / 64)),
+      { src: name, dst: TEXTURE_OF[name] },
+    )
+  );
 }
 
 /** Grid of the per-site kernels (64 sites per workgroup, folded over y past 65,535 workgroups). */
@@ -720,9 +850,10 @@ function siteGrid(s: SnlShape): [number, number, number] {
 export function snlForwardPlan(s: SnlShape): KernelPlan {
   return {
     outSize: s.N * s.C * s.H * s.W,
-    scratch: {},
+    scratch: s.textures ? { [TEXTURE_OF.F]: s.N * s.C * s.H * s.W } : {},
     steps: [
-      ...linePass("stats", s, ["F", "lists", "stats"], ["stats"]),
+      ...channelsLastSteps(s, ["F"]),
+      ...linePass("stats", s),
       {
         kernel: FINALIZE,
         uniforms: uniforms(s),
@@ -730,7 +861,7 @@ export function snlForwardPlan(s: SnlShape): KernelPlan {
         writes: ["stats"],
         workgroups: siteGrid(s),
       },
-      ...linePass("accum", s, ["F", "stats", "lists", "out"], ["out"]),
+      ...linePass("accum", s),
     ],
   };
 }
@@ -774,8 +905,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
  */
 export function snlBackwardPlan(s: SnlShape, withInput: boolean): KernelPlan {
   const sites = s.N * s.H * s.W;
+  const copied: ("F" | "dOut")[] = withInput ? ["F", "dOut"] : ["F"];
   const steps: KernelStep[] = [
-    ...linePass("dgdot", s, ["F", "dOut", "stats", "lists", "D"], ["D"]),
+    ...channelsLastSteps(s, copied),
+    ...linePass("dgdot", s),
     {
       kernel: DLOGITS,
       uniforms: uniforms(s),
@@ -785,8 +918,10 @@ export function snlBackwardPlan(s: SnlShape, withInput: boolean): KernelPlan {
     },
   ];
   if (withInput) {
-    steps.push(...linePass("dq", s, ["F", "dOut", "stats", "D", "lists", "dF"], ["dF"]));
-    steps.push(...linePass("dk", s, ["F", "dOut", "stats", "D", "lists", "dF"], ["dF"]));
+    steps.push(...linePass("dq", s));
+    steps.push(...linePass("dk", s));
   }
-  return { outSize: s.N * 4 * s.H * s.W, scratch: { D: sites * 4 }, steps };
+  const scratch: Record<string, number> = { D: sites * 4 };
+  if (s.textures) { for (const name of copied) scratch[TEXTURE_OF[name]] = sites * s.C; }
+  return { outSize: s.N * 4 * s.H * s.W, scratch, steps };
 }

@@ -37,6 +37,7 @@ import {
   snlListsPlan,
   snlListsSize,
   type SnlShape,
+  snlUsesTextures,
 } from "../../wgsl/snl.ts";
 import type { ActiveSites } from "./active.ts";
 import { sparseConv2d } from "./sparse_conv.ts";
@@ -96,8 +97,9 @@ export function snlStep(
   checkInputs(f, fusionLogits, sites, mode);
   const [N, C, H, W] = f.shape;
   const dense = mode === "dense";
-  const shape: SnlShape = { N, C, H, W, dense };
   const e = engine();
+  const shape: SnlShape = { N, C, H, W, dense };
+  shape.textures = snlUsesTextures(shape, e.readsViaTextures);
   const { out, stats } = e.op("snlStep", () => {
     const lists = dense ? null : siteLists(sites!.rank, N, H, W);
     const out = Tensor.empty(f.shape);
