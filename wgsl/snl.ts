@@ -60,7 +60,8 @@
  * llvmpipe loop cap (65,535 iterations per invocation in total): the attention kernels' only loops walk a
  * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops (and, in the
  * `few` variant, 8-iteration reduction loops), so an invocation runs at most max(H, W) + 2T + 8
- * iterations; the list builder walks a line twice (2 max(H, W)).
+ * iterations per chunk of T items; with {@link SnlShape.serialChunks} a `lanes` invocation walks
+ * floor(16,000 / (len + 2T + 1)) chunks at most; the list builder walks a line twice (2 max(H, W)).
  * Lines are therefore limited to {@link SNL_MAX_LINE} = 7,996 sites, which keeps every invocation under
  * 16,000 iterations.
  *
@@ -99,6 +100,13 @@ export interface SnlShape {
    * C % 4 == 0 and H * W % 4 == 0. See {@link snlUsesTextures}.
    */
   textures?: boolean;
+  /**
+   * An invocation of the query passes' `lanes` layout walks every chunk of T queries of its line (up to the
+   * loop budget) instead of one, so the grid has one workgroup column per line instead of one per possible
+   * chunk. For CPU adapters, where an invocation that exits at once still costs about 0.25 us and most chunks
+   * of a sparse line are empty; GPUs keep one chunk per invocation (parallelism).
+   */
+  serialChunks?: boolean;
 }
 
 /**
@@ -110,13 +118,24 @@ export interface SnlShape {
 export const SNL_TEXTURE_MAX_FLOATS = 1 << 22;
 
 /**
+ * Shortest longest line (max(H, W)) that takes the texture path. The copies cost O(sites x C) and a dispatch
+ * each (3 per step forward and backward), the attention work O(sites x line length x density): measured on
+ * llvmpipe (snlStep forward + backward, GPU time, 10% mask), the path saved 25-35% on 128x192 and 256x256
+ * maps, 10-25% on 8x16x64x64 and 8x32x32x32 batches (2-6 ms) and cost 7% on 8x16x64x64 at 30%; below 128
+ * sites the training step's 12 extra dispatches are not worth it.
+ */
+export const SNL_TEXTURE_MIN_LINE = 128;
+
+/**
  * Whether an SNL step of this shape reads through textures: where the engine prefers texture reads (CPU
  * rasterizers, which gather storage loads lane by lane: about 12 ns per float against 2-4 ns per 4-float
- * texel on llvmpipe), C and H * W are multiples of 4, and the copy is at most {@link SNL_TEXTURE_MAX_FLOATS}.
+ * texel on llvmpipe), C and H * W are multiples of 4, lines are long enough ({@link SNL_TEXTURE_MIN_LINE})
+ * and the copy is at most {@link SNL_TEXTURE_MAX_FLOATS}.
  */
 export function snlUsesTextures(shape: SnlShape, readsViaTextures: boolean): boolean {
   const { N, C, H, W } = shape;
-  return readsViaTextures && C % 4 === 0 && (H * W) % 4 === 0 && N * C * H * W <= SNL_TEXTURE_MAX_FLOATS;
+  return readsViaTextures && C % 4 === 0 && (H * W) % 4 === 0 && Math.max(H, W) >= SNL_TEXTURE_MIN_LINE &&
+    N * C * H * W <= SNL_TEXTURE_MAX_FLOATS;
 }
 
 /** Copies NCHW `src` into channels-last `dst` [N, H, W, C] (C and H * W multiples of 4): an invocation moves 4 channels of 4
@@ -162,16 +181,17 @@ export function snlListsSize(N: number, H: number, W: number): number {
   return 2 * N * H * W + N * H + N * W;
 }
 
-function uniforms(s: SnlShape, row = false): ArrayBuffer {
+function uniforms(s: SnlShape, row = false, chunks = 1): ArrayBuffer {
   const buffer = new ArrayBuffer(48);
   const u = new Uint32Array(buffer);
   u.set([s.N, s.C, s.H, s.W, s.H * s.W, s.dense ? 1 : 0, row ? 1 : 0, s.N * s.H * s.W]);
   new Float32Array(buffer)[8] = 1 / Math.sqrt(s.C);
+  u[9] = chunks;
   return buffer;
 }
 
 const PARAMS = `struct Params {
-  N: u32, C: u32, H: u32, W: u32, HW: u32, dense: u32, row: u32, sites: u32, tau: f32, p0: u32, p1: u32,
+  N: u32, C: u32, H: u32, W: u32, HW: u32, dense: u32, row: u32, sites: u32, tau: f32, chunks: u32, p1: u32,
   p2: u32
 }
 @group(0) @binding(0) var<uniform> u: Params;
@@ -321,7 +341,7 @@ const LINE_PROLOGUE = `  let chunk = wg.x;
 
 /** {@link LINE_PROLOGUE} for the `lanes` variant: invocation `lid` of workgroup row `wg.y` takes line
  * `wg.y * WG + lid` (lanes past the last line return). */
-const LANES_PROLOGUE = LINE_PROLOGUE.replace(
+const LANES_PROLOGUE = LINE_PROLOGUE.replace("  let chunk = wg.x;\n", "").replace(
   "let L = wg.y;",
   `let L = wg.y * ${WG}u + lid;
   if (L >= select(u.W, u.H, u.row != 0u)) { return; }`,
@@ -448,7 +468,7 @@ function lineKernel(pass: Pass, C: number, T: number, variant: LineVariant, tex:
       : lanes
       ? `  if (chunk * ${T}u >= ${items} || ${others} == 0u${
         splitLines ? ` || nQ <= ${FEW_GROUPS * T}u` : ""
-      }) { return; }
+      }) { break; }
   let start = chunk * ${T}u;`
       : `  if (chunk * ${WG * T}u >= ${items} || ${others} == 0u) { return; }
   let start = chunk * ${WG * T}u + lid * ${T}u;
@@ -768,9 +788,19 @@ ${few ? `var<workgroup> part: array<f32, ${partCount}>;` : ""}
 ${ENTRY_FN}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-${lanes ? LANES_PROLOGUE : LINE_PROLOGUE}
+${
+    lanes
+      ? `${LANES_PROLOGUE}
+  // u.chunks chunks of T queries per invocation, in a loop: a grid over every possible chunk of a line ran
+  // mostly invocations that exit at once (a line at 10% has a few chunks of queries), at about 0.25 us each.
+  for (var chunk = wg.x * u.chunks; chunk < (wg.x + 1u) * u.chunks; chunk++) {
 ${own}
 ${body}
+  }`
+      : `${LINE_PROLOGUE}
+${own}
+${body}`
+  }
 }
 `;
   return {
@@ -805,16 +835,19 @@ function linePass(pass: Pass, s: SnlShape): KernelStep[] {
   const textures = bound.filter(([, type]) => type === "texture").map(([name]) => name);
   return [true, false].flatMap((row) => {
     const [len, lines] = row ? [s.W, s.H] : [s.H, s.W];
+    // `lanes` chunks of T queries per invocation (see SnlShape.serialChunks), within the loop budget.
+    const lineChunks = Math.ceil(len / T);
+    const chunks = s.serialChunks ? Math.min(lineChunks, Math.floor(SNL_LOOP_BUDGET / (len + 2 * T + 1))) : 1;
     const step = (variant: LineVariant): KernelStep => ({
       kernel: kernel(pass, s.C, T, variant, tex),
-      uniforms: uniforms(s, row),
+      uniforms: uniforms(s, row, chunks),
       buffers,
       writes,
       ...(tex ? { textures } : {}),
       workgroups: variant === "few"
         ? [FEW_GROUPS, lines, s.N]
         : variant === "lanes" || variant === "lanes-many"
-        ? [Math.ceil(len / T), Math.ceil(lines / WG), s.N]
+        ? [Math.ceil(lineChunks / chunks), Math.ceil(lines / WG), s.N]
         : [Math.ceil(len / (WG * T)), lines, s.N],
     });
     if (pass === "dk") return [step("all")];

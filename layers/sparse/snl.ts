@@ -98,7 +98,7 @@ export function snlStep(
   const [N, C, H, W] = f.shape;
   const dense = mode === "dense";
   const e = engine();
-  const shape: SnlShape = { N, C, H, W, dense };
+  const shape: SnlShape = { N, C, H, W, dense, serialChunks: e.readsViaTextures };
   shape.textures = snlUsesTextures(shape, e.readsViaTextures);
   const { out, stats } = e.op("snlStep", () => {
     const lists = dense ? null : siteLists(sites!.rank, N, H, W);
