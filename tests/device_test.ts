@@ -428,7 +428,7 @@ Deno.test("weight-gradient reductions wait for their first use and run batched; 
       p.grad = null;
     }
   };
-  const read = async () => Promise.all(all.map((p) => p.grad!.data()));
+  const read = () => Promise.all(all.map((p) => p.grad!.data()));
   // Reference: the unfused path, whose reductions run at once (no bias gradient in the weight gradient).
   ops.setFusion(false);
   backward();
