@@ -207,7 +207,8 @@ Deno.test("the texture path is taken exactly where C and H * W are multiples of 
   assert.equal(texturable([2, 40, 9, 10]), false, "H * W = 90");
   assert.equal(texturable([1, 6, 8, 128]), false, "C = 6");
   assert.equal(texturable([8, 16, 64, 64]), false, "lines of 64");
-  assert.equal(texturable([1, 64, 512, 512]), false, "a 64 MiB copy");
+  assert.equal(texturable([1, 64, 512, 512]), true, "a 64 MiB copy");
+  assert.equal(texturable([1, 64, 1024, 512]), false, "a 128 MiB copy");
   assert.equal(
     snlUsesTextures({ N: 2, C: 8, H: 4, W: 128, dense: false }, false),
     false,
@@ -400,91 +401,106 @@ Deno.test("SNLModule: clean sites pass through bit-identical; dense mode (DenseN
 
 // ---- (d) memory and scale ----
 
-Deno.test("snlStep at 1x64x512x512, 30% density: sampled float64 check, memory O(sites) beyond inputs/outputs", async () => {
-  const [N, C, H, W] = [1, 64, 512, 512];
-  const shape = [N, C, H, W];
-  const HW = H * W;
-  const f = randomArray(N * C * HW, 51, -1, 1);
-  const e = randomArray(N * 4 * HW, 52);
-  const g = randomArray(N * C * HW, 53);
-  const mask = randomMask(N, H, W, [0.3], 54);
-  const m = ops.tensor(mask, [N, 1, H, W]);
-  const sites = compactMask(m);
-  const x = ops.tensor(f, shape);
-  const le = ops.tensor(e, [N, 4, H, W]);
-  const gt = ops.tensor(g, shape);
-  x.requiresGrad = true;
-  le.requiresGrad = true;
-  await testEngine.sync();
-  const inputBytes = x.size * 4;
-  const live0 = testEngine.memory().liveBytes;
-  testEngine.pool.resetPeak();
-  const t0 = performance.now();
-  const y = snlStep(x, le, sites);
-  ops.backward(y, gt);
-  await testEngine.sync();
-  const seconds = (performance.now() - t0) / 1000;
-  const peak = testEngine.memory().peakBytes - live0;
-  // Outputs: F' and the two gradients. Everything else the step allocated is its scratch.
-  const outputs = y.size * 4 + x.grad!.size * 4 + le.grad!.size * 4;
-  const scratch = peak - outputs;
-  const active = mask.reduce((a, v) => a + v, 0);
-  const attentionMatrix = active * (H + W) * 4;
-  console.log(
-    `512x512x64 @30%: forward+backward ${seconds.toFixed(1)} s; peak beyond inputs ${
-      (peak / 2 ** 20).toFixed(1)
-    } MiB ` +
-      `(outputs ${(outputs / 2 ** 20).toFixed(1)} MiB, scratch ${
-        (scratch / 2 ** 20).toFixed(1)
-      } MiB); input ` +
-      `${(inputBytes / 2 ** 20).toFixed(0)} MiB; an attention matrix would be ${
-        (attentionMatrix / 2 ** 20).toFixed(0)
-      } MiB`,
-  );
-  assert.ok(peak < 4 * inputBytes, `peak ${peak} >= 4x input ${inputBytes}`);
-  assert.ok(scratch < 0.5 * inputBytes, `scratch ${scratch} >= input / 2 (should be ~16 words per site)`);
-  assert.ok(scratch < attentionMatrix / 10, "scratch far below an attention matrix");
+for (const path of READ_PATHS) {
+  Deno.test(`snlStep at 1x64x512x512, 30% density (${path.name}): sampled float64 check, memory beyond inputs/outputs O(sites) (GPU path) or O(sites x C) (texture path)`, () =>
+    withReads(path.textures, async () => {
+      const [N, C, H, W] = [1, 64, 512, 512];
+      const shape = [N, C, H, W];
+      const HW = H * W;
+      const f = randomArray(N * C * HW, 51, -1, 1);
+      const e = randomArray(N * 4 * HW, 52);
+      const g = randomArray(N * C * HW, 53);
+      const mask = randomMask(N, H, W, [0.3], 54);
+      const m = ops.tensor(mask, [N, 1, H, W]);
+      const sites = compactMask(m);
+      const x = ops.tensor(f, shape);
+      const le = ops.tensor(e, [N, 4, H, W]);
+      const gt = ops.tensor(g, shape);
+      x.requiresGrad = true;
+      le.requiresGrad = true;
+      await testEngine.sync();
+      const inputBytes = x.size * 4;
+      const live0 = testEngine.memory().liveBytes;
+      testEngine.pool.resetPeak();
+      const t0 = performance.now();
+      const y = snlStep(x, le, sites);
+      ops.backward(y, gt);
+      await testEngine.sync();
+      const seconds = (performance.now() - t0) / 1000;
+      const peak = testEngine.memory().peakBytes - live0;
+      // Outputs: F' and the two gradients. Everything else the step allocated is its scratch.
+      const outputs = y.size * 4 + x.grad!.size * 4 + le.grad!.size * 4;
+      const scratch = peak - outputs;
+      const active = mask.reduce((a, v) => a + v, 0);
+      const attentionMatrix = active * (H + W) * 4;
+      console.log(
+        `512x512x64 @30% (${path.name}): forward+backward ${seconds.toFixed(1)} s; peak beyond inputs ${
+          (peak / 2 ** 20).toFixed(1)
+        } MiB ` +
+          `(outputs ${(outputs / 2 ** 20).toFixed(1)} MiB, scratch ${
+            (scratch / 2 ** 20).toFixed(1)
+          } MiB); input ` +
+          `${(inputBytes / 2 ** 20).toFixed(0)} MiB; an attention matrix would be ${
+            (attentionMatrix / 2 ** 20).toFixed(0)
+          } MiB`,
+      );
+      if (path.textures) {
+        // Channels-last copies of F and dOut (2 C words per site) beside the storage path's 14 words per site.
+        assert.ok(texturable(shape), "the CPU path reads textures at this size");
+        assert.ok(
+          scratch < 2.5 * inputBytes,
+          `scratch ${scratch} >= 2.5x input (should be ~2 C + 16 words per site)`,
+        );
+      } else {
+        assert.ok(peak < 4 * inputBytes, `peak ${peak} >= 4x input ${inputBytes}`);
+        assert.ok(
+          scratch < 0.5 * inputBytes,
+          `scratch ${scratch} >= input / 2 (should be ~16 words per site)`,
+        );
+        assert.ok(scratch < attentionMatrix / 10, "scratch far below an attention matrix");
+      }
 
-  const [out, dx, de] = [await y.data(), await x.grad!.data(), await le.grad!.data()];
-  ops.dispose([m, x, le, gt, y, x.grad, le.grad]);
-  sites.dispose();
-  const p: SnlProblem = { N, C, H, W, f, e, mask, dense: false };
-  // 48 sampled degraded (query) sites: output, grad f, grad E; 8 clean (key) sites: grad f, output.
-  const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
-  const clean = [...mask.keys()].filter((i) => mask[i] === 0);
-  const pick = (list: number[], k: number, seed: number) =>
-    Array.from(randomArray(k, seed, 0, list.length), (v) => list[Math.floor(v)]);
-  const want: number[] = [], gotv: number[] = [];
-  const wantG: number[] = [], gotG: number[] = [];
-  const wantE: number[] = [], gotE: number[] = [];
-  for (const s of pick(degraded, 48, 55)) {
-    const o = snlForwardRefAt(p, 0, s);
-    const gr = snlGradRefAt(p, g, 0, s);
-    for (let c = 0; c < C; c++) {
-      want.push(o[c]);
-      gotv.push(out[c * HW + s]);
-      wantG.push(gr.dF[c]);
-      gotG.push(dx[c * HW + s]);
-    }
-    for (let d = 0; d < 4; d++) {
-      wantE.push(gr.dE[d]);
-      gotE.push(de[d * HW + s]);
-    }
-  }
-  for (const s of pick(clean, 8, 56)) {
-    const gr = snlGradRefAt(p, g, 0, s);
-    for (let c = 0; c < C; c++) {
-      wantG.push(gr.dF[c]);
-      gotG.push(dx[c * HW + s]);
-      want.push(f[c * HW + s]);
-      gotv.push(out[c * HW + s]);
-    }
-    for (let d = 0; d < 4; d++) assert.equal(de[d * HW + s], 0, "grad E is 0 at clean sites");
-  }
-  close("sampled forward", gotv, want);
-  close("sampled grad f", gotG, wantG);
-  close("sampled grad E", gotE, wantE);
-});
+      const [out, dx, de] = [await y.data(), await x.grad!.data(), await le.grad!.data()];
+      ops.dispose([m, x, le, gt, y, x.grad, le.grad]);
+      sites.dispose();
+      const p: SnlProblem = { N, C, H, W, f, e, mask, dense: false };
+      // 48 sampled degraded (query) sites: output, grad f, grad E; 8 clean (key) sites: grad f, output.
+      const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
+      const clean = [...mask.keys()].filter((i) => mask[i] === 0);
+      const pick = (list: number[], k: number, seed: number) =>
+        Array.from(randomArray(k, seed, 0, list.length), (v) => list[Math.floor(v)]);
+      const want: number[] = [], gotv: number[] = [];
+      const wantG: number[] = [], gotG: number[] = [];
+      const wantE: number[] = [], gotE: number[] = [];
+      for (const s of pick(degraded, 48, 55)) {
+        const o = snlForwardRefAt(p, 0, s);
+        const gr = snlGradRefAt(p, g, 0, s);
+        for (let c = 0; c < C; c++) {
+          want.push(o[c]);
+          gotv.push(out[c * HW + s]);
+          wantG.push(gr.dF[c]);
+          gotG.push(dx[c * HW + s]);
+        }
+        for (let d = 0; d < 4; d++) {
+          wantE.push(gr.dE[d]);
+          gotE.push(de[d * HW + s]);
+        }
+      }
+      for (const s of pick(clean, 8, 56)) {
+        const gr = snlGradRefAt(p, g, 0, s);
+        for (let c = 0; c < C; c++) {
+          wantG.push(gr.dF[c]);
+          gotG.push(dx[c * HW + s]);
+          want.push(f[c * HW + s]);
+          gotv.push(out[c * HW + s]);
+        }
+        for (let d = 0; d < 4; d++) assert.equal(de[d * HW + s], 0, "grad E is 0 at clean sites");
+      }
+      close("sampled forward", gotv, want);
+      close("sampled grad f", gotG, wantG);
+      close("sampled grad E", gotE, wantE);
+    }));
+}
 
 // ---- (e) finite differences ----
 
