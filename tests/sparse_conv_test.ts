@@ -8,7 +8,12 @@ import * as ops from "../mod.ts";
 import type { Tensor } from "../mod.ts";
 import { type ActiveSites, compactMask } from "../layers/sparse/active.ts";
 import { SC_LAYERS, SCModule, scModule, sparseConv2d } from "../layers/sparse/sparse_conv.ts";
-import { neighbourBitsStep, sparseWeightGradPlan } from "../wgsl/sparse_conv.ts";
+import {
+  neighbourBitsStep,
+  SITE_ROUND_BUDGET,
+  siteRounds,
+  sparseWeightGradPlan,
+} from "../wgsl/sparse_conv.ts";
 
 /** Tolerance on the scale-relative max error (see docs/engine.md). */
 const TOLERANCE = 1e-4;
@@ -555,4 +560,61 @@ Deno.test("SCModule and sparseConv2d after ActiveSites.fitCapacity equal the ful
   assert.ok(fitted.capacity < full.capacity / 3);
   fitted.data.forEach((d, i) => assert.deepEqual(bitsOf(d), bitsOf(full.data[i]), `output ${i} differs`));
   ops.dispose([module.parameters(), conv, bias]);
+});
+
+// CPU adapters run the site kernels in rounds (an invocation takes several logical invocations of the grid);
+// GPUs one round. Both must give the same bits, on lists long enough that the CPU grid really folds.
+Deno.test("site kernels in rounds (CPU adapters) equal one round per invocation (GPUs), bit for bit", async () => {
+  const n = 2, c = 8, h = 96, w = 96;
+  const maskData = randomMask(n, h, w, [0.6, 0.9], 71);
+  const xData = randomArray(n * c * h * w, 72);
+  const module = new SCModule(c, 4, new ops.Rng(73));
+  const conv = ops.tensor(randomArray(4 * c * 9, 74), [4, c, 3, 3]);
+  const bias = ops.tensor(randomArray(4, 75), [4]);
+  for (const p of [...module.parameters(), conv, bias]) p.requiresGrad = true;
+  // The grid of the forward's 3x3 site GEMM at full capacity (2 x 96 x 96 sites, 16 per invocation).
+  const workgroups = Math.ceil((n * h * w) / 16 / 8);
+  assert.ok(siteRounds(workgroups, 9 * (c + 1), true) >= 3, "the CPU grid folds");
+  assert.equal(siteRounds(workgroups, 9 * (c + 1), false), 1);
+  async function run(cpu: boolean): Promise<Float32Array[]> {
+    const engine = testEngine;
+    const before = engine.readsViaTextures;
+    engine.readsViaTextures = cpu;
+    try {
+      const mask = ops.tensor(maskData, [n, 1, h, w]);
+      const sites = compactMask(mask);
+      const x = ops.tensor(xData, [n, c, h, w]);
+      x.requiresGrad = true;
+      const y = module.forward(x, sites);
+      const z = sparseConv2d(x, sites, conv, bias);
+      const loss = ops.add(ops.sum(ops.mul(y, y)), ops.sum(ops.mul(z, z)));
+      ops.backward(loss);
+      const grads = [x, ...module.parameters(), conv, bias].map((t) => t.grad!);
+      const data = await Promise.all([y, z, ...grads].map((t) => t.data()));
+      ops.dispose([mask, x, y, z, loss, grads]);
+      for (const p of [...module.parameters(), conv, bias]) p.grad = null;
+      sites.dispose();
+      return data;
+    } finally {
+      engine.readsViaTextures = before;
+    }
+  }
+  const gpu = await run(false);
+  const cpu = await run(true);
+  cpu.forEach((d, i) => assert.deepEqual(bitsOf(d), bitsOf(gpu[i]), `output ${i} differs`));
+  ops.dispose([module.parameters(), conv, bias]);
+});
+
+Deno.test("siteRounds keeps every invocation within llvmpipe's loop cap and folds the grid to about 64 workgroups", () => {
+  for (const perRound of [1, 10, 513, 8192 + 16 * 17]) {
+    for (const workgroups of [1, 63, 64, 65, 1000, 100000]) {
+      const r = siteRounds(workgroups, perRound, true);
+      assert.ok(
+        r >= 1 && r * (perRound + 1) <= SITE_ROUND_BUDGET,
+        `${workgroups} x ${perRound}: ${r} rounds`,
+      );
+      assert.ok(SITE_ROUND_BUDGET < 65535);
+      if (r * (perRound + 1) * 2 <= SITE_ROUND_BUDGET) assert.ok(Math.ceil(workgroups / r) <= 64);
+    }
+  }
 });

@@ -155,6 +155,8 @@ export interface SiteGemmSpec extends SparseGeometry {
    * of its own (`-gate`).
    */
   gate?: { lo: number; hi: number };
+  /** Several rounds of the grid per invocation ({@link siteRounds}): for CPU adapters. */
+  serial?: boolean;
 }
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -215,6 +217,35 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let gridPart = nwg.x * nwg.y / ${SPREAD}u;
   let slot = wid.x + wid.y * nwg.x;
   let inv = i32(((slot % gridPart) * ${SPREAD}u + slot / gridPart) * ${WG}u + lane);`;
+
+/**
+ * Loop budget of one invocation of a kernel that runs several rounds ({@link siteRounds}); under llvmpipe's
+ * 65,535 iterations per invocation.
+ */
+export const SITE_ROUND_BUDGET = 60000;
+
+/**
+ * Rounds per invocation of a site kernel (CPU adapters, `serial`): invocation i takes logical invocations i,
+ * i + G, i + 2G, ... (G the grid's invocations) in a loop that stops at the first one past the active list,
+ * so the grid shrinks to about {@link SPREAD} workgroups whatever the list's capacity. On llvmpipe every
+ * workgroup of these large kernels costs about as much as a busy one even when all its invocations return at
+ * once (the whole body runs masked), and most of a capacity-sized grid is past the active list: the SC
+ * module's forward + backward (1x32x256x256) took 141-146 ms at a 0.01% mask and 368-410 ms at 10% with one
+ * round, 54-57 and 213-323 ms with 8. `perRound` is the loop iterations one round may run; GPUs keep one
+ * round (parallelism).
+ */
+export function siteRounds(workgroups: number, perRound: number, serial: boolean): number {
+  if (!serial) return 1;
+  const byBudget = Math.floor(SITE_ROUND_BUDGET / (perRound + 1));
+  return Math.max(1, Math.min(byBudget, Math.ceil(workgroups / SPREAD)));
+}
+
+/** {@link ENTRY} for a kernel that runs `u.rounds` rounds: opens the loop that declares `inv` (the body must
+ * `break` where a one-round kernel would return, and close the loop). */
+const ROUND_ENTRY = `${ENTRY.replace("let inv =", "let inv0 =")}
+  let gridInv = i32(nwg.x * nwg.y * ${WG}u);
+  for (var round = 0; round < u.rounds; round++) {
+  let inv = inv0 + round * gridInv;`;
 
 /**
  * Declares `name` = `value` (a uniform) in a way that lavapipe cannot constant-fold. Mesa's lavapipe inlines
@@ -372,7 +403,9 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   ];
   const L: string[] = [];
   const fields = ["HW", "H", "W", "K", "cols", "srcC", "srcOff", "dstC", "dstOff", "rowBlocks", "colBlocks"];
-  L.push(header([...fields, "flags", "colsPad", "cap", ...(s.gate ? ["gateLo", "gateHi"] : [])], list));
+  L.push(
+    header([...fields, "flags", "colsPad", "cap", "rounds", ...(s.gate ? ["gateLo", "gateHi"] : [])], list),
+  );
   // One output per in-range channel: ReLU, then add what is there when accumulating.
   const put = range(4).map((e) => {
     const c = "xyzw"[e];
@@ -383,12 +416,12 @@ function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   let accumulate = (u.flags & ${FLAG_ACCUMULATE}) != 0;
 ${put.join("\n")}
 }`);
-  L.push(`${ENTRY}
-  if (inv >= u.rowBlocks * u.colBlocks) { return; }
+  L.push(`${ROUND_ENTRY}
+  if (inv >= u.rowBlocks * u.colBlocks) { break; }
   let col0 = (inv % u.colBlocks) * ${t.tn};
   let row0 = (inv / u.colBlocks) * ${t.tm};
   let cnt = i32(counts[0]);
-  if (row0 >= cnt) { return; }
+  if (row0 >= cnt) { break; }
   ${opaqueUniform("kEnd", "u.K")}
   let hasBias = (u.flags & ${FLAG_BIAS}) != 0;
   let flip = (u.flags & ${FLAG_FLIP}) != 0;`);
@@ -468,7 +501,7 @@ ${put.join("\n")}
     }
   }`);
   }
-  L.push("}");
+  L.push("  }", "}");
   return L.join("\n");
 }
 
@@ -491,6 +524,9 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   if (cap === 0 || s.cols === 0) return { outSize, scratch: {}, steps: [] };
   const rowBlocks = Math.ceil(cap / t.tm);
   const colBlocks = Math.ceil(s.cols / t.tn);
+  const workgroups = Math.ceil(rowBlocks * colBlocks / WG);
+  // Loop iterations of one round: taps x (reduction channels + 1) and the gate's tn x (tm + 1).
+  const rounds = siteRounds(workgroups, T * (s.K + 1) + (s.gate ? t.tn * (t.tm + 1) : 0), !!s.serial);
   const layouts = layoutKey(s.src) + layoutKey(s.dst);
   const key = `sparse-conv-gemm-k${s.k}-tm${t.tm}-tn${t.tn}-${layouts}${s.srcIsOut ? "-inplace" : ""}${
     s.gate ? "-gate" : ""
@@ -514,6 +550,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       flags,
       weightCols(s.cols),
       cap,
+      rounds,
       ...(s.gate ? [s.gate.lo, s.gate.hi] : []),
     ]),
     buffers: [
@@ -528,7 +565,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       "out",
     ],
     writes: ["out"],
-    workgroups: siteWorkgroups(Math.ceil(rowBlocks * colBlocks / WG)),
+    workgroups: siteWorkgroups(Math.ceil(workgroups / rounds)),
     textures: ["wt"],
   };
   return { outSize, scratch: {}, steps: [step] };
@@ -550,6 +587,8 @@ export interface WeightGradSpec extends SparseGeometry {
   tn?: number;
   /** List entries per chunk; default {@link WGRAD_CHUNK}. */
   chunk?: number;
+  /** Several rounds of the grid per invocation ({@link siteRounds}): for CPU adapters. */
+  serial?: boolean;
 }
 
 function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
@@ -569,7 +608,7 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     "splits",
     "ciBlocks",
   ];
-  L.push(header([...fields, "colBlocks", "outElems", "partStride", "cap"], [
+  L.push(header([...fields, "colBlocks", "outElems", "partStride", "cap", "rounds"], [
     ro("counts", "u32"),
     ro("indices", "u32"),
     ...(T > 1 ? [ro(s.x.compact ? "nbr" : "nbits", "u32")] : []),
@@ -577,15 +616,15 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     ro("dy"),
     rw("part"),
   ]));
-  L.push(`${ENTRY}
-  if (inv >= u.colBlocks * u.ciBlocks * u.splits) { return; }
+  L.push(`${ROUND_ENTRY}
+  if (inv >= u.colBlocks * u.ciBlocks * u.splits) { break; }
   let col0 = (inv % u.colBlocks) * ${tn};
   let rest = inv / u.colBlocks;
   let ci0 = (rest % u.ciBlocks) * ${cb};
   let split = rest / u.ciBlocks;
   let cnt = i32(counts[0]);
   let start = (u.splitBase + split) * u.chunk;
-  if (start >= cnt) { return; }
+  if (start >= cnt) { break; }
   let stop = min(start + u.chunk, cnt);`);
   for (const j of range(tn)) {
     L.push(`  let dyc_${j} = min(col0 + ${j}, u.Cout - 1) * ${sliceStride(s.dy)};\n  var g_${j} = 0.0;`);
@@ -640,7 +679,7 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     if (s.bias) L.push(`    if (ci0 == 0) { part[pb + u.outElems + col0 + ${j}] = g_${j}; }`);
     L.push("  }");
   }
-  L.push("}");
+  L.push("  }", "}");
   return L.join("\n");
 }
 
@@ -701,6 +740,8 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
   for (let p = 0; p < passes; p++) {
     const splitBase = p * perPass;
     const splits = Math.min(perPass, totalSplits - splitBase);
+    // One round walks a chunk of list entries.
+    const rounds = siteRounds(Math.ceil(colBlocks * ciBlocks * splits / WG), chunk, !!s.serial);
     steps.push({
       kernel: gemmKernel,
       uniforms: i32Uniforms([
@@ -720,6 +761,7 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
         outElems,
         partStride,
         cap,
+        rounds,
       ]),
       buffers: [
         "counts",
@@ -730,7 +772,7 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
         "partials",
       ],
       writes: ["partials"],
-      workgroups: siteWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG)),
+      workgroups: siteWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG / rounds)),
     });
     const accumulate = p > 0;
     steps.push({

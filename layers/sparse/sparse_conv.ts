@@ -137,8 +137,20 @@ function weightLayout(w: Tensor, forInputGrad: boolean): { buffer: GPUBuffer; di
 
 type Geometry = { N: number; H: number; W: number; k: 1 | 3; cap: number };
 
+/** CPU adapters (the engine prefers texture reads there) run the site kernels in rounds (`siteRounds`). */
+const serialRounds = () => engine().readsViaTextures;
+
 function gemmSpec(g: Geometry, o: Partial<SiteGemmSpec> & Pick<SiteGemmSpec, "K" | "cols" | "src" | "dst">) {
-  return { ...g, flip: false, bias: false, relu: false, accumulate: false, srcIsOut: false, ...o };
+  return {
+    ...g,
+    flip: false,
+    bias: false,
+    relu: false,
+    accumulate: false,
+    srcIsOut: false,
+    serial: serialRounds(),
+    ...o,
+  };
 }
 
 /**
@@ -158,7 +170,15 @@ function weightGrads(
   const [Cout, Cin] = wShape;
   const dw = Tensor.empty(wShape);
   const db = Tensor.empty([Cout]);
-  const plan = sparseWeightGradPlan({ ...g, Cin, Cout, x: xSlice, dy: dySlice, bias: true });
+  const plan = sparseWeightGradPlan({
+    ...g,
+    Cin,
+    Cout,
+    x: xSlice,
+    dy: dySlice,
+    bias: true,
+    serial: serialRounds(),
+  });
   run(plan, { ...site, x, dy, out: dw, dbias: db });
   if (withBias) return { dw, db };
   db.dispose();
