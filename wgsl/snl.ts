@@ -875,16 +875,21 @@ function siteGrid(s: SnlShape): [number, number, number] {
   return [Math.min(groups, 65535), Math.ceil(groups / 65535), 1];
 }
 
+/** Plan buffer of the channels-last copy of F ({@link SnlShape.textures}), which the forward plan writes and
+ * the backward plan may take instead of copying again. */
+export const SNL_CHANNELS_LAST_F = TEXTURE_OF.F;
+
 /**
  * Forward plan of one SNL step. Inputs: `F`, `E`, `lists` and `rank` (sparse mode; in dense mode any
  * buffers). Outputs: `stats` [N*H*W, 4, 2], which must start zeroed and is kept for the backward, and
  * `out`, which must already hold a copy of F: the plan adds `h_p` at the queries that have keys and touches
- * nothing else.
+ * nothing else. With `textures`, also {@link SNL_CHANNELS_LAST_F} (N*H*W*C floats): the plan writes F's
+ * channels-last copy there, which the caller may keep for the backward.
  */
 export function snlForwardPlan(s: SnlShape): KernelPlan {
   return {
     outSize: s.N * s.C * s.H * s.W,
-    scratch: s.textures ? { [TEXTURE_OF.F]: s.N * s.C * s.H * s.W } : {},
+    scratch: {},
     steps: [
       ...channelsLastSteps(s, ["F"]),
       ...linePass("stats", s),
@@ -934,12 +939,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
 /**
  * Backward plan of one SNL step. Inputs: `F`, `dOut` (dL/dF'), `stats` from the forward, `lists`, `rank`
- * (dense mode: any buffers). Outputs: `out` = dE [N, 4, H, W] (every element written) and, when
+ * (dense mode: any buffers), and with `textures` and `keptCopy` the forward's {@link SNL_CHANNELS_LAST_F}
+ * (else the plan copies F again). Outputs: `out` = dE [N, 4, H, W] (every element written) and, when
  * `withInput`, `dF`, which the caller initializes with a copy of `dOut`. Scratch: `D` [N*H*W, 4].
  */
-export function snlBackwardPlan(s: SnlShape, withInput: boolean): KernelPlan {
+export function snlBackwardPlan(s: SnlShape, withInput: boolean, keptCopy = false): KernelPlan {
   const sites = s.N * s.H * s.W;
-  const copied: ("F" | "dOut")[] = withInput ? ["F", "dOut"] : ["F"];
+  const copied: ("F" | "dOut")[] = [
+    ...(keptCopy ? [] : ["F" as const]),
+    ...(withInput ? ["dOut" as const] : []),
+  ];
   const steps: KernelStep[] = [
     ...channelsLastSteps(s, copied),
     ...linePass("dgdot", s),

@@ -32,6 +32,7 @@ import { Tensor, tidy } from "../../engine/tensor.ts";
 import { add, zeros } from "../../engine/ops/elementwise.ts";
 import { conv2d } from "../../engine/ops/conv.ts";
 import {
+  SNL_CHANNELS_LAST_F,
   snlBackwardPlan,
   snlForwardPlan,
   snlListsPlan,
@@ -100,11 +101,13 @@ export function snlStep(
   const e = engine();
   const shape: SnlShape = { N, C, H, W, dense, serialChunks: e.readsViaTextures };
   shape.textures = snlUsesTextures(shape, e.readsViaTextures);
-  const { out, stats } = e.op("snlStep", () => {
+  const { out, stats, copy } = e.op("snlStep", () => {
     const lists = dense ? null : siteLists(sites!.rank, N, H, W);
     const out = Tensor.empty(f.shape);
     e.copy(f.buffer, 0, out.buffer, 0, f.size * 4);
     const stats = zeros([N * H * W, 4, 2]);
+    // The channels-last copy of F the texture path reads; kept for the backward when there is one.
+    const copy = shape.textures ? Tensor.empty([N, H, W, C]) : null;
     e.runPlan(snlForwardPlan(shape), {
       F: f.buffer,
       E: fusionLogits.buffer,
@@ -112,18 +115,22 @@ export function snlStep(
       rank: sites?.rank.buffer ?? f.buffer,
       stats: stats.buffer,
       out: out.buffer,
+      ...(copy ? { [SNL_CHANNELS_LAST_F]: copy.buffer } : {}),
     });
     lists?.dispose();
-    return { out, stats };
+    return { out, stats, copy };
   });
   const saved = [f, stats];
   if (!dense) saved.push(sites!.rank);
+  if (copy) saved.push(copy);
   record(
     "snlStep",
     [f, fusionLogits],
     out,
-    (g, [sf, sstats, srank]) =>
+    (g, [sf, sstats, ...rest]) =>
       e.op("snlStep backward", () => {
+        const srank = dense ? null : rest.shift()!;
+        const scopy = rest.shift() ?? null;
         const dE = Tensor.empty(fusionLogits.shape);
         const dF = f.requiresGrad ? Tensor.empty(f.shape) : null;
         if (dF) e.copy(g.buffer, 0, dF.buffer, 0, g.size * 4);
@@ -137,7 +144,8 @@ export function snlStep(
           out: dE.buffer,
         };
         if (dF) buffers.dF = dF.buffer;
-        e.runPlan(snlBackwardPlan(shape, !!dF), buffers);
+        if (scopy) buffers[SNL_CHANNELS_LAST_F] = scopy.buffer;
+        e.runPlan(snlBackwardPlan(shape, !!dF, !!scopy), buffers);
         lists?.dispose();
         if (!fusionLogits.requiresGrad) {
           dE.dispose();
@@ -148,6 +156,7 @@ export function snlStep(
     saved,
   );
   stats.dispose();
+  copy?.dispose();
   return out;
 }
 
