@@ -111,8 +111,8 @@ export interface SnlShape {
 
 /**
  * Largest channels-last copy (floats) the texture path makes: 64 MiB (64 channels at 512x512). A copy and
- * its texture live for the plan, so the path holds 2 C words per site (4 C in a backward with dF) where the
- * storage path keeps its scratch at 14 words per site; larger steps read storage. The path halves the time
+ * its texture cost 2 C words per site (F's copy is kept from the forward to the backward, which adds dOut's:
+ * 4 C words there) where the storage path keeps its scratch at 14 words per site; larger steps read storage. The path halves the time
  * of big steps (one forward step at 1x32x512x512, 10% block mask: 170 against 346-370 ms of GPU time on
  * llvmpipe), so it is worth that memory up to here.
  */
@@ -120,10 +120,10 @@ export const SNL_TEXTURE_MAX_FLOATS = 1 << 24;
 
 /**
  * Shortest longest line (max(H, W)) that takes the texture path. The copies cost O(sites x C) and a dispatch
- * each (3 per step forward and backward), the attention work O(sites x line length x density): measured on
+ * each (2 per step forward and backward: F's in the forward, dOut's in the backward), the attention work O(sites x line length x density): measured on
  * llvmpipe (snlStep forward + backward, GPU time, 10% mask), the path saved 25-35% on 128x192 and 256x256
  * maps, 10-25% on 8x16x64x64 and 8x32x32x32 batches (2-6 ms) and cost 7% on 8x16x64x64 at 30%; below 128
- * sites the training step's 12 extra dispatches are not worth it.
+ * sites the training step's 8 extra dispatches are not worth it.
  */
 export const SNL_TEXTURE_MIN_LINE = 128;
 
