@@ -296,6 +296,9 @@ const TEXTURE_OF = { F: "Fcl", dOut: "Hcl" } as const;
  * `tex` kernels read the other side from; the `tex` key pass also reads the queries' stats and D as texels. */
 function passBindings(pass: Pass, tex: boolean): Binding[] {
   if (!tex) return PASS_BINDINGS[pass];
+  if (pass === "dgdot" || pass === "dq") {
+    return [...PASS_BINDINGS[pass], [TEXTURE_OF.F, "texture", false], [TEXTURE_OF.dOut, "texture", false]];
+  }
   if (pass !== "dk") return [...PASS_BINDINGS[pass], [TEXTURE_OF.F, "texture", false]];
   return [
     ...PASS_BINDINGS.dk.filter(([name]) => name !== "stats" && name !== "D"),
@@ -483,13 +486,26 @@ let g${q} = b * u.HW + s${q};`, "  ")
   }`;
   // Own feature vectors, loaded in a loop over the items (a switch moves them into registers), so the
   // kernel has C load sites per vector instead of T * C (llvmpipe expands each site into a per-lane loop).
-  const loadOwn = (names: [string, string][]) =>
+  const loadOwn = (names: [string, "F" | "dOut"][]) =>
     `${perQ(T, (q) => names.map(([n]) => perC(C, (c) => `var ${n}${q}_${c} = 0.0;`)).join("\n"), "  ")}
   for (var q = 0u; q < ${few ? `min(nQ - start, ${T}u)` : `${T}u`}; q++) {
-    let o = fb + lineBase + ${ownAt(`min(start + q, ${items} - 1u)`)} * step;
+    let ownPos = lineBase + ${ownAt(`min(start + q, ${items} - 1u)`)} * step;
+    let o = fb + ownPos;
 ${
-      names.map(([n, src]) => "    " + perC(C, (c) => `let ${n}_${c} = ${src}[${ch("o", c)}];`, "\n    "))
-        .join("\n")
+      names.map(([n, src]) =>
+        // The channels-last copy, on the texture path: C / 4 texels instead of C storage loads.
+        tex
+          ? [
+            `    let ${n}At = (b * u.HW + ownPos) * ${C / 4}u;`,
+            ...Array.from(
+              { length: C / 4 },
+              (_, j) =>
+                `    let ${n}v${j} = textureLoad(${TEXTURE_OF[src]}, ${texelCoords(`${n}At + ${j}u`)}, 0);`,
+            ),
+            "    " + perC(C, (c) => `let ${n}_${c} = ${n}v${c >> 2}.${"xyzw"[c & 3]};`),
+          ].join("\n")
+          : "    " + perC(C, (c) => `let ${n}_${c} = ${src}[${ch("o", c)}];`, "\n    ")
+      ).join("\n")
     }
     switch q {
 ${
@@ -945,10 +961,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
  */
 export function snlBackwardPlan(s: SnlShape, withInput: boolean, keptCopy = false): KernelPlan {
   const sites = s.N * s.H * s.W;
-  const copied: ("F" | "dOut")[] = [
-    ...(keptCopy ? [] : ["F" as const]),
-    ...(withInput ? ["dOut" as const] : []),
-  ];
+  const copied: ("F" | "dOut")[] = [...(keptCopy ? [] : ["F" as const]), "dOut"];
   const steps: KernelStep[] = [
     ...channelsLastSteps(s, copied),
     ...linePass("dgdot", s),
