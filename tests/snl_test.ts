@@ -167,7 +167,7 @@ const CASES: Case[] = [
   { name: "columns of 270 sites, C=16, 4%", shape: [1, 16, 270, 4], densities: [0.04] },
 ];
 
-Deno.test("the query passes run the few-query variant on lines of at least 256 sites only", () => {
+Deno.test("the query passes run the few-query variant on lines of at least 256 sites only, and not on CPU adapters", () => {
   const keys = (H: number, W: number) =>
     snlForwardPlan({ N: 1, C: 8, H, W, dense: false }).steps.map((st) => st.kernel.key);
   assert.deepEqual(keys(64, 64).filter((k) => k.includes("few")), []);
@@ -176,6 +176,14 @@ Deno.test("the query passes run the few-query variant on lines of at least 256 s
   assert.deepEqual(keys(3, 300).filter((k) => k.startsWith("snl:stats")), [
     "snl:stats-lanes-many:c8:t8",
     "snl:stats-few:c8:t8",
+    "snl:stats-lanes:c8:t8",
+  ]);
+  // CPU adapters (chunked lanes) never take it.
+  const serial = snlForwardPlan({ N: 1, C: 8, H: 3, W: 300, dense: false, serialChunks: true }).steps.map((
+    st,
+  ) => st.kernel.key);
+  assert.deepEqual(serial.filter((k) => k.startsWith("snl:stats")), [
+    "snl:stats-lanes:c8:t8",
     "snl:stats-lanes:c8:t8",
   ]);
 });

@@ -103,8 +103,9 @@ export interface SnlShape {
   /**
    * An invocation of the query passes' `lanes` layout walks every chunk of T queries of its line (up to the
    * loop budget) instead of one, so the grid has one workgroup column per line instead of one per possible
-   * chunk. For CPU adapters, where an invocation that exits at once still costs about 0.25 us and most chunks
-   * of a sparse line are empty; GPUs keep one chunk per invocation (parallelism).
+   * chunk, and the `few` variant is not used. For CPU adapters, where an invocation that exits at once still
+   * costs about 0.25 us and most chunks of a sparse line are empty; GPUs keep one chunk per invocation
+   * (parallelism) and the `few` variant for lines with few queries.
    */
   serialChunks?: boolean;
 }
@@ -868,7 +869,11 @@ function linePass(pass: Pass, s: SnlShape): KernelStep[] {
         : [Math.ceil(len / (WG * T)), lines, s.N],
     });
     if (pass === "dk") return [step("all")];
-    return hasFewVariant(s.C, T, len) ? [step("lanes-many"), step("few")] : [step("lanes")];
+    // With chunked lanes (CPU adapters) the `few` variant only costs: SNL module forward + backward at
+    // 1x32x256x256 took 194-222 / 255-259 / 308-329 ms at 1% / 5% / 10% without it, 255-289 / 394-419 /
+    // 352-410 with it (two alternated runs).
+    const few = hasFewVariant(s.C, T, len) && !s.serialChunks;
+    return few ? [step("lanes-many"), step("few")] : [step("lanes")];
   });
 }
 
