@@ -30,12 +30,20 @@
  * key pass does), which ran one active invocation for such a line; one line per invocation (`lanes`) keeps
  * all 8 busy, 30% faster on 64x64 and 128x128 batches at 10% and 10-25% at 256 and 512. Still, each line
  * costs about as much as a line of T queries. On lines of at least 256 sites the query passes therefore
- * also run a `few` variant for the lines with at most 2T queries (the `lanes` one skips them; on shorter
+ * also run (GPU path) a `few` variant for the lines with at most 2T queries (the `lanes` one skips them; on shorter
  * lines its fixed reduction costs more than it saves), one workgroup per T queries
  * of such a line: every invocation holds the same T queries, the invocations split the keys (key i
  * to invocation i mod 8), so each vector instruction serves 8 keys, and a workgroup-memory reduction
  * merges the 8 partial results per query (WG * T * C floats at most, within WebGPU's guaranteed
  * 16 KiB). The key pass already has its lanes busy at low density (T keys each, walking the few queries).
+ *
+ * Texture path ({@link SnlShape.textures}, CPU adapters only, {@link snlUsesTextures}). The plans copy F
+ * (forward; kept for the backward) and dOut (backward) into channels-last order, and the passes read every
+ * feature vector they need from texture views of those copies, their own items' and the other side's: C / 4
+ * texel loads per site instead of C storage loads. The key pass also reads its queries' stats and D as
+ * texels. With {@link SnlShape.serialChunks} (CPU adapters) a `lanes` invocation walks every chunk of T
+ * queries of its line, so the grid is not mostly made of invocations that exit at once, and the `few`
+ * variant is not used (there it only cost time).
  *
  * Passes (R = row lines, C = column lines), each one dispatch (on long lines the query passes `stats`,
  * `accum`, `dgdot`, `dq` two: lines with many queries, then few-query lines, which touch disjoint queries):
@@ -55,7 +63,8 @@
  * Besides inputs and outputs a step holds, per site, 8 words of `stats` (per direction: running max and
  * sum, then logsumexp and w_d; saved for the backward) and 2 of `lists` (sparse mode only; plus one word per
  * line), and the backward 4 words of `D`. They are indexed by site, so they are sized by N*H*W (the live
- * count of active sites stays on the GPU): 14 words per site against the input's C.
+ * count of active sites stays on the GPU): 14 words per site against the input's C. The texture path adds
+ * its channels-last copies and their textures (2 C words per site per copied tensor).
  *
  * llvmpipe loop cap (65,535 iterations per invocation in total): the attention kernels' only loops walk a
  * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops (and, in the
