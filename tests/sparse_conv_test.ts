@@ -248,6 +248,19 @@ for (const fx of loadOpFixtures("sparse_conv.json")) {
 
 const bitsOf = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
 
+/** Asserts bit-identical arrays; the message names the first mismatches (deepEqual's diff of large arrays
+ * takes minutes). */
+function assertSameBits(a: Float32Array, b: Float32Array, what: string): void {
+  assert.equal(a.length, b.length, `${what}: lengths`);
+  const ua = bitsOf(a), ub = bitsOf(b);
+  const bad: string[] = [];
+  let count = 0;
+  for (let i = 0; i < ua.length; i++) {
+    if (ua[i] !== ub[i] && count++ < 3) bad.push(`[${i}] ${a[i]} != ${b[i]}`);
+  }
+  assert.equal(count, 0, `${what}: ${count} values differ: ${bad.join(", ")}`);
+}
+
 /** A copy of x [n, c, hw] whose clean sites (all of them, or only site `only`) hold wild values. */
 function perturbClean(
   x: Float32Array,
@@ -558,7 +571,7 @@ Deno.test("SCModule and sparseConv2d after ActiveSites.fitCapacity equal the ful
   assert.equal(full.capacity, n * h * w);
   assert.equal(fitted.capacity, Math.ceil(active / 256) * 256);
   assert.ok(fitted.capacity < full.capacity / 3);
-  fitted.data.forEach((d, i) => assert.deepEqual(bitsOf(d), bitsOf(full.data[i]), `output ${i} differs`));
+  fitted.data.forEach((d, i) => assertSameBits(d, full.data[i], `output ${i}`));
   ops.dispose([module.parameters(), conv, bias]);
 });
 
@@ -576,10 +589,12 @@ Deno.test("site kernels in rounds (CPU adapters) equal one round per invocation 
   const workgroups = Math.ceil((n * h * w) / 16 / 8);
   assert.ok(siteRounds(workgroups, 9 * (c + 1), true) >= 3, "the CPU grid folds");
   assert.equal(siteRounds(workgroups, 9 * (c + 1), false), 1);
-  async function run(cpu: boolean): Promise<Float32Array[]> {
+  async function run(cpu: boolean, fused: boolean): Promise<Float32Array[]> {
     const engine = testEngine;
     const before = engine.readsViaTextures;
     engine.readsViaTextures = cpu;
+    // Unfused, the SC module's backward also runs the ReLU gate kernel.
+    const fusedBefore = ops.setFusion(fused);
     try {
       const mask = ops.tensor(maskData, [n, 1, h, w]);
       const sites = compactMask(mask);
@@ -597,11 +612,14 @@ Deno.test("site kernels in rounds (CPU adapters) equal one round per invocation 
       return data;
     } finally {
       engine.readsViaTextures = before;
+      ops.setFusion(fusedBefore);
     }
   }
-  const gpu = await run(false);
-  const cpu = await run(true);
-  cpu.forEach((d, i) => assert.deepEqual(bitsOf(d), bitsOf(gpu[i]), `output ${i} differs`));
+  for (const fused of [true, false]) {
+    const gpu = await run(false, fused);
+    const cpu = await run(true, fused);
+    cpu.forEach((d, i) => assertSameBits(d, gpu[i], `output ${i} (fused ${fused})`));
+  }
   ops.dispose([module.parameters(), conv, bias]);
 });
 

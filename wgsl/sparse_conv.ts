@@ -85,7 +85,14 @@ export interface SparseGeometry {
 }
 
 /** Site-list geometry of the kernels that need no kernel size. */
-export type SiteGeometry = { N: number; H: number; W: number; cap?: number };
+export type SiteGeometry = {
+  N: number;
+  H: number;
+  W: number;
+  cap?: number;
+  /** Several rounds of the grid per invocation ({@link siteRounds}): for CPU adapters. */
+  serial?: boolean;
+};
 
 /** The list capacity of a geometry: its `cap`, or every site. */
 export function capacityOf(g: SiteGeometry): number {
@@ -284,6 +291,7 @@ function neighbourStep(
   epilogue: string,
 ): KernelStep {
   const cap = capacityOf(g);
+  const rounds = siteRounds(Math.ceil(cap / WG), 1, !!g.serial);
   const taps = range(9).map((t) => {
     const dy = Math.floor(t / 3) - 1, dx = (t % 3) - 1;
     if (dy === 0 && dx === 0) return centre;
@@ -296,15 +304,15 @@ function neighbourStep(
     kernel: {
       key,
       code: `${
-        header(["HW", "H", "W", "cap"], [
+        header(["HW", "H", "W", "cap", "rounds"], [
           ro("counts", "u32"),
           ro("indices", "u32"),
           ro("rank", "u32"),
           rw("out", "u32"),
         ])
       }
-${ENTRY}
-  if (inv >= i32(counts[0])) { return; }
+${ROUND_ENTRY}
+  if (inv >= i32(counts[0])) { break; }
   let s = i32(indices[inv]);
   let n = s / u.HW;
   let hw = s - n * u.HW;
@@ -314,12 +322,13 @@ ${ENTRY}
 ${prologue}
 ${taps.join("\n")}
 ${epilogue}
+  }
 }`,
     },
-    uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap]),
+    uniforms: i32Uniforms([g.H * g.W, g.H, g.W, cap, rounds]),
     buffers: ["counts", "indices", "rank", "out"],
     writes: ["out"],
-    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG / rounds)),
   };
 }
 
@@ -858,20 +867,21 @@ export function reluGateStep(
     throw new Error(`reluGateStep: ${channels} channels exceed ${SPARSE_MAX_LOOP}`);
   }
   const cap = capacityOf(g);
+  const rounds = siteRounds(Math.ceil(cap / WG), channels, !!g.serial);
   return {
     kernel: {
       key: `sparse-relu-gate-${layoutKey(slice)}`,
       code: `${
-        header(["HW", "C", "Off", "channels", "cap"], [
+        header(["HW", "C", "Off", "channels", "cap", "rounds"], [
           ro("counts", "u32"),
           ro("indices", "u32"),
           ro("y"),
           rw("out"),
         ])
       }
-${ENTRY}
+${ROUND_ENTRY}
   let cnt = i32(counts[0]);
-  if (inv >= cnt) { return; }
+  if (inv >= cnt) { break; }
   ${opaqueUniform("channels", "u.channels")}
   let s = i32(indices[inv]);
   let n = s / u.HW;
@@ -880,12 +890,13 @@ ${ENTRY}
     let i = base + c * ${sliceStride(slice)};
     out[i] = select(0.0, out[i], y[i] > 0.0);
   }
+  }
 }`,
     },
-    uniforms: i32Uniforms([g.H * g.W, slice.channels, slice.offset, channels, cap]),
+    uniforms: i32Uniforms([g.H * g.W, slice.channels, slice.offset, channels, cap, rounds]),
     buffers: ["counts", "indices", "y", "out"],
     writes: ["out"],
-    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG / rounds)),
   };
 }
 
@@ -907,6 +918,7 @@ export function siteCopyStep(
     throw new Error(`siteCopyStep: ${channels + zeros} channels exceed ${SPARSE_MAX_LOOP}`);
   }
   const cap = capacityOf(g);
+  const rounds = siteRounds(Math.ceil(cap / WG), channels + zeros, !!g.serial);
   const list = [ro("counts", "u32"), ro("indices", "u32"), ...(src ? [ro("src")] : []), rw("out")];
   const fill = src && zeros > 0;
   return {
@@ -914,13 +926,13 @@ export function siteCopyStep(
       key: `sparse-site-${src ? "copy" : "zero"}-${layoutKey(src)}${layoutKey(dst)}${fill ? "-fill" : ""}`,
       code: `${
         header(
-          ["HW", "srcC", "srcOff", "dstC", "dstOff", "channels", "cap", ...(fill ? ["zeros"] : [])],
+          ["HW", "srcC", "srcOff", "dstC", "dstOff", "channels", "cap", "rounds", ...(fill ? ["zeros"] : [])],
           list,
         )
       }
-${ENTRY}
+${ROUND_ENTRY}
   let cnt = i32(counts[0]);
-  if (inv >= cnt) { return; }
+  if (inv >= cnt) { break; }
   ${opaqueUniform("channels", "u.channels")}
   let s = i32(indices[inv]);
   let n = s / u.HW;
@@ -937,6 +949,7 @@ ${ENTRY}
   }`
           : ""
       }
+  }
 }`,
     },
     uniforms: i32Uniforms([
@@ -947,10 +960,11 @@ ${ENTRY}
       dst.offset,
       src ? channels : channels + zeros,
       cap,
+      rounds,
       ...(fill ? [zeros] : []),
     ]),
     buffers: ["counts", "indices", ...(src ? ["src"] : []), "out"],
     writes: ["out"],
-    workgroups: siteWorkgroups(Math.ceil(cap / WG)),
+    workgroups: siteWorkgroups(Math.ceil(cap / WG / rounds)),
   };
 }

@@ -77,14 +77,22 @@ function siteStep(sites: ActiveSites, step: KernelStep, out: Tensor): void {
 /** Neighbour-activity bits of every active site (u32 per list entry; see `neighbourBitsStep`). */
 function neighbourBits(sites: ActiveSites): Tensor {
   const nbits = Tensor.empty([sites.capacity]);
-  siteStep(sites, neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity }), nbits);
+  siteStep(
+    sites,
+    neighbourBitsStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity, serial: serialRounds() }),
+    nbits,
+  );
   return nbits;
 }
 
 /** List entries of every active site's 3x3 neighbours (u32 [9, capacity]; see `neighbourEntriesStep`). */
 function neighbourEntries(sites: ActiveSites): Tensor {
   const nbr = Tensor.empty([9, sites.capacity]);
-  siteStep(sites, neighbourEntriesStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity }), nbr);
+  siteStep(
+    sites,
+    neighbourEntriesStep({ N: sites.n, H: sites.h, W: sites.w, cap: sites.capacity, serial: serialRounds() }),
+    nbr,
+  );
   return nbr;
 }
 
@@ -325,7 +333,7 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
   const e = engine();
   const nbr = e.op("scModule", () => neighbourEntries(sites));
   const site = { indices: sites.indices, counts: sites.counts, nbr };
-  const geometry = { N, H, W, cap: sites.capacity };
+  const geometry = { N, H, W, cap: sites.capacity, serial: serialRounds() };
   const whole = (channels: number): ChannelSlice => ({ channels, offset: 0 });
   // Channels from `offset` of F or dF, the dense block and its gradient, kept compact: C + 6g rows of list
   // entries, so the features of active sites sit together at any density.
