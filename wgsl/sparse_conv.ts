@@ -5,8 +5,8 @@
  * active sites are read, computed and written (the caller clears a dense output first). Site lists come from
  * `wgsl/compact.ts` (`counts`, `indices`). Counts stay on the GPU: every kernel is dispatched over the
  * list's capacity (N*H*W) and an invocation whose list range starts at or past `counts[0]` returns at once,
- * so the work done follows the number of active sites. On CPU adapters the site GEMM and the weight
- * gradient fold that grid into rounds ({@link siteRounds}): llvmpipe pays for every workgroup of these large
+ * so the work done follows the number of active sites. On CPU adapters every site kernel folds that grid
+ * into rounds ({@link siteRounds}): llvmpipe pays for every workgroup of these large
  * kernels about as much as for a busy one, so a capacity-sized grid cost 70-90 ms per SC module at any
  * density.
  *
