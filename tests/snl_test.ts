@@ -409,16 +409,63 @@ Deno.test("SNLModule: clean sites pass through bit-identical; dense mode (DenseN
 
 // ---- (d) memory and scale ----
 
+/** A random sparse SNL problem of `shape`: F in [-1, 1], E and the output gradient g in [0, 1), a mask of the
+ * given density (seeds seed .. seed + 3). */
+function randomProblem(
+  [N, C, H, W]: number[],
+  seed: number,
+  density: number,
+): { p: SnlProblem; g: Float32Array } {
+  const f = randomArray(N * C * H * W, seed, -1, 1);
+  const e = randomArray(N * 4 * H * W, seed + 1);
+  const g = randomArray(N * C * H * W, seed + 2);
+  const mask = randomMask(N, H, W, [density], seed + 3);
+  return { p: { N, C, H, W, f, e, mask, dense: false }, g };
+}
+
+/** Checks image 0's output, grad f and grad E at `sites` against the float64 CPU reference (grad E is 0 at
+ * clean sites). */
+function checkSampled(
+  p: SnlProblem,
+  g: Float32Array,
+  got: { out: Float32Array; df: Float32Array; de: Float32Array },
+  sites: number[],
+  label: string,
+): void {
+  const HW = p.H * p.W;
+  const want: number[] = [], gotv: number[] = [];
+  const wantG: number[] = [], gotG: number[] = [];
+  const wantE: number[] = [], gotE: number[] = [];
+  for (const s of sites) {
+    const o = snlForwardRefAt(p, 0, s);
+    const gr = snlGradRefAt(p, g, 0, s);
+    for (let c = 0; c < p.C; c++) {
+      want.push(o[c]);
+      gotv.push(got.out[c * HW + s]);
+      wantG.push(gr.dF[c]);
+      gotG.push(got.df[c * HW + s]);
+    }
+    for (let d = 0; d < 4; d++) {
+      if (p.mask[s] === 1) {
+        wantE.push(gr.dE[d]);
+        gotE.push(got.de[d * HW + s]);
+      } else {
+        assert.equal(got.de[d * HW + s], 0, `${label}: grad E is 0 at clean sites`);
+      }
+    }
+  }
+  close(`${label}: sampled forward`, gotv, want);
+  close(`${label}: sampled grad f`, gotG, wantG);
+  close(`${label}: sampled grad E`, gotE, wantE);
+}
+
 for (const path of READ_PATHS) {
   Deno.test(`snlStep at 1x64x512x512, 30% density (${path.name}): sampled float64 check, memory beyond inputs/outputs O(sites) (GPU path) or O(sites x C) (texture path)`, () =>
     withReads(path.textures, async () => {
       const [N, C, H, W] = [1, 64, 512, 512];
       const shape = [N, C, H, W];
-      const HW = H * W;
-      const f = randomArray(N * C * HW, 51, -1, 1);
-      const e = randomArray(N * 4 * HW, 52);
-      const g = randomArray(N * C * HW, 53);
-      const mask = randomMask(N, H, W, [0.3], 54);
+      const { p, g } = randomProblem(shape, 51, 0.3);
+      const { f, e, mask } = p;
       const m = ops.tensor(mask, [N, 1, H, W]);
       const sites = compactMask(m);
       const x = ops.tensor(f, shape);
@@ -471,42 +518,12 @@ for (const path of READ_PATHS) {
       const [out, dx, de] = [await y.data(), await x.grad!.data(), await le.grad!.data()];
       ops.dispose([m, x, le, gt, y, x.grad, le.grad]);
       sites.dispose();
-      const p: SnlProblem = { N, C, H, W, f, e, mask, dense: false };
-      // 48 sampled degraded (query) sites: output, grad f, grad E; 8 clean (key) sites: grad f, output.
+      // 48 sampled degraded (query) sites, 8 clean (key) sites.
       const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
       const clean = [...mask.keys()].filter((i) => mask[i] === 0);
       const pick = (list: number[], k: number, seed: number) =>
         Array.from(randomArray(k, seed, 0, list.length), (v) => list[Math.floor(v)]);
-      const want: number[] = [], gotv: number[] = [];
-      const wantG: number[] = [], gotG: number[] = [];
-      const wantE: number[] = [], gotE: number[] = [];
-      for (const s of pick(degraded, 48, 55)) {
-        const o = snlForwardRefAt(p, 0, s);
-        const gr = snlGradRefAt(p, g, 0, s);
-        for (let c = 0; c < C; c++) {
-          want.push(o[c]);
-          gotv.push(out[c * HW + s]);
-          wantG.push(gr.dF[c]);
-          gotG.push(dx[c * HW + s]);
-        }
-        for (let d = 0; d < 4; d++) {
-          wantE.push(gr.dE[d]);
-          gotE.push(de[d * HW + s]);
-        }
-      }
-      for (const s of pick(clean, 8, 56)) {
-        const gr = snlGradRefAt(p, g, 0, s);
-        for (let c = 0; c < C; c++) {
-          wantG.push(gr.dF[c]);
-          gotG.push(dx[c * HW + s]);
-          want.push(f[c * HW + s]);
-          gotv.push(out[c * HW + s]);
-        }
-        for (let d = 0; d < 4; d++) assert.equal(de[d * HW + s], 0, "grad E is 0 at clean sites");
-      }
-      close("sampled forward", gotv, want);
-      close("sampled grad f", gotG, wantG);
-      close("sampled grad E", gotE, wantE);
+      checkSampled(p, g, { out, df: dx, de }, [...pick(degraded, 48, 55), ...pick(clean, 8, 56)], path.name);
     }));
 }
 
@@ -573,14 +590,9 @@ for (const path of READ_PATHS) {
 }
 
 Deno.test("a line of 2,000 sites at 30%: each invocation's chunks of queries stay within the loop budget (sampled float64 check, both paths)", async () => {
-  const [N, C, H, W] = [1, 8, 1, 2000];
-  const shape = [N, C, H, W];
-  const HW = H * W;
-  const f = randomArray(N * C * HW, 71, -1, 1);
-  const e = randomArray(N * 4 * HW, 72);
-  const g = randomArray(N * C * HW, 73);
-  const mask = randomMask(N, H, W, [0.3], 74);
-  const p: SnlProblem = { N, C, H, W, f, e, mask, dense: false };
+  const shape = [1, 8, 1, 2000];
+  const { p, g } = randomProblem(shape, 71, 0.3);
+  const { f, e, mask } = p;
   const degraded = [...mask.keys()].filter((i) => mask[i] === 1);
   const clean = [...mask.keys()].filter((i) => mask[i] === 0);
   // The line's last queries: an invocation that walked every chunk of the line would stop at the cap before.
@@ -590,18 +602,6 @@ Deno.test("a line of 2,000 sites at 30%: each invocation's chunks of queries sta
       path.textures,
       () => withSites(mask, shape, (s) => stepAndGrads((x, le) => snlStep(x, le, s), shape, f, e, g)),
     );
-    const want: number[] = [], gotv: number[] = [], wantG: number[] = [], gotG: number[] = [];
-    for (const s of sites) {
-      const o = snlForwardRefAt(p, 0, s);
-      const gr = snlGradRefAt(p, g, 0, s);
-      for (let c = 0; c < C; c++) {
-        want.push(o[c]);
-        gotv.push(got.out[c * HW + s]);
-        wantG.push(gr.dF[c]);
-        gotG.push(got.df[c * HW + s]);
-      }
-    }
-    close(`sampled forward (${path.name})`, gotv, want);
-    close(`sampled grad f (${path.name})`, gotG, wantG);
+    checkSampled(p, g, got, sites, path.name);
   }
 });

@@ -537,6 +537,38 @@ Deno.test("fixture and reference runs leave no live buffers behind", async () =>
   assert.equal(testEngine.memory().liveBuffers, 0);
 });
 
+/**
+ * Runs an SC module and a 3x3 sparseConv2d on the same input and mask, forward and backward
+ * (loss = sum(y^2) + sum(z^2)), and returns the sites' capacity and [y, z, every gradient] on the CPU.
+ * `prepare` may change the sites first (fitCapacity).
+ */
+async function scAndConvRun(
+  module: SCModule,
+  conv: Tensor,
+  bias: Tensor,
+  maskData: Float32Array,
+  xData: Float32Array,
+  [n, c, h, w]: number[],
+  prepare?: (sites: ActiveSites) => Promise<unknown>,
+): Promise<{ capacity: number; data: Float32Array[] }> {
+  const mask = ops.tensor(maskData, [n, 1, h, w]);
+  const sites = compactMask(mask);
+  if (prepare) await prepare(sites);
+  const x = ops.tensor(xData, [n, c, h, w]);
+  x.requiresGrad = true;
+  const y = module.forward(x, sites);
+  const z = sparseConv2d(x, sites, conv, bias);
+  const loss = ops.add(ops.sum(ops.mul(y, y)), ops.sum(ops.mul(z, z)));
+  ops.backward(loss);
+  const grads = [x, ...module.parameters(), conv, bias].map((t) => t.grad!);
+  const data = await Promise.all([y, z, ...grads].map((t) => t.data()));
+  const capacity = sites.capacity;
+  ops.dispose([mask, x, y, z, loss, grads]);
+  for (const p of [...module.parameters(), conv, bias]) p.grad = null;
+  sites.dispose();
+  return { capacity, data };
+}
+
 // fitCapacity shrinks the list the kernels walk and the SC block's rows to the active count (rounded up to
 // 256); the module and sparseConv2d must give the same bits, forward and backward, as at full capacity.
 Deno.test("SCModule and sparseConv2d after ActiveSites.fitCapacity equal the full-capacity run", async () => {
@@ -547,24 +579,8 @@ Deno.test("SCModule and sparseConv2d after ActiveSites.fitCapacity equal the ful
   const conv = ops.tensor(randomArray(3 * c * 9, 64), [3, c, 3, 3]);
   const bias = ops.tensor(randomArray(3, 65), [3]);
   for (const p of [...module.parameters(), conv, bias]) p.requiresGrad = true;
-  async function run(fit: boolean): Promise<{ capacity: number; data: Float32Array[] }> {
-    const mask = ops.tensor(maskData, [n, 1, h, w]);
-    const sites = compactMask(mask);
-    if (fit) await sites.fitCapacity();
-    const x = ops.tensor(xData, [n, c, h, w]);
-    x.requiresGrad = true;
-    const y = module.forward(x, sites);
-    const z = sparseConv2d(x, sites, conv, bias);
-    const loss = ops.add(ops.sum(ops.mul(y, y)), ops.sum(z));
-    ops.backward(loss);
-    const grads = [x, ...module.parameters(), conv, bias].map((t) => t.grad!);
-    const data = await Promise.all([y, z, ...grads].map((t) => t.data()));
-    const capacity = sites.capacity;
-    ops.dispose([mask, x, y, z, loss, grads]);
-    for (const p of [...module.parameters(), conv, bias]) p.grad = null;
-    sites.dispose();
-    return { capacity, data };
-  }
+  const run = (fit: boolean) =>
+    scAndConvRun(module, conv, bias, maskData, xData, [n, c, h, w], fit ? (s) => s.fitCapacity() : undefined);
   const full = await run(false);
   const fitted = await run(true);
   const active = maskData.reduce((a, v) => a + v, 0);
@@ -590,28 +606,14 @@ Deno.test("site kernels in rounds (CPU adapters) equal one round per invocation 
   assert.ok(siteRounds(workgroups, 9 * (c + 1), true) >= 3, "the CPU grid folds");
   assert.equal(siteRounds(workgroups, 9 * (c + 1), false), 1);
   async function run(cpu: boolean, fused: boolean): Promise<Float32Array[]> {
-    const engine = testEngine;
-    const before = engine.readsViaTextures;
-    engine.readsViaTextures = cpu;
+    const before = testEngine.readsViaTextures;
+    testEngine.readsViaTextures = cpu;
     // Unfused, the SC module's backward also runs the ReLU gate kernel.
     const fusedBefore = ops.setFusion(fused);
     try {
-      const mask = ops.tensor(maskData, [n, 1, h, w]);
-      const sites = compactMask(mask);
-      const x = ops.tensor(xData, [n, c, h, w]);
-      x.requiresGrad = true;
-      const y = module.forward(x, sites);
-      const z = sparseConv2d(x, sites, conv, bias);
-      const loss = ops.add(ops.sum(ops.mul(y, y)), ops.sum(ops.mul(z, z)));
-      ops.backward(loss);
-      const grads = [x, ...module.parameters(), conv, bias].map((t) => t.grad!);
-      const data = await Promise.all([y, z, ...grads].map((t) => t.data()));
-      ops.dispose([mask, x, y, z, loss, grads]);
-      for (const p of [...module.parameters(), conv, bias]) p.grad = null;
-      sites.dispose();
-      return data;
+      return (await scAndConvRun(module, conv, bias, maskData, xData, [n, c, h, w])).data;
     } finally {
-      engine.readsViaTextures = before;
+      testEngine.readsViaTextures = before;
       ops.setFusion(fusedBefore);
     }
   }
