@@ -236,7 +236,10 @@ export class Engine {
    * read their full-size inputs through rgba32float textures (a buffer-to-texture copy, then texel fetches)
    * instead of storage loads. On CPU rasterizers (llvmpipe, lavapipe, SwiftShader, WARP) a storage load is
    * gathered lane by lane and costs several times a copy plus a fetch; on GPUs the copy is extra memory
-   * traffic. Defaults to true on those software adapters only; both paths compute the same values.
+   * traffic. Defaults to true on those software adapters only; both paths compute the same values. It is
+   * also the engine's CPU-adapter switch for grid shapes: with it, the SNL query passes walk whole lines per
+   * invocation and the sparse site kernels run their grids in rounds (`wgsl/snl.ts`, `wgsl/sparse_conv.ts`),
+   * since there a workgroup that exits at once costs about as much as a working one.
    */
   readsViaTextures: boolean;
   /** Dispatches recorded since creation (for tests and benchmarks). */
