@@ -42,6 +42,72 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   ops.dispose([x, out]);
 });
 
+Deno.test("a plan copies a buffer into a texture once for the steps that read it, and again after a step writes it", async () => {
+  const n = TEXTURE_WIDTH * 4 * 2 + 12; // two full texture rows and a partial one
+  const xs = randomArray(n, 7), ys = randomArray(n, 8);
+  const [x, y] = [ops.tensor(xs, [n]), ops.tensor(ys, [n])];
+  const outs = [0, 1, 2, 3].map(() => ops.Tensor.empty([n]));
+  const header = `struct P { n: u32 }
+@group(0) @binding(0) var<uniform> u: P;`;
+  const index = `let i = (wg.x + wg.y * nwg.x) * 64u + lid;
+  if (i >= u.n) { return; }`;
+  const entry =
+    "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32)";
+  const read = {
+    key: "test:texture-read",
+    code: `${header}
+@group(0) @binding(1) var src: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+${entry} {
+  ${index}
+  let texel = i / 4u;
+  dst[i] = textureLoad(src, vec2<u32>(texel % ${TEXTURE_WIDTH}u, texel / ${TEXTURE_WIDTH}u), 0)[i % 4u];
+}`,
+  };
+  const double = {
+    key: "test:double-in-place",
+    code: `${header}
+@group(0) @binding(1) var<storage, read_write> v: array<f32>;
+${entry} {
+  ${index}
+  v[i] = 2.0 * v[i];
+}`,
+  };
+  const grid = foldWorkgroups(Math.ceil(n / 64));
+  const uniforms = new Uint32Array([n, 0, 0, 0]).buffer;
+  const readStep = (src: string, dst: string) => ({
+    kernel: read,
+    uniforms,
+    buffers: [src, dst],
+    writes: [dst],
+    textures: [src],
+    workgroups: grid,
+  });
+  testEngine.runPlan(
+    {
+      outSize: n,
+      scratch: {},
+      steps: [
+        readStep("x", "o0"),
+        { kernel: double, uniforms, buffers: ["x"], writes: ["x"], workgroups: grid },
+        readStep("x", "o1"), // must see the doubled x: the first copy is stale
+        readStep("y", "o2"), // a second texture, while x's copy is still held
+        readStep("x", "o3"), // x's copy again: not overwritten by y's
+      ],
+    },
+    { x: x.buffer, y: y.buffer, ...Object.fromEntries(outs.map((o, i) => [`o${i}`, o.buffer])) },
+    { x: n, y: n },
+  );
+  const doubled = xs.map((v) => 2 * v);
+  const got = await Promise.all(outs.map((o) => o.data()));
+  const mismatches = (a: Float32Array, b: Float32Array) => a.reduce((k, v, i) => k + (v === b[i] ? 0 : 1), 0);
+  assert.equal(mismatches(got[0], xs), 0, "first read");
+  assert.equal(mismatches(got[1], doubled), 0, "read after the write");
+  assert.equal(mismatches(got[2], ys), 0, "second buffer");
+  assert.equal(mismatches(got[3], doubled), 0, "first buffer again");
+  ops.dispose([x, y, ...outs]);
+});
+
 Deno.test("collectPipelines lists a forward's new pipelines without running it; compilePipelines builds them", async () => {
   const e = testEngine;
   // A conv shape no other test uses (odd channel counts give their own register blocks).

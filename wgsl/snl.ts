@@ -149,13 +149,19 @@ export function snlUsesTextures(shape: SnlShape, readsViaTextures: boolean): boo
     N * C * H * W <= SNL_TEXTURE_MAX_FLOATS;
 }
 
-/** Copies NCHW `src` into channels-last `dst` [N, H, W, C] (C and H * W multiples of 4): an invocation moves 4 channels of 4
- * neighbouring sites, 4 texel loads of the source's texture view and 4 vec4 stores. */
-const CHANNELS_LAST = defineKernel({
-  key: "snl:channels-last",
-  uniforms: { C4: "u32", HW: "u32", quads: "u32" },
-  bindings: [{ name: "src", kind: "t" }, { name: "dst", kind: "w", type: "vec4<f32>" }],
-  body: `@compute @workgroup_size(64)
+/** Copies NCHW `src` into channels-last `dst` [N, H, W, C] (C and H * W multiples of 4), and with `twice`
+ * into `dst2` as well: an invocation moves 4 channels of 4 neighbouring sites, 4 texel loads of the source's
+ * texture view and 4 vec4 stores (per destination). */
+const channelsLastKernel = (twice: boolean) =>
+  defineKernel({
+    key: `snl:channels-last${twice ? "-twice" : ""}`,
+    uniforms: { C4: "u32", HW: "u32", quads: "u32" },
+    bindings: [
+      { name: "src", kind: "t" },
+      { name: "dst", kind: "w", type: "vec4<f32>" },
+      ...(twice ? [{ name: "dst2", kind: "w" as const, type: "vec4<f32>" }] : []),
+    ],
+    body: `@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
   // Invocation: (image and channel quad) outer, site quad inner, so neighbouring lanes read neighbouring texels.
@@ -175,7 +181,46 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   dst[o] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
   dst[o + u.C4] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
   dst[o + 2u * u.C4] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
-  dst[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
+  dst[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);${
+      twice
+        ? `
+  dst2[o] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
+  dst2[o + u.C4] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
+  dst2[o + 2u * u.C4] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
+  dst2[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);`
+        : ""
+    }
+}`,
+  });
+const CHANNELS_LAST = channelsLastKernel(false);
+const CHANNELS_LAST_TWICE = channelsLastKernel(true);
+
+/** Copies channels-last `src` [N, H, W, C] into NCHW `dst` (the inverse of {@link CHANNELS_LAST}): an
+ * invocation moves 4 channels of 4 neighbouring sites, 4 texel loads and 4 vec4 stores. */
+const CHANNELS_FIRST = defineKernel({
+  key: "snl:channels-first",
+  uniforms: { C4: "u32", HW: "u32", quads: "u32" },
+  bindings: [{ name: "src", kind: "t" }, { name: "dst", kind: "w", type: "vec4<f32>" }],
+  body: `@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let id = (wg.x + wg.y * nwg.x) * 64u + lid;
+  if (id >= u.quads) { return; }
+  let siteQuads = u.HW >> 2u;
+  let bc = id / siteQuads;
+  let pq = id - bc * siteQuads;
+  let b = bc / u.C4;
+  let cq = bc - b * u.C4;
+  let at = (b * u.HW + pq * 4u) * u.C4 + cq;
+  let t0 = textureLoad(src, ${texelCoords("at")}, 0);
+  let t1 = textureLoad(src, ${texelCoords("at + u.C4")}, 0);
+  let t2 = textureLoad(src, ${texelCoords("at + 2u * u.C4")}, 0);
+  let t3 = textureLoad(src, ${texelCoords("at + 3u * u.C4")}, 0);
+  let first = (b * u.C4 + cq) * 4u * siteQuads + pq;
+  dst[first] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
+  dst[first + siteQuads] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
+  dst[first + 2u * siteQuads] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
+  dst[first + 3u * siteQuads] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
 }`,
 });
 
@@ -209,13 +254,15 @@ const PARAMS = `struct Params {
 const NONE = 0xffffffffu;`;
 
 /** A binding: storage of f32/u32 (read or read-write), or an rgba32float texture view of a buffer. */
-type Binding = [name: string, type: "f32" | "u32" | "texture", write: boolean];
+type Binding = [name: string, type: "f32" | "u32" | "vec4" | "texture", write: boolean];
 
 function bindings(list: Binding[]): string {
   return list.map(([name, type, write], i) =>
     type === "texture"
       ? `@group(0) @binding(${i + 1}) var ${name}: texture_2d<f32>;`
-      : `@group(0) @binding(${i + 1}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`
+      : `@group(0) @binding(${i + 1}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${
+        type === "vec4" ? "vec4<f32>" : type
+      }>;`
   ).join("\n");
 }
 
@@ -301,17 +348,31 @@ const PASS_BINDINGS: Record<Pass, Binding[]> = {
 
 /** Channels-last copies of F and dOut, read as textures (see {@link SnlShape.textures}). */
 const TEXTURE_OF = { F: "Fcl", dOut: "Hcl" } as const;
+/**
+ * Channels-last dF of the texture path's backward: starts as a copy of dOut (written by the step that makes
+ * dOut's channels-last copy), the query and key passes add to it (4 channels per vec4 access, where NCHW
+ * takes one access per channel: the key pass's read-modify-writes at every clean site cost it a quarter of
+ * its time), and the plan's last step writes it to `dF` in NCHW. (The forward's `accum` adds at queries only:
+ * there the extra copy and transposition cost what the vec4 accesses save.)
+ */
+const GRAD_CL = "dFcl";
 
 /** A pass's bindings (names are the plan's buffer names): its storage buffers, then the texture views the
  * `tex` kernels read the other side from; the `tex` key pass also reads the queries' stats and D as texels. */
 function passBindings(pass: Pass, tex: boolean): Binding[] {
   if (!tex) return PASS_BINDINGS[pass];
+  const withGradCl = (list: Binding[]) =>
+    list.map((b): Binding => b[0] === "dF" ? [GRAD_CL, "vec4", true] : b);
   if (pass === "dgdot" || pass === "dq") {
-    return [...PASS_BINDINGS[pass], [TEXTURE_OF.F, "texture", false], [TEXTURE_OF.dOut, "texture", false]];
+    return [
+      ...withGradCl(PASS_BINDINGS[pass]),
+      [TEXTURE_OF.F, "texture", false],
+      [TEXTURE_OF.dOut, "texture", false],
+    ];
   }
   if (pass !== "dk") return [...PASS_BINDINGS[pass], [TEXTURE_OF.F, "texture", false]];
   return [
-    ...PASS_BINDINGS.dk.filter(([name]) => name !== "stats" && name !== "D"),
+    ...withGradCl(PASS_BINDINGS.dk.filter(([name]) => name !== "stats" && name !== "D")),
     ...(["stats", "D", TEXTURE_OF.F, TEXTURE_OF.dOut].map((name): Binding => [name, "texture", false])),
   ];
 }
@@ -528,8 +589,21 @@ ${
     }
     }
   }`;
+  // Adds y0..y{C-1} into output dst at site `site` of image b: NCHW, or for dF on the texture path its
+  // channels-last stand-in, C / 4 vec4 accesses.
+  const addOwn = (dst: "out" | "dF", site: string) =>
+    tex && dst === "dF"
+      ? `      let o4 = (b * u.HW + ${site}) * ${C / 4}u;
+${
+        Array.from({ length: C / 4 }, (_, j) =>
+          `      ${GRAD_CL}[o4 + ${j}u] += vec4<f32>(${
+            [0, 1, 2, 3].map((k) => `y${4 * j + k}`).join(", ")
+          });`).join("\n")
+      }`
+      : `      let o = fb + ${site};
+${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      ")}`;
   // Adds acc{q}_c into dst at every active item q for which cond(q) holds (one loop, C store sites).
-  const storeOwn = (dst: string, cond: (q: number) => string) =>
+  const storeOwn = (dst: "out" | "dF", cond: (q: number) => string) =>
     `  for (var q = 0u; q < ${T}u; q++) {
     if (start + q >= ${items}) { break; }
 ${perC(C, (c) => `var y${c} = 0.0;`, "\n").replace(/^/gm, "    ")}
@@ -543,8 +617,7 @@ ${
     }
     }
     if (ok) {
-      let o = fb + lineBase + ${ownAt("start + q")} * step;
-${perC(C, (c) => `${dst}[${ch("o", c)}] += y${c};`, "\n").replace(/^/gm, "      ")}
+${addOwn(dst, `lineBase + ${ownAt("start + q")} * step`)}
     }
   }`;
   const zeroAcc = perQ(T, (q) => perC(C, (c) => `var acc${q}_${c} = 0.0;`), "  ");
@@ -621,8 +694,7 @@ ${ys.map((y, k) => `      ${y} += part[at + ${k}u];`).join("\n")}
     let wA = stats[(gq * 4u + dBefore + 1u) * 2u + 1u];
     if (wB != 0.0 || wA != 0.0) {
 ${sums.replace(/^/gm, "  ")}
-      let o = fb + sq;
-${ys.map((y, c) => `      ${dst}[${ch("o", c)}] += ${y};`).join("\n")}
+${addOwn(dst, "sq")}
     }`;
       }
     }
@@ -886,16 +958,17 @@ function linePass(pass: Pass, s: SnlShape): KernelStep[] {
   });
 }
 
-/** With {@link SnlShape.textures}: the steps writing the channels-last copies of `names` into their scratch. */
-function channelsLastSteps(s: SnlShape, names: ("F" | "dOut")[]): KernelStep[] {
+/** With {@link SnlShape.textures}: the steps writing the channels-last copies of `names` into their scratch;
+ * with `grad`, dOut's also into {@link GRAD_CL}. */
+function channelsLastSteps(s: SnlShape, names: ("F" | "dOut")[], grad = false): KernelStep[] {
   if (!s.textures) return [];
   const quads = (s.N * s.C * s.H * s.W) / 16;
+  const u = { C4: s.C / 4, HW: s.H * s.W, quads };
+  const grid = foldWorkgroups(Math.ceil(quads / 64));
   return names.map((name) =>
-    CHANNELS_LAST.step(
-      { C4: s.C / 4, HW: s.H * s.W, quads },
-      foldWorkgroups(Math.ceil(quads / 64)),
-      { src: name, dst: TEXTURE_OF[name] },
-    )
+    grad && name === "dOut"
+      ? CHANNELS_LAST_TWICE.step(u, grid, { src: name, dst: TEXTURE_OF[name], dst2: GRAD_CL })
+      : CHANNELS_LAST.step(u, grid, { src: name, dst: TEXTURE_OF[name] })
   );
 }
 
@@ -971,13 +1044,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
  * Backward plan of one SNL step. Inputs: `F`, `dOut` (dL/dF'), `stats` from the forward, `lists`, `rank`
  * (dense mode: any buffers), and with `textures` and `keptCopy` the forward's {@link SNL_CHANNELS_LAST_F}
  * (else the plan copies F again). Outputs: `out` = dE [N, 4, H, W] (every element written) and, when
- * `withInput`, `dF`, which the caller initializes with a copy of `dOut`. Scratch: `D` [N*H*W, 4].
+ * `withInput`, `dF`: the caller initializes it with a copy of `dOut`, except with `textures`, where the plan
+ * writes all of it. Scratch: `D` [N*H*W, 4] (and the texture path's copies).
  */
 export function snlBackwardPlan(s: SnlShape, withInput: boolean, keptCopy = false): KernelPlan {
   const sites = s.N * s.H * s.W;
   const copied: ("F" | "dOut")[] = [...(keptCopy ? [] : ["F" as const]), "dOut"];
   const steps: KernelStep[] = [
-    ...channelsLastSteps(s, copied),
+    ...channelsLastSteps(s, copied, withInput),
     ...linePass("dgdot", s),
     {
       kernel: DLOGITS,
@@ -990,8 +1064,17 @@ export function snlBackwardPlan(s: SnlShape, withInput: boolean, keptCopy = fals
   if (withInput) {
     steps.push(...linePass("dq", s));
     steps.push(...linePass("dk", s));
+    if (s.textures) {
+      const quads = (s.N * s.C * s.H * s.W) / 16;
+      steps.push(CHANNELS_FIRST.step(
+        { C4: s.C / 4, HW: s.H * s.W, quads },
+        foldWorkgroups(Math.ceil(quads / 64)),
+        { src: GRAD_CL, dst: "dF" },
+      ));
+    }
   }
   const scratch: Record<string, number> = { D: sites * 4 };
   if (s.textures) { for (const name of copied) scratch[TEXTURE_OF[name]] = sites * s.C; }
+  if (s.textures && withInput) scratch[GRAD_CL] = sites * s.C;
   return { outSize: s.N * 4 * s.H * s.W, scratch, steps };
 }

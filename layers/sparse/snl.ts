@@ -133,7 +133,8 @@ export function snlStep(
         const scopy = rest.shift() ?? null;
         const dE = Tensor.empty(fusionLogits.shape);
         const dF = f.requiresGrad ? Tensor.empty(f.shape) : null;
-        if (dF) e.copy(g.buffer, 0, dF.buffer, 0, g.size * 4);
+        // The texture path's plan writes all of dF; the storage path adds to a copy of dOut.
+        if (dF && !shape.textures) e.copy(g.buffer, 0, dF.buffer, 0, g.size * 4);
         const lists = srank ? siteLists(srank, N, H, W) : null;
         const buffers: Record<string, GPUBuffer> = {
           F: sf.buffer,
