@@ -56,7 +56,8 @@
  *   R, C per key (key/value gradient `sum_p (tau ds_pq f_p + a_pq w_d dh_p)` gathered over the queries of
  *   its row and column that see it), with `ds_pq = a_pq (w_d <dh_p, f_q> - w_d D_d)`. `accum`, `dq` and
  *   `dk` read-modify-write their output at the invocation's own sites, once per pass, after summing in
- *   registers; passes are ordered dispatches: no atomics, deterministic.
+ *   registers; passes are ordered dispatches: no atomics, deterministic. On the texture path `dq` and `dk`
+ *   add into a channels-last dF (see {@link GRAD_CL}), which the plan's last step writes to `dF`.
  *
  * Memory. No attention row and no channel-sized scratch is ever stored: g_d is never materialized (the
  * forward's second pass re-scores the keys; the backward recomputes scores from the saved logsumexp).
@@ -64,7 +65,8 @@
  * sum, then logsumexp and w_d; saved for the backward) and 2 of `lists` (sparse mode only; plus one word per
  * line), and the backward 4 words of `D`. They are indexed by site, so they are sized by N*H*W (the live
  * count of active sites stays on the GPU): 14 words per site against the input's C. The texture path adds
- * its channels-last copies and their textures (2 C words per site per copied tensor).
+ * its channels-last copies and their textures (2 C words per site per copied tensor: F in the forward; F,
+ * dOut and the channels-last dF in the backward).
  *
  * llvmpipe loop cap (65,535 iterations per invocation in total): the attention kernels' only loops walk a
  * line's keys (or queries), one iteration per key, plus T-iteration prologue/epilogue loops (and, in the
@@ -121,8 +123,9 @@ export interface SnlShape {
 
 /**
  * Largest channels-last copy (floats) the texture path makes: 64 MiB (64 channels at 512x512). A copy and
- * its texture cost 2 C words per site (F's copy is kept from the forward to the backward, which adds dOut's:
- * 4 C words there) where the storage path keeps its scratch at 14 words per site; larger steps read storage. The path halves the time
+ * its texture cost 2 C words per site (F's copy is kept from the forward to the backward, which adds dOut's
+ * and dF's: 6 C words there) where the storage path keeps its scratch at 14 words per site; larger steps read
+ * storage. The path halves the time
  * of big steps (one forward step at 1x32x512x512, 10% block mask: 170 against 346-370 ms of GPU time on
  * llvmpipe), so it is worth that memory up to here.
  */
