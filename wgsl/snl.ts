@@ -354,7 +354,7 @@ const TEXTURE_OF = { F: "Fcl", dOut: "Hcl" } as const;
 /**
  * Channels-last dF of the texture path's backward: starts as a copy of dOut (written by the step that makes
  * dOut's channels-last copy), the query and key passes add to it (4 channels per vec4 access, where NCHW
- * takes one access per channel: the key pass's read-modify-writes at every clean site cost it a quarter of
+ * takes one access per channel: the key pass's read-modify-writes at every clean site cost it about a third of
  * its time), and the plan's last step writes it to `dF` in NCHW. (The forward's `accum` adds at queries only:
  * there the extra copy and transposition cost what the vec4 accesses save.)
  */
@@ -956,7 +956,8 @@ function linePass(pass: Pass, s: SnlShape): KernelStep[] {
     // With chunked lanes (CPU adapters) the `few` variant only costs: SNL module forward + backward at
     // 1x32x256x256 took 194-222 / 255-259 / 308-329 ms at 1% / 5% / 10% without it, 255-289 / 394-419 /
     // 352-410 with it (two alternated runs).
-    const few = hasFewVariant(s.C, T, len) && !s.serialChunks;
+    // (The texture path is for CPU adapters too: it never takes `few`.)
+    const few = hasFewVariant(s.C, T, len) && !s.serialChunks && !tex;
     return few ? [step("lanes-many"), step("few")] : [step("lanes")];
   });
 }
