@@ -395,6 +395,47 @@ Deno.test("weighted BCE: equals plain BCE at weight 1 and the PyTorch pos_weight
   assert.equal(balancedPosWeight(0), 1);
 });
 
+Deno.test("SSIM loss: 1 - the evaluation's SSIM per image, averaged; its gradient matches central differences of the metric", async () => {
+  const { backward, tensor } = await import("../mod.ts");
+  const { ssimLoss } = await import("../train/losses.ts");
+  const { ssimRgb } = await import("../train/metrics.ts");
+  const rng = new Rng(21);
+  const [N, C, H, W] = [2, 3, 17, 14];
+  const plane = C * H * W;
+  // Image 0 dark and of low contrast (its means and variances are of the order of the constants c1 and c2, so
+  // both matter), image 1 of full contrast; the output is the target plus structured noise.
+  const target = rng.uniformArray(N * plane, 0, 1).map((v, i) => i < plane ? 0.01 + 0.03 * v : v);
+  const y = target.map((v, i) => v + (i < plane ? 0.01 : 0.4) * Math.sin(i * 0.37));
+  const metric = (img: Float32Array | Float64Array, b: number) =>
+    ssimRgb(img.subarray(b * plane, (b + 1) * plane), target.subarray(b * plane, (b + 1) * plane), W, H);
+  const want = 1 - (metric(y, 0) + metric(y, 1)) / 2;
+  const yt = tensor(y, [N, C, H, W]);
+  yt.requiresGrad = true;
+  const loss = ssimLoss(yt, tensor(target, [N, C, H, W]));
+  const got = await loss.item();
+  assert.ok(Math.abs(got - want) <= 1e-5, `loss ${got} vs 1 - ssim ${want}`);
+  backward(loss);
+  const grad = await yt.grad!.data();
+  // Central differences of the float64 metric at sampled pixels, border and interior.
+  const h = 1e-3;
+  for (const i of [0, 5, 3 * W + 7, plane + 8 * W + 6, 2 * plane - 1, plane + H * W + 4 * W + 9]) {
+    const b = Math.floor(i / plane);
+    const yp = Float64Array.from(y), ym = Float64Array.from(y);
+    yp[i] += h;
+    ym[i] -= h;
+    const numerical = -(metric(yp, b) - metric(ym, b)) / (2 * h) / N;
+    assert.ok(
+      Math.abs(grad[i] - numerical) <= 1e-3 * Math.max(Math.abs(numerical), 1e-2),
+      `d loss / d y[${i}]: ${grad[i]} vs ${numerical}`,
+    );
+  }
+  assert.throws(
+    () =>
+      ssimLoss(tensor(new Float32Array(300), [1, 3, 10, 10]), tensor(new Float32Array(300), [1, 3, 10, 10])),
+    /smaller than the 11x11 window/,
+  );
+});
+
 Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's initialization", () =>
   withPairs("spair-train-init-", 2, async (root) => {
     const tailAfterOneStep = async (outputInit: "zero" | "default") => {
@@ -410,12 +451,19 @@ Deno.test("outputInit: zero starts NetR as the identity; default keeps PyTorch's
     assert.ok(rms > 0.01, `default init: tail rms ${rms}`);
   }));
 
-Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE on the step's batch", () =>
+Deno.test("loss: NetR's first-step loss is the identity's L1, MSE, L1 + w MSE or L1 + w (1 - SSIM) on the step's batch", () =>
   withPairs("spair-train-loss-", 3, async (root) => {
-    const firstLoss = async (loss: "l1" | "mse" | "l1+mse", mseWeight = 1) => {
-      const config = { ...tinyConfig(`${root}/data`), variant: "Net1" as const, stepsR: 1, loss, mseWeight };
+    const firstLoss = async (loss: TrainConfig["loss"], weight = 1) => {
+      const config = {
+        ...tinyConfig(`${root}/data`),
+        variant: "Net1" as const,
+        stepsR: 1,
+        loss,
+        mseWeight: weight,
+        ssimWeight: weight,
+      };
       let value = NaN;
-      await train(`${root}/run-${loss}-${mseWeight}`, { config, onProgress: (p) => (value = p.loss) });
+      await train(`${root}/run-${loss}-${weight}`, { config, onProgress: (p) => (value = p.loss) });
       return value;
     };
     // The zero-initialized tail makes step 1's output the input itself.
@@ -433,9 +481,25 @@ Deno.test("loss: NetR's first-step loss is the identity's L1, MSE or L1 + w MSE 
     assert.ok(Math.abs(mse - sq / n) <= 1e-6, `mse ${mse} vs ${sq / n}`);
     assert.ok(Math.abs(both - (abs + 20 * sq) / n) <= 1e-5, `l1+mse ${both} vs ${(abs + 20 * sq) / n}`);
     assert.ok(sq / n < 0.5 * (abs / n), "the two losses must differ on this data");
+    const { ssimRgb } = await import("../train/metrics.ts");
+    const images = batch.input.length / (3 * config.crop * config.crop);
+    const per = batch.input.length / images;
+    let ssimSum = 0;
+    for (let b = 0; b < images; b++) {
+      const part = (a: Float32Array) => a.subarray(b * per, (b + 1) * per);
+      ssimSum += ssimRgb(part(batch.input), part(batch.target), config.crop, config.crop);
+    }
+    const withSsim = await firstLoss("l1+ssim", 2);
+    const wantSsim = abs / n + 2 * (1 - ssimSum / images);
+    assert.ok(Math.abs(withSsim - wantSsim) <= 1e-4, `l1+ssim ${withSsim} vs ${wantSsim}`);
     await assert.rejects(
       train(`${root}/run-bad`, { config: { ...config, loss: "huber" as unknown as "l1" } }),
-      (e: Error) => e instanceof TrainError && /loss must be l1, mse or l1\+mse/.test(e.message),
+      (e: Error) => e instanceof TrainError && /loss must be l1, mse, l1\+mse or l1\+ssim/.test(e.message),
+    );
+    await assert.rejects(
+      train(`${root}/run-bad-crop`, { config: { ...config, loss: "l1+ssim", crop: 8 } }),
+      (e: Error) =>
+        e instanceof TrainError && /l1\+ssim needs crops of at least 11 pixels, got 8/.test(e.message),
     );
     await assert.rejects(
       train(`${root}/run-bad-weight`, { config: { ...config, loss: "mse", mseWeight: 0 } }),
@@ -464,17 +528,27 @@ Deno.test("resuming at the end of stage 1 validates NetL once: the log keeps one
 
 Deno.test("a config written before the later options gets their defaults; bad choices name the options", () => {
   const old: Partial<TrainConfig> = { ...defaultConfig("raindrop"), data: "d" };
-  for (const key of ["cropFocus", "clipGradNorm", "outputInit", "loss", "mseWeight", "posWeight"] as const) {
+  for (
+    const key of [
+      "cropFocus",
+      "clipGradNorm",
+      "outputInit",
+      "loss",
+      "mseWeight",
+      "ssimWeight",
+      "posWeight",
+    ] as const
+  ) {
     delete old[key];
   }
   const c = validateConfig(old as TrainConfig);
   assert.deepEqual(
-    [c.cropFocus, c.clipGradNorm, c.outputInit, c.loss, c.mseWeight, c.posWeight],
-    [1, 0, "zero", "l1", 1, 0],
+    [c.cropFocus, c.clipGradNorm, c.outputInit, c.loss, c.mseWeight, c.ssimWeight, c.posWeight],
+    [1, 0, "zero", "l1", 1, 1, 0],
   );
   assert.throws(
     () => validateConfig({ ...c, loss: "l2" as "l1" }),
-    (e: Error) => e instanceof TrainError && e.message === "loss must be l1, mse or l1+mse, got l2",
+    (e: Error) => e instanceof TrainError && e.message === "loss must be l1, mse, l1+mse or l1+ssim, got l2",
   );
   assert.throws(
     () => validateConfig({ ...c, outputInit: "ones" as "zero" }),

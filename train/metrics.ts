@@ -50,7 +50,8 @@ export function psnr(a: Pixels, b: Pixels, peak: number): number {
 /** SSIM's Gaussian window: sigma 1.5, truncated at 3.5 sigma (radius 5, i.e. 11x11) as skimage does. */
 const SSIM_SIGMA = 1.5;
 const SSIM_RADIUS = Math.trunc(3.5 * SSIM_SIGMA + 0.5);
-const SSIM_KERNEL: Float64Array = (() => {
+/** SSIM's 11-tap Gaussian window (one axis; normalized), shared with the SSIM training loss. */
+export const SSIM_KERNEL: Float64Array = (() => {
   const k = new Float64Array(2 * SSIM_RADIUS + 1);
   let sum = 0;
   for (let i = -SSIM_RADIUS; i <= SSIM_RADIUS; i++) {
