@@ -492,14 +492,18 @@ Deno.test("loss: NetR's first-step loss is the identity's L1, MSE, L1 + w MSE or
     const withSsim = await firstLoss("l1+ssim", 2);
     const wantSsim = abs / n + 2 * (1 - ssimSum / images);
     assert.ok(Math.abs(withSsim - wantSsim) <= 1e-4, `l1+ssim ${withSsim} vs ${wantSsim}`);
+    const all = await firstLoss("l1+mse+ssim", 3);
+    const wantAll = (abs + 3 * sq) / n + 3 * (1 - ssimSum / images);
+    assert.ok(Math.abs(all - wantAll) <= 1e-4, `l1+mse+ssim ${all} vs ${wantAll}`);
     await assert.rejects(
       train(`${root}/run-bad`, { config: { ...config, loss: "huber" as unknown as "l1" } }),
-      (e: Error) => e instanceof TrainError && /loss must be l1, mse, l1\+mse or l1\+ssim/.test(e.message),
+      (e: Error) =>
+        e instanceof TrainError && /loss must be l1, mse, l1\+mse, l1\+ssim or l1\+mse\+ssim/.test(e.message),
     );
     await assert.rejects(
       train(`${root}/run-bad-crop`, { config: { ...config, loss: "l1+ssim", crop: 8 } }),
       (e: Error) =>
-        e instanceof TrainError && /l1\+ssim needs crops of at least 11 pixels, got 8/.test(e.message),
+        e instanceof TrainError && /loss l1\+ssim needs crops of at least 11 pixels, got 8/.test(e.message),
     );
     await assert.rejects(
       train(`${root}/run-bad-weight`, { config: { ...config, loss: "mse", mseWeight: 0 } }),
@@ -548,7 +552,8 @@ Deno.test("a config written before the later options gets their defaults; bad ch
   );
   assert.throws(
     () => validateConfig({ ...c, loss: "l2" as "l1" }),
-    (e: Error) => e instanceof TrainError && e.message === "loss must be l1, mse, l1+mse or l1+ssim, got l2",
+    (e: Error) =>
+      e instanceof TrainError && e.message === "loss must be l1, mse, l1+mse, l1+ssim or l1+mse+ssim, got l2",
   );
   assert.throws(
     () => validateConfig({ ...c, outputInit: "ones" as "zero" }),

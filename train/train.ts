@@ -98,12 +98,13 @@ export interface TrainConfig {
   /** NetR's loss: `l1` (SPAIR.md section 3), `mse`, or their sum `l1+mse`. L1's gradient is only the sign of
    * each pixel's error, so NetR can sit at the identity when a degradation's errors have no consistent sign
    * (raindrops: the refracted view is brighter here and darker there than what it hides); the squared
-   * error weighs large errors more, and L1 keeps clean pixels where they are. `l1+ssim` adds 1 - SSIM (the
-   * evaluation's structural similarity, see `ssimLoss`), for models whose outputs gain PSNR but lose SSIM. */
-  loss: "l1" | "mse" | "l1+mse" | "l1+ssim";
-  /** Weight of the MSE term (for `mse` and `l1+mse`). */
+   * error weighs large errors more, and L1 keeps clean pixels where they are. `l1+ssim` and `l1+mse+ssim`
+   * add 1 - SSIM (the evaluation's structural similarity, see `ssimLoss`), for models whose outputs gain PSNR
+   * but lose SSIM. */
+  loss: "l1" | "mse" | "l1+mse" | "l1+ssim" | "l1+mse+ssim";
+  /** Weight of the MSE term (for `mse`, `l1+mse` and `l1+mse+ssim`). */
   mseWeight: number;
-  /** Weight of the 1 - SSIM term (for `l1+ssim`). */
+  /** Weight of the 1 - SSIM term (for `l1+ssim` and `l1+mse+ssim`). */
   ssimWeight: number;
   /** Mask threshold on mean |degraded - clean| when a pair has no mask file. */
   tau: number;
@@ -267,11 +268,13 @@ export function validateConfig(c: TrainConfig): TrainConfig {
   if (!(c.lr > 0)) throw new TrainError(`lr must be positive`);
   if (!(c.clipGradNorm >= 0)) throw new TrainError(`clipGradNorm must be 0 (off) or positive`);
   mustBeOneOf("outputInit", c.outputInit, ["zero", "default"]);
-  mustBeOneOf("loss", c.loss, ["l1", "mse", "l1+mse", "l1+ssim"]);
+  mustBeOneOf("loss", c.loss, ["l1", "mse", "l1+mse", "l1+ssim", "l1+mse+ssim"]);
   if (!(c.mseWeight > 0)) throw new TrainError(`mseWeight must be positive`);
   if (!(c.ssimWeight > 0)) throw new TrainError(`ssimWeight must be positive`);
-  if (c.loss === "l1+ssim" && c.crop < SSIM_KERNEL.length) {
-    throw new TrainError(`loss l1+ssim needs crops of at least ${SSIM_KERNEL.length} pixels, got ${c.crop}`);
+  if (c.loss.endsWith("ssim") && c.crop < SSIM_KERNEL.length) {
+    throw new TrainError(
+      `loss ${c.loss} needs crops of at least ${SSIM_KERNEL.length} pixels, got ${c.crop}`,
+    );
   }
   if (!(c.tau >= 0 && c.tau < 1)) throw new TrainError(`tau must lie in [0, 1)`);
   if (!(c.posWeight >= 0)) throw new TrainError(`posWeight must be 0 (auto) or positive`);
@@ -753,10 +756,11 @@ async function appendLog(path: string, entry: Record<string, unknown>): Promise<
 
 /** NetR's training loss (see {@link TrainConfig.loss}). */
 function restorationLoss(config: TrainConfig, y: Tensor, target: Tensor): Tensor {
-  if (config.loss === "l1") return l1Loss(y, target);
-  if (config.loss === "l1+ssim") return add(l1Loss(y, target), scale(ssimLoss(y, target), config.ssimWeight));
-  const squared = scale(mseLoss(y, target), config.mseWeight);
-  return config.loss === "mse" ? squared : add(l1Loss(y, target), squared);
+  if (config.loss === "mse") return scale(mseLoss(y, target), config.mseWeight);
+  let loss = l1Loss(y, target);
+  if (config.loss.includes("mse")) loss = add(loss, scale(mseLoss(y, target), config.mseWeight));
+  if (config.loss.endsWith("ssim")) loss = add(loss, scale(ssimLoss(y, target), config.ssimWeight));
+  return loss;
 }
 
 /** Drops log lines written after the checkpoint a resumed run restarts from (their steps will rerun). At the
