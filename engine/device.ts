@@ -89,8 +89,12 @@ const BIND_GROUP_CACHE = 8192;
 const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
 const textureBytes = (t: GPUTexture) => t.height * TEXTURE_ROW_BYTES;
 
-/** Texture copies of a plan's buffers, by buffer, while no step has written them (see `#runStep`). */
-type PlanTextures = Map<GPUBuffer, { texture: GPUTexture; floats: number }>;
+/** Texture copies of a plan's buffers that several of its steps read (`shared`), by buffer, while no step has
+ * written them (`held`; see `#runStep`). */
+type PlanTextures = {
+  held: Map<GPUBuffer, { texture: GPUTexture; floats: number }>;
+  shared: Set<GPUBuffer>;
+};
 
 /** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
 export type BindingKind = "r" | "w" | "t";
@@ -999,7 +1003,15 @@ export class Engine {
     // Texture copies of scratch buffers cover the plan's requested size, not the pooled bucket's.
     const extents = { ...plan.scratch, ...sizes };
     const owned = new Set<GPUBuffer>();
-    const copies: PlanTextures = new Map();
+    const copies: PlanTextures = { held: new Map(), shared: new Set() };
+    // Buffers that more than one step reads as a texture: their copies are held and shared.
+    const reads = new Map<GPUBuffer, number>();
+    for (const step of plan.steps) {
+      for (const name of new Set(step.textures ?? [])) {
+        reads.set(bound[name], (reads.get(bound[name]) ?? 0) + 1);
+      }
+    }
+    for (const [buffer, n] of reads) if (n > 1) copies.shared.add(buffer);
     for (const step of plan.steps) {
       if (step.defer) {
         this.#defer(step, step.defer, bound, scratch, owned);
@@ -1007,7 +1019,7 @@ export class Engine {
       } else this.#runStep(step, bound, extents, copies);
     }
     // Every dispatch that reads them is recorded: the copies may be refilled from now on.
-    for (const { texture } of copies.values()) this.#pendingTextures.push(texture);
+    for (const { texture } of copies.held.values()) this.#pendingTextures.push(texture);
     for (const b of scratch) if (!owned.has(b)) this.pool.release(b);
   }
 
@@ -1088,9 +1100,10 @@ export class Engine {
   }
 
   /**
-   * Records one step of a plan. A buffer read as a texture is copied once per plan: later steps reading it
+   * Records one step of a plan. A buffer that several steps read as a texture is copied once: later steps
    * reuse the copy (held out of the pool) until a step writes the buffer (an SNL step's six line passes read
-   * the same channels-last copies; about 0.3 ms per 8 MB copy on llvmpipe).
+   * the same channels-last copies; about 0.3 ms per 8 MB copy on llvmpipe). Other copies return to the pool
+   * right after their step, so plans reading a buffer once hold no more textures than before.
    */
   #runStep(
     step: KernelStep,
@@ -1107,12 +1120,14 @@ export class Engine {
       if (!buffer) throw new Error(`${step.kernel.key}: plan buffer '${name}' is not bound`);
       if (kinds[i] === "t") {
         const floats = sizes[name] ?? buffer.size / 4;
-        let copy = copies.get(buffer);
+        // A copy read by this step only goes back to the pool right after it, as `textureOf`'s do.
+        if (!copies.shared.has(buffer)) return this.textureOf(buffer, floats);
+        let copy = copies.held.get(buffer);
         if (copy && copy.floats !== floats) {
           this.#pendingTextures.push(copy.texture);
           copy = undefined;
         }
-        if (!copy) copies.set(buffer, copy = { texture: this.#textureCopy(buffer, floats), floats });
+        if (!copy) copies.held.set(buffer, copy = { texture: this.#textureCopy(buffer, floats), floats });
         return this.#viewOf(copy.texture);
       }
       const range = step.ranges?.[name];
@@ -1126,9 +1141,9 @@ export class Engine {
    * (this one's reads are recorded). */
   #dropCopies(step: KernelStep, bound: Record<string, GPUBuffer>, copies: PlanTextures): void {
     for (const name of step.writes) {
-      const copy = copies.get(bound[name]);
+      const copy = copies.held.get(bound[name]);
       if (!copy) continue;
-      copies.delete(bound[name]);
+      copies.held.delete(bound[name]);
       this.#pendingTextures.push(copy.texture);
     }
   }
