@@ -152,22 +152,27 @@ export function snlUsesTextures(shape: SnlShape, readsViaTextures: boolean): boo
     N * C * H * W <= SNL_TEXTURE_MAX_FLOATS;
 }
 
-/** Copies NCHW `src` into channels-last `dst` [N, H, W, C] (C and H * W multiples of 4), and with `twice`
- * into `dst2` as well: an invocation moves 4 channels of 4 neighbouring sites, 4 texel loads of the source's
- * texture view and 4 vec4 stores (per destination). */
-const channelsLastKernel = (twice: boolean) =>
-  defineKernel({
-    key: `snl:channels-last${twice ? "-twice" : ""}`,
+/**
+ * A copy between NCHW and channels-last [N, H, W, C] (C and H * W multiples of 4) of `src` (read through its
+ * texture view) into each of `dsts`: an invocation moves 4 channels of 4 neighbouring sites, 4 texel loads and
+ * 4 vec4 stores per destination. Invocations run (image and channel quad) outer, site quad inner, so
+ * neighbouring lanes touch neighbouring NCHW texels.
+ */
+function quadCopyKernel(key: string, toChannelsLast: boolean, dsts: string[]) {
+  // Where a quad of 4 sites x 4 channels lies in each layout: first vec4 index, and the stride between its 4.
+  const nchw = ["nchw", "siteQuads"], last = ["cl", "u.C4"];
+  const [from, to] = toChannelsLast ? [nchw, last] : [last, nchw];
+  const at = ([base, stride]: string[], k: number) => (k === 0 ? base : `${base} + ${k}u * ${stride}`);
+  return defineKernel({
+    key,
     uniforms: { C4: "u32", HW: "u32", quads: "u32" },
     bindings: [
       { name: "src", kind: "t" },
-      { name: "dst", kind: "w", type: "vec4<f32>" },
-      ...(twice ? [{ name: "dst2", kind: "w" as const, type: "vec4<f32>" }] : []),
+      ...dsts.map((name) => ({ name, kind: "w" as const, type: "vec4<f32>" })),
     ],
     body: `@compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-  // Invocation: (image and channel quad) outer, site quad inner, so neighbouring lanes read neighbouring texels.
   let id = (wg.x + wg.y * nwg.x) * 64u + lid;
   if (id >= u.quads) { return; }
   let siteQuads = u.HW >> 2u;
@@ -175,57 +180,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let pq = id - bc * siteQuads;
   let b = bc / u.C4;
   let cq = bc - b * u.C4;
-  let first = (b * u.C4 + cq) * 4u * siteQuads + pq;
-  let t0 = textureLoad(src, ${texelCoords("first")}, 0);
-  let t1 = textureLoad(src, ${texelCoords("first + siteQuads")}, 0);
-  let t2 = textureLoad(src, ${texelCoords("first + 2u * siteQuads")}, 0);
-  let t3 = textureLoad(src, ${texelCoords("first + 3u * siteQuads")}, 0);
-  let o = (b * u.HW + pq * 4u) * u.C4 + cq;
-  dst[o] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
-  dst[o + u.C4] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
-  dst[o + 2u * u.C4] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
-  dst[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);${
-      twice
-        ? `
-  dst2[o] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
-  dst2[o + u.C4] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
-  dst2[o + 2u * u.C4] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
-  dst2[o + 3u * u.C4] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);`
-        : ""
+  let nchw = (b * u.C4 + cq) * 4u * siteQuads + pq;
+  let cl = (b * u.HW + pq * 4u) * u.C4 + cq;
+${[0, 1, 2, 3].map((k) => `  let t${k} = textureLoad(src, ${texelCoords(at(from, k))}, 0);`).join("\n")}
+${
+      dsts.flatMap((dst) =>
+        [..."xyzw"].map((c, k) => `  ${dst}[${at(to, k)}] = vec4<f32>(t0.${c}, t1.${c}, t2.${c}, t3.${c});`)
+      ).join("\n")
     }
 }`,
   });
-const CHANNELS_LAST = channelsLastKernel(false);
-const CHANNELS_LAST_TWICE = channelsLastKernel(true);
+}
 
-/** Copies channels-last `src` [N, H, W, C] into NCHW `dst` (the inverse of {@link CHANNELS_LAST}): an
- * invocation moves 4 channels of 4 neighbouring sites, 4 texel loads and 4 vec4 stores. */
-const CHANNELS_FIRST = defineKernel({
-  key: "snl:channels-first",
-  uniforms: { C4: "u32", HW: "u32", quads: "u32" },
-  bindings: [{ name: "src", kind: "t" }, { name: "dst", kind: "w", type: "vec4<f32>" }],
-  body: `@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let id = (wg.x + wg.y * nwg.x) * 64u + lid;
-  if (id >= u.quads) { return; }
-  let siteQuads = u.HW >> 2u;
-  let bc = id / siteQuads;
-  let pq = id - bc * siteQuads;
-  let b = bc / u.C4;
-  let cq = bc - b * u.C4;
-  let at = (b * u.HW + pq * 4u) * u.C4 + cq;
-  let t0 = textureLoad(src, ${texelCoords("at")}, 0);
-  let t1 = textureLoad(src, ${texelCoords("at + u.C4")}, 0);
-  let t2 = textureLoad(src, ${texelCoords("at + 2u * u.C4")}, 0);
-  let t3 = textureLoad(src, ${texelCoords("at + 3u * u.C4")}, 0);
-  let first = (b * u.C4 + cq) * 4u * siteQuads + pq;
-  dst[first] = vec4<f32>(t0.x, t1.x, t2.x, t3.x);
-  dst[first + siteQuads] = vec4<f32>(t0.y, t1.y, t2.y, t3.y);
-  dst[first + 2u * siteQuads] = vec4<f32>(t0.z, t1.z, t2.z, t3.z);
-  dst[first + 3u * siteQuads] = vec4<f32>(t0.w, t1.w, t2.w, t3.w);
-}`,
-});
+/** NCHW `src` into channels-last `dst`. */
+const CHANNELS_LAST = quadCopyKernel("snl:channels-last", true, ["dst"]);
+/** NCHW `src` into channels-last `dst` and `dst2`. */
+const CHANNELS_LAST_TWICE = quadCopyKernel("snl:channels-last-twice", true, ["dst", "dst2"]);
+/** Channels-last `src` into NCHW `dst` (the inverse of {@link CHANNELS_LAST}). */
+const CHANNELS_FIRST = quadCopyKernel("snl:channels-first", false, ["dst"]);
 
 /** Checks the limits of the kernels: lines up to {@link SNL_MAX_LINE} sites, batch and lines per image up
  * to 65,535 (workgroup grid dimensions). */
