@@ -103,31 +103,46 @@ export function capacityOf(g: SiteGeometry): number {
  * A channel slice of a feature buffer: `channels` per image in the buffer, slice starts at `offset`. The
  * buffer is dense NCHW, or with `compact`, rows of list entries: channel c of list entry e at
  * `c * capacity + e` (capacity = N*H*W), so the features of active sites sit together whatever the density
- * (the SC module's dense block); only the first `counts[0]` entries of a row are used.
+ * (the SC module's dense block); only the first `counts[0]` entries of a row are used. With `quad` as well
+ * (compact only; `offset` a multiple of 4), channels go in quads: channel c of entry e at
+ * `((c >> 2) * capacity + e) * 4 + (c & 3)`, so a texel of the buffer's texture view holds 4 channels of one
+ * entry and channels [0, 4k) fill the buffer's first 4k x capacity values. The site GEMM and the weight
+ * gradient read a quad source through that texture view, texel `((offset + c) >> 2) * capacity + e` for
+ * channels c..c+3: on llvmpipe one texel load (4 floats) costs about a third of one storage load.
  */
 export interface ChannelSlice {
   channels: number;
   offset: number;
   compact?: boolean;
+  quad?: boolean;
 }
 
 /** WGSL index of channel 0 of `slice` in image `n` (dense) or of row `offset` (compact), from uniform
- * fields `${prefix}C` and `${prefix}Off`; add {@link slicePos} and `c *` {@link sliceStride} for channel c. */
+ * fields `${prefix}C` and `${prefix}Off`; add {@link slicePos} and {@link sliceChan} for channel c. */
 function sliceBase(slice: ChannelSlice, prefix: string, n: string): string {
+  if (slice.quad) return `(u.${prefix}Off >> 2) * 4 * u.cap`;
   return slice.compact ? `u.${prefix}Off * u.cap` : `(${n} * u.${prefix}C + u.${prefix}Off) * u.HW`;
 }
 
 /** WGSL position of a site in a slice: its in-image index `hw` (dense) or its list entry `e` (compact). */
 function slicePos(slice: ChannelSlice, hw: string, e: string): string {
+  if (slice.quad) return `4 * (${e})`;
   return slice.compact ? e : hw;
 }
 
-/** WGSL distance between consecutive channels of a slice. */
-function sliceStride(slice: ChannelSlice): string {
-  return slice.compact ? "u.cap" : "u.HW";
+/** WGSL offset of channel `c` (a WGSL i32 expression, counted from the slice's offset) from channel 0. */
+function sliceChan(slice: ChannelSlice, c: string): string {
+  if (slice.quad) return `(((${c}) >> 2) * 4 * u.cap + ((${c}) & 3))`;
+  return `(${c}) * ${slice.compact ? "u.cap" : "u.HW"}`;
 }
 
-const layoutKey = (slice: ChannelSlice | null) => (slice?.compact ? "c" : "d");
+function checkQuad(slice: ChannelSlice, what: string): void {
+  if (slice.quad && (!slice.compact || slice.offset % 4 !== 0)) {
+    throw new Error(`${what}: a quad slice must be compact and start at a multiple of 4 channels`);
+  }
+}
+
+const layoutKey = (slice: ChannelSlice | null) => (slice?.quad ? "q" : slice?.compact ? "c" : "d");
 
 /** Register block of {@link siteGemmPlan}: list entries (`tm`) and output channels (`tn`) per invocation. */
 export interface SiteTile {
@@ -402,12 +417,14 @@ const FLAG_FLIP = 8;
 
 function siteGemmCode(s: SiteGemmSpec, t: SiteTile): string {
   const T = s.k * s.k;
+  // A quad source is read through the texture view bound as `src` (for `srcIsOut`, a copy of `out`).
+  const quad = !!s.src.quad;
   const src = s.srcIsOut ? "out" : "src";
   const list = [
     ro("counts", "u32"),
     ro("indices", "u32"),
     ...(s.k > 1 ? [ro(s.src.compact ? "nbr" : "nbits", "u32")] : []),
-    ...(s.srcIsOut ? [] : [ro("src")]),
+    ...(quad ? [ro("src", "texture")] : s.srcIsOut ? [] : [ro("src")]),
     ro("wt", "texture"),
     ro("bias"),
     ...(s.gate ? [ro("gate")] : []),
@@ -434,7 +451,7 @@ ${put.join("\n")}
   let row0 = (inv / u.colBlocks) * ${t.tm};
   let cnt = i32(counts[0]);
   if (row0 >= cnt) { break; }
-  ${opaqueUniform("kEnd", "u.K")}
+  ${opaqueUniform("kEnd", quad ? "u.K >> 2" : "u.K")}
   let hasBias = (u.flags & ${FLAG_BIAS}) != 0;
   let flip = (u.flags & ${FLAG_FLIP}) != 0;`);
   for (const j of range(t.tn)) L.push(`  let colc_${j} = min(col0 + ${j}, u.cols - 1);`);
@@ -454,8 +471,29 @@ ${put.join("\n")}
   // Weights come from a texture ([K][taps][cols rounded up to 4], 4 channels per texel): tn / 4 texel loads
   // per step instead of tn storage loads.
   const inner = (tw: string) => {
+    if (quad) {
+      // Channel quads: one texel holds 4 reduction channels of an entry (o_i is its list entry), and the
+      // FMAs run in the same order as one channel at a time.
+      const body: string[] = [`    for (var kq = 0; kq < kEnd; kq++) {
+      let kb = (qb + kq) * u.cap;`];
+      for (const j of range(4)) {
+        body.push(`      let wb_${j} = (((kq * 4 + ${j}) * ${T} + ${tw}) * u.colsPad + col0) >> 2u;`);
+        for (const g of range(groups)) body.push(`      let tb_${j}_${g} = ld_wt(wb_${j} + ${g});`);
+      }
+      for (const i of range(t.tm)) {
+        const load = `ld_src(kb + o_${i})`;
+        body.push(`      let a_${i} = ${T > 1 ? `select(vec4f(0.0), ${load}, ok_${i})` : load};`);
+        for (const j of range(4)) {
+          for (const g of range(groups)) {
+            body.push(`      c_${i}_${g} = fma(vec4f(a_${i}.${"xyzw"[j]}), tb_${j}_${g}, c_${i}_${g});`);
+          }
+        }
+      }
+      body.push("    }");
+      return body.join("\n");
+    }
     const body: string[] = [`    for (var kk = 0; kk < kEnd; kk++) {
-      let kb = kk * ${sliceStride(s.src)};
+      let kb = ${sliceChan(s.src, "kk")};
       let wb = ((kk * ${T} + ${tw}) * u.colsPad + col0) >> 2u;`];
     for (const g of range(t.tn / 4)) body.push(`      let tb_${g} = ld_wt(wb + ${g});`);
     for (const i of range(t.tm)) {
@@ -466,8 +504,9 @@ ${put.join("\n")}
     body.push("    }");
     return body.join("\n");
   };
+  if (quad) L.push("  let qb = u.srcOff >> 2;");
   if (T === 1) {
-    for (const i of range(t.tm)) L.push(`  let o_${i} = sb_${i} + sp_${i};`);
+    for (const i of range(t.tm)) L.push(`  let o_${i} = ${quad ? `e_${i}` : `sb_${i} + sp_${i}`};`);
     L.push("  {", inner("0"), "  }");
   } else {
     L.push(`  for (var t = 0; t < ${T}; t++) {
@@ -478,7 +517,7 @@ ${put.join("\n")}
       if (s.src.compact) {
         L.push(`    let nb_${i} = nbr[t * u.cap + e_${i}];
     let ok_${i} = nb_${i} != 0xffffffffu;
-    let o_${i} = sb_${i} + select(e_${i}, i32(nb_${i}), ok_${i});`);
+    let o_${i} = ${quad ? "" : `sb_${i} + `}select(e_${i}, i32(nb_${i}), ok_${i});`);
       } else {
         L.push(`    let ok_${i} = ((bits_${i} >> u32(t)) & 1u) != 0u;
     let o_${i} = sb_${i} + select(hw_${i}, hw_${i} + delta, ok_${i});`);
@@ -490,7 +529,11 @@ ${put.join("\n")}
     const bias = range(4).map((c) => `select(0.0, bias[colc_${4 * g + c}], hasBias)`);
     L.push(`  let bias_${g} = vec4f(${bias.join(", ")});
   let colOk_${g} = col0 + ${4 * g} + vec4i(0, 1, 2, 3) < vec4i(u.cols);
-  let colOff_${g} = (col0 + ${4 * g} + vec4i(0, 1, 2, 3)) * ${sliceStride(s.dst)};`);
+  let colOff_${g} = ${
+      s.dst.quad
+        ? `vec4i(${sliceChan(s.dst, `col0 + ${4 * g}`)}) + vec4i(0, 1, 2, 3)`
+        : `(col0 + ${4 * g} + vec4i(0, 1, 2, 3)) * ${s.dst.compact ? "u.cap" : "u.HW"}`
+    };`);
   }
   for (const i of range(t.tm)) {
     const dst = `${sliceBase(s.dst, "dst", `n_${i}`)} + ${slicePos(s.dst, `hw_${i}`, `e_${i}`)}`;
@@ -507,7 +550,7 @@ ${put.join("\n")}
     let rowEnd = min(row0 + ${t.tm}, cnt);
     for (var col = max(col0, u.gateLo); col < colEnd; col++) {
       for (var e = row0; e < rowEnd; e++) {
-        let at = (u.dstOff + col) * u.cap + e;
+        let at = ${sliceBase(s.dst, "dst", "0")} + ${slicePos(s.dst, "e", "e")} + ${sliceChan(s.dst, "col")};
         if (gate[at] <= 0.0) { out[at] = 0.0; }
       }
     }
@@ -526,6 +569,11 @@ ${put.join("\n")}
  */
 export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
   checkGeometry(s, "siteGemmPlan");
+  checkQuad(s.src, "siteGemmPlan");
+  checkQuad(s.dst, "siteGemmPlan");
+  if (s.src.quad && s.K % 4 !== 0) {
+    throw new Error("siteGemmPlan: a quad source needs a multiple of 4 channels");
+  }
   const T = s.k * s.k;
   if (T * (s.K + 1) > SPARSE_MAX_LOOP) {
     throw new Error(`sparse conv: ${s.K} reduction channels exceed the loop bound ${SPARSE_MAX_LOOP}`);
@@ -569,7 +617,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
       "counts",
       "indices",
       ...(s.k > 1 ? [s.src.compact ? "nbr" : "nbits"] : []),
-      ...(s.srcIsOut ? [] : ["src"]),
+      ...(s.srcIsOut && !s.src.quad ? [] : ["src"]),
       "wt",
       // Without a bias any storage buffer fills the slot (its values are never used).
       s.bias ? "bias" : "indices",
@@ -578,7 +626,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
     ],
     writes: ["out"],
     workgroups: siteWorkgroups(Math.ceil(workgroups / rounds)),
-    textures: ["wt"],
+    textures: s.src.quad ? ["src", "wt"] : ["wt"],
   };
   return { outSize, scratch: {}, steps: [step] };
 }
@@ -624,8 +672,8 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     ro("counts", "u32"),
     ro("indices", "u32"),
     ...(T > 1 ? [ro(s.x.compact ? "nbr" : "nbits", "u32")] : []),
-    ro("x"),
-    ro("dy"),
+    ro("x", s.x.quad ? "texture" : "f32"),
+    ro("dy", s.dy.quad ? "texture" : "f32"),
     rw("part"),
   ]));
   L.push(`${ROUND_ENTRY}
@@ -638,11 +686,22 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
   let start = (u.splitBase + split) * u.chunk;
   if (start >= cnt) { break; }
   let stop = min(start + u.chunk, cnt);`);
+  // Quad slices: texel indices of channel quads (clamped to the last quad; results past Cin / Cout are
+  // dropped at the store).
   for (const j of range(tn)) {
-    L.push(`  let dyc_${j} = min(col0 + ${j}, u.Cout - 1) * ${sliceStride(s.dy)};\n  var g_${j} = 0.0;`);
+    if (s.dy.quad) {
+      if (j % 4 === 0) {
+        L.push(`  let dyq_${j / 4} = (u.dyOff >> 2) + min((col0 + ${j}) >> 2, (u.Cout >> 2) - 1);`);
+      }
+    } else L.push(`  let dyc_${j} = ${sliceChan(s.dy, `min(col0 + ${j}, u.Cout - 1)`)};`);
+    L.push(`  var g_${j} = 0.0;`);
   }
   for (const c of range(cb)) {
-    L.push(`  let xc_${c} = min(ci0 + ${c}, u.Cin - 1) * ${sliceStride(s.x)};`);
+    if (s.x.quad) {
+      if (c % 4 === 0) {
+        L.push(`  let xq_${c / 4} = (u.xOff >> 2) + min((ci0 + ${c}) >> 2, (u.Cin >> 2) - 1);`);
+      }
+    } else L.push(`  let xc_${c} = ${sliceChan(s.x, `min(ci0 + ${c}, u.Cin - 1)`)};`);
     for (const tap of range(T)) for (const j of range(tn)) L.push(`  var c_${c}_${tap}_${j} = 0.0;`);
   }
   L.push(`  for (var e = start; e < stop; e++) {
@@ -666,11 +725,29 @@ function weightGradCode(s: WeightGradSpec, cb: number, tn: number): string {
     let nh_${tap} = select(hw, hw + (${dy}) * u.W + (${dx}), ok_${tap});`);
     }
   }
-  for (const j of range(tn)) L.push(`    let b_${j} = dy[yb + dyc_${j}];`);
+  for (const j of range(tn)) {
+    if (!s.dy.quad) L.push(`    let b_${j} = dy[yb + dyc_${j}];`);
+    else if (j % 4 === 0) {
+      L.push(`    let bq_${j / 4} = ld_dy(dyq_${j / 4} * u.cap + e);`);
+      for (const k of range(Math.min(4, tn - j))) L.push(`    let b_${j + k} = bq_${j / 4}.${"xyzw"[k]};`);
+    }
+  }
   if (s.bias) { for (const j of range(tn)) L.push(`    g_${j} += b_${j};`); }
+  const entryOf = (tap: number) => (T > 1 ? `nh_${tap}` : "e");
   for (const c of range(cb)) {
     for (const tap of range(T)) {
-      const a = T > 1 ? `select(0.0, x[xb + xc_${c} + nh_${tap}], ok_${tap})` : `x[xb + xc_${c} + xp]`;
+      let a: string;
+      if (s.x.quad) {
+        if (c % 4 === 0) {
+          const texel = `ld_x(xq_${c / 4} * u.cap + ${entryOf(tap)})`;
+          L.push(
+            `    let aq_${c / 4}_${tap} = ${T > 1 ? `select(vec4f(0.0), ${texel}, ok_${tap})` : texel};`,
+          );
+        }
+        a = `aq_${c >> 2}_${tap}.${"xyzw"[c & 3]}`;
+      } else {
+        a = T > 1 ? `select(0.0, x[xb + xc_${c} + nh_${tap}], ok_${tap})` : `x[xb + xc_${c} + xp]`;
+      }
       L.push(`    let a_${c}_${tap} = ${a};`);
       for (const j of range(tn)) {
         L.push(`    c_${c}_${tap}_${j} = fma(a_${c}_${tap}, b_${j}, c_${c}_${tap}_${j});`);
@@ -735,6 +812,12 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
   if (chunk > SPARSE_MAX_LOOP) throw new Error(`sparse conv weight gradient: chunk ${chunk} too long`);
   const cb = s.channelBlock ?? (s.k === 3 ? 4 : 16);
   const tn = s.tn ?? channelTile(s.Cout);
+  checkQuad(s.x, "sparseWeightGradPlan");
+  checkQuad(s.dy, "sparseWeightGradPlan");
+  if ((s.x.quad && (cb % 4 !== 0 || s.Cin % 4 !== 0)) || (s.dy.quad && (tn % 4 !== 0 || s.Cout % 4 !== 0))) {
+    throw new Error("sparseWeightGradPlan: quad slices need channel counts and blocks in multiples of 4");
+  }
+  const quadTextures = [...(s.x.quad ? ["x"] : []), ...(s.dy.quad ? ["dy"] : [])];
   const partStride = outElems + (s.bias ? s.Cout : 0);
   const totalSplits = Math.max(1, Math.ceil(cap / chunk));
   const byMemory = Math.floor(WGRAD_MAX_PARTIALS / partStride);
@@ -785,6 +868,7 @@ export function sparseWeightGradPlan(s: WeightGradSpec): KernelPlan {
       ],
       writes: ["partials"],
       workgroups: siteWorkgroups(Math.ceil(colBlocks * ciBlocks * splits / WG / rounds)),
+      ...(quadTextures.length ? { textures: quadTextures } : {}),
     });
     const accumulate = p > 0;
     steps.push({
@@ -887,7 +971,7 @@ ${ROUND_ENTRY}
   let n = s / u.HW;
   let base = ${sliceBase(slice, "", "n")} + ${slicePos(slice, "s - n * u.HW", "inv")};
   for (var c = 0; c < channels; c++) {
-    let i = base + c * ${sliceStride(slice)};
+    let i = base + ${sliceChan(slice, "c")};
     out[i] = select(0.0, out[i], y[i] > 0.0);
   }
   }
@@ -940,12 +1024,12 @@ ${ROUND_ENTRY}
   let srcAt = ${src ? `${sliceBase(src, "src", "n")} + ${slicePos(src, "hw", "inv")}` : "0"};
   let dstAt = ${sliceBase(dst, "dst", "n")} + ${slicePos(dst, "hw", "inv")};
   for (var c = 0; c < channels; c++) {
-    out[dstAt + c * ${sliceStride(dst)}] = ${src ? `src[srcAt + c * ${sliceStride(src)}]` : "0.0"};
+    out[dstAt + ${sliceChan(dst, "c")}] = ${src ? `src[srcAt + ${sliceChan(src, "c")}]` : "0.0"};
   }${
         fill
           ? `
   for (var c = channels; c < channels + u.zeros; c++) {
-    out[dstAt + c * ${sliceStride(dst)}] = 0.0;
+    out[dstAt + ${sliceChan(dst, "c")}] = 0.0;
   }`
           : ""
       }

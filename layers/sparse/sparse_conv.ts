@@ -47,17 +47,69 @@ import type { ActiveSites } from "./active.ts";
 const siteGemmPlan = memoizePlans(buildSiteGemmPlan);
 const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
 
+/**
+ * Largest dense block (floats: channels x list capacity) that CPU adapters keep in channel quads and read
+ * through textures (`ChannelSlice.quad`): 128 MiB, 4,096 rows of the engine's 2,048-texel-wide textures (the
+ * 128-channel block of the tiny and small presets' wide level at 512x512 is beyond it, and reads storage).
+ * On llvmpipe a texel load moves 4 channels of an entry for about a third of one storage load's cost; the
+ * copies into textures cost about 0.35 ms per 8 MB.
+ */
+const SC_TEXTURE_MAX_FLOATS = 1 << 25;
+
 /** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
 export const SC_LAYERS = 6;
 
-function run(plan: KernelPlan, buffers: Record<string, { buffer: GPUBuffer }>): void {
+function run(
+  plan: KernelPlan,
+  buffers: Record<string, { buffer: GPUBuffer }>,
+  sizes?: Record<string, number>,
+): void {
   const bound: Record<string, GPUBuffer> = {};
   for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
-  engine().runPlan(plan, bound);
+  engine().runPlan(plan, bound, sizes);
 }
 
 function sitePass(step: KernelStep, buffers: Record<string, Tensor>): void {
   run({ outSize: 0, scratch: {}, steps: [step] }, buffers);
+}
+
+/**
+ * Plans recorded as one engine plan, their buffer and scratch names made unique per part: the engine then
+ * copies a buffer that several steps read as a texture once (and keeps the copy until a step writes the
+ * buffer), where separate plans copied it each time. Nothing is recorded before {@link run}, so the tensors
+ * the parts bind must stay alive until then.
+ */
+class PlanBatch {
+  #steps: KernelStep[] = [];
+  #scratch: Record<string, number> = {};
+  #bound: Record<string, GPUBuffer> = {};
+  #sizes: Record<string, number> = {};
+  #parts = 0;
+
+  add(
+    plan: KernelPlan,
+    buffers: Record<string, { buffer: GPUBuffer }>,
+    sizes: Record<string, number> = {},
+  ): void {
+    const part = this.#parts++;
+    const name = (n: string) => `${n}.${part}`;
+    for (const [n, t] of Object.entries(buffers)) this.#bound[name(n)] = t.buffer;
+    for (const [n, floats] of Object.entries(plan.scratch)) this.#scratch[name(n)] = floats;
+    for (const [n, floats] of Object.entries(sizes)) this.#sizes[name(n)] = floats;
+    for (const step of plan.steps) {
+      if (step.ranges) throw new Error("PlanBatch: steps with buffer ranges are not supported");
+      this.#steps.push({
+        ...step,
+        buffers: step.buffers.map(name),
+        writes: step.writes.map(name),
+        ...(step.textures ? { textures: step.textures.map(name) } : {}),
+      });
+    }
+  }
+
+  run(): void {
+    engine().runPlan({ outSize: 0, scratch: this.#scratch, steps: this.#steps }, this.#bound, this.#sizes);
+  }
 }
 
 /** The site buffers the kernels read: list, counts and (k = 3) neighbour bits. */
@@ -174,6 +226,8 @@ function weightGrads(
   dySlice: ChannelSlice,
   wShape: readonly number[],
   withBias: boolean,
+  sizes?: Record<string, number>,
+  batch?: PlanBatch,
 ): { dw: Tensor; db: Tensor | null } {
   const [Cout, Cin] = wShape;
   const dw = Tensor.empty(wShape);
@@ -187,7 +241,10 @@ function weightGrads(
     bias: true,
     serial: serialRounds(),
   });
-  run(plan, { ...site, x, dy, out: dw, dbias: db });
+  if (batch) {
+    if (!withBias) throw new Error("weightGrads: a batched run keeps the bias gradient");
+    batch.add(plan, { ...site, x, dy, out: dw, dbias: db }, sizes);
+  } else run(plan, { ...site, x, dy, out: dw, dbias: db }, sizes);
   if (withBias) return { dw, db };
   db.dispose();
   return { dw, db: null };
@@ -335,9 +392,19 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
   const site = { indices: sites.indices, counts: sites.counts, nbr };
   const geometry = { N, H, W, cap: sites.capacity, serial: serialRounds() };
   const whole = (channels: number): ChannelSlice => ({ channels, offset: 0 });
+  // CPU adapters keep the block and its gradient in channel quads and read them through textures (see
+  // SC_TEXTURE_MAX_FLOATS); a texture copy covers the channels a kernel reads, [0, c): the first c x cap values.
+  const cap = sites.capacity;
+  const quad = serialRounds() && C % 4 === 0 && growth % 4 === 0 && Ct * cap <= SC_TEXTURE_MAX_FLOATS;
+  const upTo = (name: string, channels: number) => (quad ? { [name]: channels * cap } : undefined);
   // Channels from `offset` of F or dF, the dense block and its gradient, kept compact: C + 6g rows of list
   // entries, so the features of active sites sit together at any density.
-  const rows = (offset: number): ChannelSlice => ({ channels: Ct, offset, compact: true });
+  const rows = (offset: number): ChannelSlice => ({
+    channels: Ct,
+    offset,
+    compact: true,
+    ...(quad ? { quad } : {}),
+  });
   // F = concat(x, y_0..y_5), written in place at active list entries (entries past the count are never read).
   const { out, block } = e.op("scModule", () =>
     noGrad(() => {
@@ -354,7 +421,8 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
           relu: true,
           srcIsOut: true,
         });
-        run(siteGemmPlan(spec), { ...site, wt, bias: biases[i], out: block });
+        const src: Record<string, Tensor> = quad ? { src: block } : {};
+        run(siteGemmPlan(spec), { ...site, ...src, wt, bias: biases[i], out: block }, upTo("src", spec.K));
         wt.dispose();
       }
       // The output is x (a buffer copy), plus the fuse's result added at active sites.
@@ -369,7 +437,7 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         bias: true,
         accumulate: true,
       });
-      run(siteGemmPlan(spec), { ...site, src: block, wt, bias: biases[SC_LAYERS], out });
+      run(siteGemmPlan(spec), { ...site, src: block, wt, bias: biases[SC_LAYERS], out }, upTo("src", Ct));
       wt.dispose();
       return { out, block };
     }));
@@ -381,16 +449,25 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       const s = { indices, counts, nbr: neighbours };
       const grads: (Tensor | null)[] = new Array(inputs.length).fill(null);
       const wantParams = (i: number) => weights[i].requiresGrad || biases[i].requiresGrad;
+      // One plan for the whole backward (texture copies shared: F once, dF once per layer); what its steps
+      // bind is released after it is recorded.
+      const batch = new PlanBatch();
+      const later: { dispose(): void }[] = [];
       const keepGrads = (i: number, dw: Tensor, db: Tensor | null) => {
-        grads[1 + 2 * i] = weights[i].requiresGrad ? dw : (dw.dispose(), null);
-        grads[2 + 2 * i] = biases[i].requiresGrad ? db : (db?.dispose(), null);
+        grads[1 + 2 * i] = weights[i].requiresGrad ? dw : (later.push(dw), null);
+        grads[2 + 2 * i] = biases[i].requiresGrad ? db : (db && later.push(db), null);
       };
+      const pass = (step: KernelStep, buffers: Record<string, Tensor>) =>
+        batch.add({ outSize: 0, scratch: {}, steps: [step] }, buffers);
+      // The weight gradients read all of F (one texture copy for all of them).
+      const wholeF = upTo("x", Ct);
       // dF, the gradient w.r.t. the block (compact like F): rows < C start as the residual's gradient g, the
       // others at 0; every sparse layer adds its input gradient there.
       const dF = Tensor.empty([Ct, sites.capacity]);
-      sitePass(siteCopyStep(geometry, whole(C), rows(0), C, Ct - C), { ...s, src: g, out: dF });
+      pass(siteCopyStep(geometry, whole(C), rows(0), C, Ct - C), { ...s, src: g, out: dF });
       if (wantParams(SC_LAYERS)) {
-        const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), weights[SC_LAYERS].shape, true);
+        const shape = weights[SC_LAYERS].shape;
+        const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), shape, true, wholeF, batch);
         keepGrads(SC_LAYERS, dw, db);
       }
       // Layer i's ReLU backward zeroes its own rows of dF where its output is 0, once every gradient has
@@ -410,14 +487,17 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
           accumulate: true,
           ...gateOf(SC_LAYERS - 1),
         });
-        run(siteGemmPlan(spec), { ...s, src: g, wt, out: dF, ...gateBuffer });
-        wt.dispose();
+        batch.add(siteGemmPlan(spec), { ...s, src: g, wt, out: dF, ...gateBuffer });
+        later.push(wt);
       }
       for (let i = SC_LAYERS - 1; i >= 0; i--) {
         const own = rows(C + i * growth);
-        if (!fused) sitePass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
+        if (!fused) pass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
+        // Layer i's weight and input gradients read dF up to its own rows: one copy for both.
+        const dFSize = quad ? (C + (i + 1) * growth) * cap : 0;
         if (wantParams(i)) {
-          const { dw, db } = weightGrads(g3, s, F, rows(0), dF, own, weights[i].shape, true);
+          const sizes = quad ? { ...wholeF, dy: dFSize } : undefined;
+          const { dw, db } = weightGrads(g3, s, F, rows(0), dF, own, weights[i].shape, true, sizes, batch);
           keepGrads(i, dw, db);
         }
         if (i > 0 || x.requiresGrad) {
@@ -432,17 +512,24 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
             srcIsOut: true,
             ...(i > 0 ? gateOf(i - 1) : {}),
           });
-          run(siteGemmPlan(spec), { ...s, wt, out: dF, ...(i > 0 ? gateBuffer : {}) });
-          wt.dispose();
+          const src: Record<string, Tensor> = quad ? { src: dF } : {};
+          batch.add(
+            siteGemmPlan(spec),
+            { ...s, ...src, wt, out: dF, ...(i > 0 ? gateBuffer : {}) },
+            quad ? { src: dFSize } : {},
+          );
+          later.push(wt);
         }
       }
       if (x.requiresGrad) {
         // dx = g at clean sites (the residual), dF's first C rows at active sites.
         const dx = Tensor.empty(x.shape);
         e.copy(g.buffer, 0, dx.buffer, 0, x.size * 4);
-        sitePass(siteCopyStep(geometry, rows(0), whole(C), C), { ...s, src: dF, out: dx });
+        pass(siteCopyStep(geometry, rows(0), whole(C), C), { ...s, src: dF, out: dx });
         grads[0] = dx;
       }
+      batch.run();
+      for (const t of later) t.dispose();
       dF.dispose();
       return grads;
     }), [block, sites.indices, sites.counts, nbr, ...weights]);
