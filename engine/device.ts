@@ -89,12 +89,70 @@ const BIND_GROUP_CACHE = 8192;
 const TEXTURE_ROW_BYTES = TEXTURE_WIDTH * 16;
 const textureBytes = (t: GPUTexture) => t.height * TEXTURE_ROW_BYTES;
 
-/** Texture copies of a plan's buffers that several of its steps read (`shared`), by buffer, while no step has
- * written them (`held`; see `#runStep`). */
+/** Texture copies of a plan's buffers that several of its steps read (`shared`), by buffer (`held`; see
+ * `#runStep`): each mirrors its buffer at the same texel positions, up to `capacity` floats, and holds the
+ * buffer's current values in the float ranges `valid` (sorted, disjoint). `extent`: the furthest float any
+ * step of the plan reads of a shared buffer (the size its copy is made for). */
 type PlanTextures = {
-  held: Map<GPUBuffer, { texture: GPUTexture; floats: number }>;
+  held: Map<GPUBuffer, { texture: GPUTexture; capacity: number; valid: [number, number][] }>;
   shared: Set<GPUBuffer>;
+  extent: Map<GPUBuffer, number>;
 };
+
+/** A float range [start, end) a plan step reads of a texture-bound buffer, or writes of a buffer. */
+export type FloatRange = [start: number, end: number];
+
+/** The float range of `buffer` (bound as plan buffer `name`) a texture read covers: `sizes[name]` (a count
+ * from 0, or a range), else the whole buffer. Starts are rounded down to a texel (4 floats). */
+function readRange(
+  name: string,
+  buffer: GPUBuffer,
+  sizes: Record<string, number | FloatRange>,
+): FloatRange {
+  const size = sizes[name] ?? buffer.size / 4;
+  const [start, end] = typeof size === "number" ? [0, size] : size;
+  return [Math.floor(start / 4) * 4, end];
+}
+
+/** The parts of [start, end) that `ranges` (sorted, disjoint) do not cover. */
+function rangesMissing(ranges: FloatRange[], start: number, end: number): FloatRange[] {
+  const out: FloatRange[] = [];
+  let at = start;
+  for (const [a, b] of ranges) {
+    if (b <= at) continue;
+    if (a >= end) break;
+    if (a > at) out.push([at, a]);
+    at = Math.max(at, b);
+    if (at >= end) break;
+  }
+  if (at < end) out.push([at, end]);
+  return out;
+}
+
+/** `ranges` with [start, end) added (sorted, disjoint, touching ranges merged). */
+function rangesAdd(ranges: FloatRange[], start: number, end: number): FloatRange[] {
+  const out: FloatRange[] = [];
+  let [s, e] = [start, end];
+  for (const [a, b] of ranges) {
+    if (b < s || a > e) out.push([a, b]);
+    else [s, e] = [Math.min(s, a), Math.max(e, b)];
+  }
+  out.push([s, e]);
+  return out.sort((x, y) => x[0] - y[0]);
+}
+
+/** `ranges` without [start, end). */
+function rangesRemove(ranges: FloatRange[], start: number, end: number): FloatRange[] {
+  const out: FloatRange[] = [];
+  for (const [a, b] of ranges) {
+    if (b <= start || a >= end) out.push([a, b]);
+    else {
+      if (a < start) out.push([a, start]);
+      if (b > end) out.push([end, b]);
+    }
+  }
+  return out;
+}
 
 /** How a kernel binding is bound: read-only storage, read-write storage, or texture. */
 export type BindingKind = "r" | "w" | "t";
@@ -914,16 +972,16 @@ export class Engine {
    * recording order, so a copy never overtakes an earlier read).
    * Texels past `floats` are unspecified; kernels never read them.
    */
-  textureOf(buffer: GPUBuffer, floats: number): GPUTextureView {
-    const texture = this.#textureCopy(buffer, floats);
+  textureOf(buffer: GPUBuffer, floats: number, start = 0): GPUTextureView {
+    const texture = this.#textureFor(floats);
+    this.#copyRange(buffer, texture, start, floats);
     this.#pendingTextures.push(texture);
     return this.#viewOf(texture);
   }
 
-  /** {@link textureOf}'s copy into a texture taken from the pool (or made), which the caller returns to the
-   * pool (through `#pendingTextures`) once the last dispatch reading it is recorded. */
-  #textureCopy(buffer: GPUBuffer, floats: number): GPUTexture {
-    if (!this.#collecting) this.#touch(buffer, false);
+  /** A texture for `floats` values taken from the pool (or made), which the caller returns to the pool
+   * (through `#pendingTextures`) once the last dispatch reading it is recorded. */
+  #textureFor(floats: number): GPUTexture {
     const texels = Math.max(1, Math.ceil(floats / 4));
     const rows = Math.ceil(texels / TEXTURE_WIDTH);
     if (rows > this.device.limits.maxTextureDimension2D) {
@@ -941,23 +999,32 @@ export class Engine {
       });
       if (this.#collecting && this.compilesAtFirstDispatch) this.#untouchedTextures.push(texture);
     }
-    // A dry run takes the textures the real run will (so they exist, pooled, before it), but copies nothing.
-    if (this.#collecting) return texture;
-    const encoder = this.#commandEncoder();
-    const fullRows = Math.floor(texels / TEXTURE_WIDTH);
-    const rowBytes = TEXTURE_ROW_BYTES;
-    if (fullRows > 0) {
-      encoder.copyBufferToTexture({ buffer, bytesPerRow: rowBytes }, { texture }, [TEXTURE_WIDTH, fullRows]);
-    }
-    const rest = texels - fullRows * TEXTURE_WIDTH;
-    if (rest > 0) {
-      encoder.copyBufferToTexture(
-        { buffer, offset: fullRows * rowBytes, bytesPerRow: rowBytes },
-        { texture, origin: [0, fullRows] },
-        [rest, 1],
-      );
-    }
     return texture;
+  }
+
+  /** Records a copy of `buffer`'s values [start, end) (start a multiple of 4) into the same positions of
+   * `texture` (value i at texel i / 4): up to a partial first row, full rows and a partial last row. A dry
+   * run ({@link collectPipelines}) copies nothing. */
+  #copyRange(buffer: GPUBuffer, texture: GPUTexture, start: number, end: number): void {
+    if (this.#collecting) return;
+    this.#touch(buffer, false);
+    const encoder = this.#commandEncoder();
+    const last = Math.max(1, Math.ceil(end / 4));
+    let texel = Math.floor(start / 4);
+    const copy = (texels: number, rows: number) => {
+      encoder.copyBufferToTexture(
+        { buffer, offset: texel * 16, bytesPerRow: TEXTURE_ROW_BYTES },
+        { texture, origin: [texel % TEXTURE_WIDTH, Math.floor(texel / TEXTURE_WIDTH)] },
+        [texels, rows],
+      );
+      texel += texels * rows;
+    };
+    if (texel % TEXTURE_WIDTH !== 0 && texel < last) {
+      copy(Math.min(last, (Math.floor(texel / TEXTURE_WIDTH) + 1) * TEXTURE_WIDTH) - texel, 1);
+    }
+    const rows = Math.floor((last - texel) / TEXTURE_WIDTH);
+    if (rows > 0) copy(TEXTURE_WIDTH, rows);
+    if (texel < last) copy(last - texel, 1);
   }
 
   /**
@@ -990,9 +1057,15 @@ export class Engine {
   /**
    * Records every step of a kernel plan. `buffers` maps the plan's input names and `out` to GPU buffers;
    * scratch buffers are taken from the pool and returned once recorded (later reuse is ordered on the
-   * queue, so this is safe).
+   * queue, so this is safe). `sizes` bounds what the steps binding a buffer as a texture read of it, by
+   * name: the first n floats, or a float range (default: the whole buffer, or a scratch buffer's requested
+   * size); only that part is copied into the texture, at the same positions.
    */
-  runPlan(plan: KernelPlan, buffers: Record<string, GPUBuffer>, sizes: Record<string, number> = {}): void {
+  runPlan(
+    plan: KernelPlan,
+    buffers: Record<string, GPUBuffer>,
+    sizes: Record<string, number | FloatRange> = {},
+  ): void {
     const scratch: GPUBuffer[] = [];
     const bound: Record<string, GPUBuffer> = { ...buffers };
     for (const [name, floats] of Object.entries(plan.scratch)) {
@@ -1003,12 +1076,16 @@ export class Engine {
     // Texture copies of scratch buffers cover the plan's requested size, not the pooled bucket's.
     const extents = { ...plan.scratch, ...sizes };
     const owned = new Set<GPUBuffer>();
-    const copies: PlanTextures = { held: new Map(), shared: new Set() };
+    const copies: PlanTextures = { held: new Map(), shared: new Set(), extent: new Map() };
     // Buffers that more than one step reads as a texture: their copies are held and shared.
     const reads = new Map<GPUBuffer, number>();
     for (const step of plan.steps) {
       for (const name of new Set(step.textures ?? [])) {
-        reads.set(bound[name], (reads.get(bound[name]) ?? 0) + 1);
+        const buffer = bound[name];
+        if (!buffer) continue;
+        reads.set(buffer, (reads.get(buffer) ?? 0) + 1);
+        const end = readRange(name, buffer, extents)[1];
+        copies.extent.set(buffer, Math.max(end, copies.extent.get(buffer) ?? 0));
       }
     }
     for (const [buffer, n] of reads) if (n > 1) copies.shared.add(buffer);
@@ -1108,7 +1185,7 @@ export class Engine {
   #runStep(
     step: KernelStep,
     bound: Record<string, GPUBuffer>,
-    sizes: Record<string, number>,
+    sizes: Record<string, number | FloatRange>,
     copies: PlanTextures,
   ): void {
     const textures = step.textures ?? [];
@@ -1119,15 +1196,23 @@ export class Engine {
       const buffer = bound[name];
       if (!buffer) throw new Error(`${step.kernel.key}: plan buffer '${name}' is not bound`);
       if (kinds[i] === "t") {
-        const floats = sizes[name] ?? buffer.size / 4;
+        const [start, end] = readRange(name, buffer, sizes);
         // A copy read by this step only goes back to the pool right after it, as `textureOf`'s do.
-        if (!copies.shared.has(buffer)) return this.textureOf(buffer, floats);
+        if (!copies.shared.has(buffer)) return this.textureOf(buffer, end, start);
         let copy = copies.held.get(buffer);
-        if (copy && copy.floats !== floats) {
+        if (copy && copy.capacity < end) {
           this.#pendingTextures.push(copy.texture);
           copy = undefined;
         }
-        if (!copy) copies.held.set(buffer, copy = { texture: this.#textureCopy(buffer, floats), floats });
+        if (!copy) {
+          const capacity = Math.max(end, copies.extent.get(buffer) ?? 0);
+          copies.held.set(buffer, copy = { texture: this.#textureFor(capacity), capacity, valid: [] });
+        }
+        // Only what the copy lacks of the range (steps writing declared ranges leave the rest valid).
+        for (const [a, b] of rangesMissing(copy.valid, start, end)) {
+          this.#copyRange(buffer, copy.texture, a, b);
+        }
+        copy.valid = rangesAdd(copy.valid, start, end);
         return this.#viewOf(copy.texture);
       }
       const range = step.ranges?.[name];
@@ -1137,12 +1222,18 @@ export class Engine {
     this.#dropCopies(step, bound, copies);
   }
 
-  /** The copies of the buffers `step` writes are stale: they go back to the pool after the next dispatch
-   * (this one's reads are recorded). */
+  /** The copies of the buffers `step` writes are stale (in the step's {@link KernelStep.writeRanges} only,
+   * where it declares them): whole stale copies go back to the pool after the next dispatch (this one's reads
+   * are recorded). */
   #dropCopies(step: KernelStep, bound: Record<string, GPUBuffer>, copies: PlanTextures): void {
     for (const name of step.writes) {
       const copy = copies.held.get(bound[name]);
       if (!copy) continue;
+      const range = step.writeRanges?.[name];
+      if (range) {
+        copy.valid = rangesRemove(copy.valid, range[0], range[1]);
+        continue;
+      }
       copies.held.delete(bound[name]);
       this.#pendingTextures.push(copy.texture);
     }

@@ -108,6 +108,98 @@ ${entry} {
   ops.dispose([x, y, ...outs]);
 });
 
+// Steps that declare the range they write (KernelStep.writeRanges) leave a held texture copy valid elsewhere:
+// later reads copy only the stale ranges, and reads further into the buffer extend the copy. A step that
+// writes outside its declared range shows it: its change stays invisible to later texture reads.
+Deno.test("a held texture copy is refreshed only in the ranges steps declare they write, and grows with longer reads", async () => {
+  const n = TEXTURE_WIDTH * 4 * 3 + 40; // three full texture rows and a partial one
+  const m = TEXTURE_WIDTH * 4 + 20; // the first read stops inside the second row
+  const xs = randomArray(n, 17), ys = randomArray(n, 18);
+  const [x, y] = [ops.tensor(xs, [n]), ops.tensor(ys, [n])];
+  const outs = [0, 1, 2, 3].map(() => ops.zeros([n]));
+  const header = `struct P { n: u32, a: u32, b: u32, pad: u32 }
+@group(0) @binding(0) var<uniform> u: P;`;
+  const entry =
+    "@compute @workgroup_size(64)\nfn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32)";
+  const index = `let i = (wg.x + wg.y * nwg.x) * 64u + lid;
+  if (i < u.a || i >= u.b) { return; }`;
+  const read = {
+    key: "test:texture-read-range",
+    code: `${header}
+@group(0) @binding(1) var src: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+${entry} {
+  ${index}
+  let texel = i / 4u;
+  dst[i] = textureLoad(src, vec2<u32>(texel % ${TEXTURE_WIDTH}u, texel / ${TEXTURE_WIDTH}u), 0)[i % 4u];
+}`,
+  };
+  const addOne = {
+    key: "test:add-one-range",
+    code: `${header}
+@group(0) @binding(1) var<storage, read_write> v: array<f32>;
+${entry} {
+  ${index}
+  v[i] = v[i] + 1.0;
+}`,
+  };
+  const grid = foldWorkgroups(Math.ceil(n / 64));
+  const u = (a: number, b: number) => new Uint32Array([n, a, b, 0]).buffer;
+  const readStep = (src: string, dst: string, a: number, b: number) => ({
+    kernel: read,
+    uniforms: u(a, b),
+    buffers: [src, dst],
+    writes: [dst],
+    textures: [src],
+    workgroups: grid,
+  });
+  const addStep = (a: number, b: number, declared: [number, number]) => ({
+    kernel: addOne,
+    uniforms: u(a, b),
+    buffers: ["x"],
+    writes: ["x"],
+    writeRanges: { x: declared },
+    workgroups: grid,
+  });
+  const [w0, w1] = [TEXTURE_WIDTH * 4 - 6, TEXTURE_WIDTH * 4 + 9]; // across a row boundary, unaligned
+  const [s0, s1] = [TEXTURE_WIDTH * 8 + 3, TEXTURE_WIDTH * 8 + 50];
+  testEngine.runPlan(
+    {
+      outSize: n,
+      scratch: {},
+      steps: [
+        readStep("x", "o0", 0, m),
+        addStep(w0, w1, [w0, w1]),
+        readStep("x1", "o1", 0, n), // the same buffer under another name: longer, after a declared write
+        addStep(s0, s1, [0, 4]), // writes outside what it declares
+        readStep("x1", "o2", 0, n),
+        readStep("y", "o3", 100, 200), // a read of a range only (a single reader: not held)
+      ],
+    },
+    {
+      x: x.buffer,
+      x1: x.buffer,
+      y: y.buffer,
+      ...Object.fromEntries(outs.map((o, i) => [`o${i}`, o.buffer])),
+    },
+    { x: m, x1: n, y: [100, 200] },
+  );
+  const got = await Promise.all(outs.map((o) => o.data()));
+  const added = xs.map((v, i) => (i >= w0 && i < w1 ? v + 1 : v));
+  const bad = (a: Float32Array, b: Float32Array, from: number, to: number) => {
+    let k = 0;
+    for (let i = from; i < to; i++) if (a[i] !== b[i]) k++;
+    return k;
+  };
+  assert.equal(bad(got[0], xs, 0, m), 0, "first read");
+  assert.equal(bad(got[1], added, 0, n), 0, "after a declared write, extended to the whole buffer");
+  assert.equal(bad(got[2], added, 0, n), 0, "an undeclared write is not copied again");
+  assert.equal(bad(got[3], ys, 100, 200), 0, "a range read");
+  const now = await x.data();
+  assert.equal(bad(now, added, s0, s1), s1 - s0, "the buffer itself did change");
+  ops.dispose([x, y, ...outs]);
+});
+
 Deno.test("collectPipelines lists a forward's new pipelines without running it; compilePipelines builds them", async () => {
   const e = testEngine;
   // A conv shape no other test uses (odd channel counts give their own register blocks).

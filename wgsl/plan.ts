@@ -41,6 +41,13 @@ export interface KernelStep {
    * llvmpipe a texel load costs about a quarter of one storage load per float. */
   textures?: string[];
   /**
+   * The float range [start, end) of a buffer that the step writes at most, by name: a texture copy of the
+   * buffer that the plan holds for later steps stays valid outside it, so they copy only what changed (an SC
+   * layer writes its own channel rows of the dense block that the next layer reads). Without an entry, a
+   * write makes the whole copy stale.
+   */
+  writeRanges?: Record<string, [number, number]>;
+  /**
    * The step may run later, batched with others of its kind: the engine keeps it (and the scratch buffers it
    * binds) until one of its buffers is next used, bound, copied, read or released, then runs every kept step
    * of the kind, `size` per dispatch. For steps whose output nothing reads soon: a weight gradient's split-K

@@ -15,9 +15,12 @@
  * control flow), vec4 storage loads cost four scalar ones, and any load costs far more than an FMA; a texel
  * load (4 floats) costs about a third of a storage load. So every invocation owns a register block of list
  * entries x output channels, weights are read as texels (the engine binds them as a texture view), and the
- * kernels maximize FMAs per load; lanes simply own different blocks. Feature maps stay storage buffers: a
- * texture view of one costs a dense copy per dispatch, which would not follow the number of active sites.
- * No workgroup memory, no barriers, no float atomics.
+ * kernels maximize FMAs per load; lanes simply own different blocks. Dense feature maps stay storage
+ * buffers (one value per texel of their texture view would be no cheaper). The SC module's compact block can
+ * be laid out in channel quads ({@link ChannelSlice.quad}, CPU adapters): a texel of its texture view then
+ * holds 4 channels of one entry, and the site GEMM and weight gradient read it so (4 channels for a third of
+ * one storage load); its steps declare the rows they write (`writeRanges`), so the plan's texture copy of the
+ * block is refreshed by those rows only. No workgroup memory, no barriers, no float atomics.
  *
  * Kernels:
  * - {@link neighbourBitsStep}: per list entry, a u32 whose bit t says that tap t's neighbour is inside the
@@ -134,6 +137,14 @@ function slicePos(slice: ChannelSlice, hw: string, e: string): string {
 function sliceChan(slice: ChannelSlice, c: string): string {
   if (slice.quad) return `(((${c}) >> 2) * 4 * u.cap + ((${c}) & 3))`;
   return `(${c}) * ${slice.compact ? "u.cap" : "u.HW"}`;
+}
+
+/** `writeRanges` of a step writing `channels` channels from the start of compact slice `dst` (its rows are
+ * contiguous: rows [offset, offset + channels), rounded up to whole quads): none for dense slices. */
+function compactWrites(dst: ChannelSlice, channels: number, cap: number): Pick<KernelStep, "writeRanges"> {
+  if (!dst.compact) return {};
+  const end = dst.offset + (dst.quad ? Math.ceil(channels / 4) * 4 : channels);
+  return { writeRanges: { out: [dst.offset * cap, end * cap] } };
 }
 
 function checkQuad(slice: ChannelSlice, what: string): void {
@@ -627,6 +638,7 @@ export function siteGemmPlan(s: SiteGemmSpec): KernelPlan {
     writes: ["out"],
     workgroups: siteWorkgroups(Math.ceil(workgroups / rounds)),
     textures: s.src.quad ? ["src", "wt"] : ["wt"],
+    ...compactWrites(s.dst, s.cols, cap),
   };
   return { outSize, scratch: {}, steps: [step] };
 }
@@ -981,6 +993,7 @@ ${ROUND_ENTRY}
     buffers: ["counts", "indices", "y", "out"],
     writes: ["out"],
     workgroups: siteWorkgroups(Math.ceil(cap / WG / rounds)),
+    ...compactWrites(slice, channels, cap),
   };
 }
 
@@ -1050,5 +1063,6 @@ ${ROUND_ENTRY}
     buffers: ["counts", "indices", ...(src ? ["src"] : []), "out"],
     writes: ["out"],
     workgroups: siteWorkgroups(Math.ceil(cap / WG / rounds)),
+    ...compactWrites(dst, channels + zeros, cap),
   };
 }

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { engine } from "../../engine/device.ts";
+import { engine, type FloatRange } from "../../engine/device.ts";
 import { noGrad, record } from "../../engine/autograd.ts";
 import { Tensor } from "../../engine/tensor.ts";
 import { zeros } from "../../engine/ops/elementwise.ts";
@@ -62,34 +62,30 @@ export const SC_LAYERS = 6;
 function run(
   plan: KernelPlan,
   buffers: Record<string, { buffer: GPUBuffer }>,
-  sizes?: Record<string, number>,
+  sizes?: Record<string, number | FloatRange>,
 ): void {
   const bound: Record<string, GPUBuffer> = {};
   for (const [name, t] of Object.entries(buffers)) bound[name] = t.buffer;
   engine().runPlan(plan, bound, sizes);
 }
 
-function sitePass(step: KernelStep, buffers: Record<string, Tensor>): void {
-  run({ outSize: 0, scratch: {}, steps: [step] }, buffers);
-}
-
 /**
  * Plans recorded as one engine plan, their buffer and scratch names made unique per part: the engine then
- * copies a buffer that several steps read as a texture once (and keeps the copy until a step writes the
- * buffer), where separate plans copied it each time. Nothing is recorded before {@link run}, so the tensors
+ * copies a buffer that several steps read as a texture once, and after a step that writes a declared range
+ * of it only that range again (see `KernelStep.writeRanges`), where separate plans copied it whole each time. Nothing is recorded before {@link run}, so the tensors
  * the parts bind must stay alive until then.
  */
 class PlanBatch {
   #steps: KernelStep[] = [];
   #scratch: Record<string, number> = {};
   #bound: Record<string, GPUBuffer> = {};
-  #sizes: Record<string, number> = {};
+  #sizes: Record<string, number | FloatRange> = {};
   #parts = 0;
 
   add(
     plan: KernelPlan,
     buffers: Record<string, { buffer: GPUBuffer }>,
-    sizes: Record<string, number> = {},
+    sizes: Record<string, number | FloatRange> = {},
   ): void {
     const part = this.#parts++;
     const name = (n: string) => `${n}.${part}`;
@@ -103,6 +99,11 @@ class PlanBatch {
         buffers: step.buffers.map(name),
         writes: step.writes.map(name),
         ...(step.textures ? { textures: step.textures.map(name) } : {}),
+        ...(step.writeRanges
+          ? {
+            writeRanges: Object.fromEntries(Object.entries(step.writeRanges).map(([n, r]) => [name(n), r])),
+          }
+          : {}),
       });
     }
   }
@@ -226,7 +227,7 @@ function weightGrads(
   dySlice: ChannelSlice,
   wShape: readonly number[],
   withBias: boolean,
-  sizes?: Record<string, number>,
+  sizes?: Record<string, number | FloatRange>,
   batch?: PlanBatch,
 ): { dw: Tensor; db: Tensor | null } {
   const [Cout, Cin] = wShape;
@@ -409,7 +410,13 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
   const { out, block } = e.op("scModule", () =>
     noGrad(() => {
       const block = Tensor.empty([Ct, sites.capacity]);
-      sitePass(siteCopyStep(geometry, whole(C), rows(0), C), { ...site, src: x, out: block });
+      // One plan: on the quad path the block's texture copy then grows by each layer's new rows only.
+      const batch = new PlanBatch();
+      const later: { dispose(): void }[] = [];
+      batch.add(
+        { outSize: 0, scratch: {}, steps: [siteCopyStep(geometry, whole(C), rows(0), C)] },
+        { ...site, src: x, out: block },
+      );
       for (let i = 0; i < SC_LAYERS; i++) {
         const wt = weightLayout(weights[i], false);
         const spec = gemmSpec(g3, {
@@ -422,8 +429,12 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
           srcIsOut: true,
         });
         const src: Record<string, Tensor> = quad ? { src: block } : {};
-        run(siteGemmPlan(spec), { ...site, ...src, wt, bias: biases[i], out: block }, upTo("src", spec.K));
-        wt.dispose();
+        batch.add(
+          siteGemmPlan(spec),
+          { ...site, ...src, wt, bias: biases[i], out: block },
+          upTo("src", spec.K),
+        );
+        later.push(wt);
       }
       // The output is x (a buffer copy), plus the fuse's result added at active sites.
       const out = Tensor.empty(x.shape);
@@ -437,8 +448,14 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         bias: true,
         accumulate: true,
       });
-      run(siteGemmPlan(spec), { ...site, src: block, wt, bias: biases[SC_LAYERS], out }, upTo("src", Ct));
-      wt.dispose();
+      batch.add(
+        siteGemmPlan(spec),
+        { ...site, src: block, wt, bias: biases[SC_LAYERS], out },
+        upTo("src", Ct),
+      );
+      later.push(wt);
+      batch.run();
+      for (const t of later) t.dispose();
       return { out, block };
     }));
   const inputs = [x];
@@ -493,8 +510,8 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       for (let i = SC_LAYERS - 1; i >= 0; i--) {
         const own = rows(C + i * growth);
         if (!fused) pass(reluGateStep(geometry, own, growth), { ...s, y: F, out: dF });
-        // Layer i's weight and input gradients read dF up to its own rows: one copy for both.
-        const dFSize = quad ? (C + (i + 1) * growth) * cap : 0;
+        // Layer i's weight and input gradients read its own rows of dF: one copy of them for both.
+        const dFSize: FloatRange = [(C + i * growth) * cap, (C + (i + 1) * growth) * cap];
         if (wantParams(i)) {
           const sizes = quad ? { ...wholeF, dy: dFSize } : undefined;
           const { dw, db } = weightGrads(g3, s, F, rows(0), dF, own, weights[i].shape, true, sizes, batch);
