@@ -49,12 +49,13 @@ const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
 
 /**
  * Largest dense block (floats: channels x list capacity) that CPU adapters keep in channel quads and read
- * through textures (`ChannelSlice.quad`): 128 MiB, 4,096 rows of the engine's 2,048-texel-wide textures (the
- * 128-channel block of the tiny and small presets' wide level at 512x512 is beyond it, and reads storage).
- * On llvmpipe a texel load moves 4 channels of an entry for about a third of one storage load's cost; the
- * copies into textures cost about 0.35 ms per 8 MB.
+ * through textures (`ChannelSlice.quad`): 64 MiB, as for the SNL's channels-last copies. On llvmpipe a texel
+ * load moves 4 channels of an entry for about a third of one storage load's cost, and the copies into textures
+ * cost about 0.35 ms per 8 MB; but new texture memory costs page faults (about 35 ms per 12 MB), and at 128 MiB
+ * (the small preset's 128-channel block at 512x512) the copy did not fit the engine's texture pool beside the
+ * convolutions' operands: it was made anew every forward, and NetR's forward took 2.3-2.9 instead of 2.0-2.5 s.
  */
-const SC_TEXTURE_MAX_FLOATS = 1 << 25;
+const SC_TEXTURE_MAX_FLOATS = 1 << 24;
 
 /** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
 export const SC_LAYERS = 6;
