@@ -22,6 +22,7 @@ export {
   engine,
   type EngineMemoryStats,
   type EngineOptions,
+  type FloatRange,
   GpuOpError,
   initEngine,
   NoAdapterError,
