@@ -172,11 +172,12 @@ function moduleCase(n: number, c: number, g: number, h: number, w: number, seed:
 const params = (x: Record<string, Tensor>, p: string) =>
   [...Array(SC_LAYERS + 1).keys()].map((i) => x[`${p}${i}`]);
 
-for (const densities of [[0.3], [0, 0.03, 0.3, 1]]) {
-  Deno.test(`SC module (fused) equals its composition and the dense reference: densities [${densities}]`, async () => {
+// C = 8, g = 4: on CPU adapters the module keeps its dense block in channel quads read through textures.
+for (const [densities, c, g] of [[[0.3], 5, 3], [[0, 0.03, 0.3, 1], 5, 3], [[0.3, 1], 8, 4]] as const) {
+  Deno.test(`SC module (fused) equals its composition and the dense reference: C ${c}, g ${g}, densities [${densities}]`, async () => {
     const n = densities.length;
-    const inputs = moduleCase(n, 5, 3, 13, 17, 900 + n);
-    const mask = { shape: [n, 1, 13, 17], data: randomMask(n, 13, 17, densities, 950 + n) };
+    const inputs = moduleCase(n, c, g, 13, 17, 900 + n + c);
+    const mask = { shape: [n, 1, 13, 17], data: randomMask(n, 13, 17, [...densities], 950 + n) };
     const fused = (x: Record<string, Tensor>, sites: ActiveSites) =>
       scModule(x.x, sites, params(x, "w"), params(x, "b"));
     const composed = (x: Record<string, Tensor>, sites: ActiveSites) =>
