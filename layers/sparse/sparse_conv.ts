@@ -483,9 +483,14 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
       // others at 0; every sparse layer adds its input gradient there.
       const dF = Tensor.empty([Ct, sites.capacity]);
       pass(siteCopyStep(geometry, whole(C), rows(0), C, Ct - C), { ...s, src: g, out: dF });
+      // The quad path reads g at the active sites from dF's first C rows (texels), where it was just copied,
+      // instead of from the dense g (a storage load per value).
+      const gRows = quad ? { tensor: dF, slice: rows(0), size: [0, C * cap] as FloatRange } : null;
       if (wantParams(SC_LAYERS)) {
         const shape = weights[SC_LAYERS].shape;
-        const { dw, db } = weightGrads(g1, s, F, rows(0), g, whole(C), shape, true, wholeF, batch);
+        const { dw, db } = gRows
+          ? weightGrads(g1, s, F, rows(0), dF, gRows.slice, shape, true, { ...wholeF, dy: gRows.size }, batch)
+          : weightGrads(g1, s, F, rows(0), g, whole(C), shape, true, wholeF, batch);
         keepGrads(SC_LAYERS, dw, db);
       }
       // Layer i's ReLU backward zeroes its own rows of dF where its output is 0, once every gradient has
@@ -499,13 +504,14 @@ export function scModule(x: Tensor, sites: ActiveSites, weights: Tensor[], biase
         const spec = gemmSpec(g1, {
           K: C,
           cols: Ct,
-          src: whole(C),
+          src: gRows ? gRows.slice : whole(C),
           dst: rows(0),
           flip: true,
           accumulate: true,
           ...gateOf(SC_LAYERS - 1),
         });
-        batch.add(siteGemmPlan(spec), { ...s, src: g, wt, out: dF, ...gateBuffer });
+        const sizes: Record<string, FloatRange> = gRows ? { src: gRows.size } : {};
+        batch.add(siteGemmPlan(spec), { ...s, src: gRows ? dF : g, wt, out: dF, ...gateBuffer }, sizes);
         later.push(wt);
       }
       for (let i = SC_LAYERS - 1; i >= 0; i--) {
