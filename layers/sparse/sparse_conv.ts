@@ -49,13 +49,15 @@ const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
 
 /**
  * Largest dense block (floats: channels x list capacity) that CPU adapters keep in channel quads and read
- * through textures (`ChannelSlice.quad`): 64 MiB, as for the SNL's channels-last copies. On llvmpipe a texel
- * load moves 4 channels of an entry for about a third of one storage load's cost, and the copies into textures
- * cost about 0.35 ms per 8 MB; but new texture memory costs page faults (about 35 ms per 12 MB), and at 128 MiB
- * (the small preset's 128-channel block at 512x512) the copy did not fit the engine's texture pool beside the
- * convolutions' operands: it was made anew every forward, and NetR's forward took 2.3-2.9 instead of 2.0-2.5 s.
+ * through textures (`ChannelSlice.quad`): 32 MiB (the 128-channel block at 256x256). On llvmpipe a texel load
+ * moves 4 channels of an entry for about a third of one storage load's cost, and the copies into textures cost
+ * about 0.35 ms per 8 MB; but new texture memory costs page faults (about 35 ms per 12 MB), and larger copies
+ * crowd the engine's texture pool, which at 512x512 is already full of the convolutions' operands: with a 128
+ * MiB limit NetR small's forward at 512 made the block's texture anew every run (2.3-2.9 instead of 2.0-2.5
+ * s); with 64 MiB, in the model suite (tiny, then small, in one process), NetR tiny and small at 512 took 955
+ * and 2,437 ms against the session start's 835 and 2,053.
  */
-const SC_TEXTURE_MAX_FLOATS = 1 << 24;
+const SC_TEXTURE_MAX_FLOATS = 1 << 23;
 
 /** Number of densely connected 3x3 layers in an SC module (SPAIR.md section 2). */
 export const SC_LAYERS = 6;
