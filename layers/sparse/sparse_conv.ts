@@ -54,8 +54,9 @@ const sparseWeightGradPlan = memoizePlans(buildWeightGradPlan);
  * about 0.35 ms per 8 MB; but new texture memory costs page faults (about 35 ms per 12 MB), and larger copies
  * crowd the engine's texture pool, which at 512x512 is already full of the convolutions' operands: with a 128
  * MiB limit NetR small's forward at 512 made the block's texture anew every run (2.3-2.9 instead of 2.0-2.5
- * s); with 64 MiB, in the model suite (tiny, then small, in one process), NetR tiny and small at 512 took 955
- * and 2,437 ms against the session start's 835 and 2,053.
+ * s). With 64 MiB one model-suite pair (tiny, then small, in one process) read NetR tiny and small at 512 at
+ * 955 and 2,437 ms against the session start's 835 and 2,053, but such pairs vary by 20% either way; the
+ * limit is kept at the 256x256 benchmark's block, where the gain is measured.
  */
 const SC_TEXTURE_MAX_FLOATS = 1 << 23;
 
